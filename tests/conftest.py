@@ -1,0 +1,191 @@
+"""Test harnesses: the real ``warren dev`` command, and a real multi-worker edge.
+
+Both listen on 127.0.0.1 and are driven with real HTTP; nothing of warren is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from warren.runtime import WorkerScript
+from warren.server.app import EdgeApp
+from warren.server.supervisor import Exchange, Supervisor
+
+READY = re.compile(r"Ready on (http://\S+)")
+
+
+class DevProcess:
+    """A running ``warren dev`` subprocess and everything it printed."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "warren.cli", "dev", *args, "--port", "0"],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.url = self.wait_for(READY, timeout=30).group(1)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: re.Pattern[str] | str, timeout: float = 10, start: int = 0) -> re.Match[str]:
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[start:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and not remaining):
+                    raise AssertionError(f"no line matching {regex.pattern!r} in:\n" + "\n".join(self.lines))
+                self._changed.wait(min(remaining, 0.1))
+
+    def get(self, path: str = "/", **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30, **kwargs)
+
+    def request(self, method: str, path: str = "/", **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, self.url + path, timeout=30, **kwargs)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Any]:
+    """Start ``warren dev`` on files written into a temporary directory.
+
+    ``dev({"worker.js": "...", "wrangler.toml": "..."}, target=".")``
+    """
+    started: list[DevProcess] = []
+
+    def start(files: dict[str, str], target: str = "worker.js", *args: str) -> DevProcess:
+        for name, text in files.items():
+            path = tmp_path / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text))
+        process = DevProcess([target, *args], tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+class Edge:
+    """Several workers behind one real server, routed by the first path segment."""
+
+    def __init__(self, scripts: dict[str, str], heap_mb: int = 128, cpu_ms: float = 50) -> None:
+        self.logs: list[tuple[str, str, str]] = []
+        self.done: list[tuple[str, str]] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.supervisor = Supervisor(heap_mb=heap_mb, on_log=self._on_log, on_done=self._on_done)
+        self._server: uvicorn.Server | None = None
+        self.url = self._run(self._start(scripts, cpu_ms))
+
+    def _on_log(self, name: str, level: str, message: str) -> None:
+        self.logs.append((name, level, message))
+
+    def _on_done(self, name: str, exchange: Exchange, outcome: str, cpu_ms: float, wall_ms: float) -> None:
+        self.done.append((name, outcome))
+
+    def _run(self, coroutine: Any, timeout: float = 60) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result(timeout)
+
+    async def _start(self, scripts: dict[str, str], cpu_ms: float) -> str:
+        await self.supervisor.start()
+        for name, source in scripts.items():
+            await self.supervisor.deploy(WorkerScript(name=name, source=textwrap.dedent(source), cpu_ms=cpu_ms))
+
+        def resolve(host: str, path: str) -> str | None:
+            return path.split("/")[1] or None
+
+        config = uvicorn.Config(
+            EdgeApp(self.supervisor, resolve), host="127.0.0.1", port=0, lifespan="off", log_level="warning"
+        )
+        self._server = uvicorn.Server(config)
+        self._serving = asyncio.get_running_loop().create_task(self._server.serve())
+        while not self._server.started:
+            await asyncio.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def deploy(self, name: str, source: str, cpu_ms: float = 50) -> None:
+        self._run(self.supervisor.deploy(WorkerScript(name=name, source=textwrap.dedent(source), cpu_ms=cpu_ms)))
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=60, **kwargs)
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            await self._serving
+        await self.supervisor.stop()
+
+    def stop(self) -> None:
+        self._run(self._stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+@pytest.fixture
+def edge() -> Iterator[Any]:
+    started: list[Edge] = []
+
+    def start(scripts: dict[str, str], **kwargs: Any) -> Edge:
+        harness = Edge(scripts, **kwargs)
+        started.append(harness)
+        return harness
+
+    yield start
+    for harness in started:
+        harness.stop()

@@ -1,0 +1,84 @@
+"""``warren dev``: loading, errors with file and line, reload, configuration errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def test_syntax_error_is_reported_with_file_and_line_and_the_server_keeps_running(dev: Any, tmp_path: Path) -> None:
+    server = dev({"worker.js": "export default {\n  fetch() {\n    return new Response('x'\n  },\n};\n"})
+    server.wait_for(r"worker\.js:4:\d+: SyntaxError")
+    response = server.get("/")
+    assert response.status_code == 503
+    time.sleep(0.3)  # let the watcher start
+    (tmp_path / "worker.js").write_text("export default { fetch() { return new Response('fixed'); } };\n")
+    server.wait_for("Reloaded")
+    assert server.get("/").text == "fixed"
+
+
+def test_classic_script_syntax_error_has_a_line(dev: Any) -> None:
+    server = dev({"worker.js": "addEventListener('fetch', (e) => {\n  e.respondWith(new Response('x'));\n});\nlet = = 3;\n"})
+    server.wait_for(r"worker\.js:4:\d+: SyntaxError")
+
+
+def test_top_level_throw_is_reported(dev: Any) -> None:
+    server = dev({"worker.js": "\n\nthrow new TypeError('broken at start');\nexport default {};\n"})
+    server.wait_for(r"worker\.js:3:\d+: TypeError: broken at start")
+
+
+def test_script_without_a_handler_is_reported(dev: Any) -> None:
+    server = dev({"worker.js": "console.log('no handlers here');"})
+    server.wait_for("No event handlers were registered")
+
+
+def test_hot_reload_picks_up_an_edit_without_restarting(dev: Any, tmp_path: Path) -> None:
+    server = dev({"worker.js": "export default { fetch() { return new Response('one'); } };"})
+    pid = server.process.pid
+    assert server.get("/").text == "one"
+    time.sleep(0.3)  # let the watcher start
+    (tmp_path / "worker.js").write_text("export default { fetch() { return new Response('two'); } };")
+    server.wait_for("Reloaded")
+    assert server.get("/").text == "two"
+    assert server.process.pid == pid and server.process.poll() is None
+
+
+def test_reload_with_a_broken_edit_keeps_serving_the_last_good_version(dev: Any, tmp_path: Path) -> None:
+    server = dev({"worker.js": "export default { fetch() { return new Response('good'); } };"})
+    time.sleep(0.3)  # let the watcher start
+    (tmp_path / "worker.js").write_text("export default { fetch() { return new Response('bad' } };")
+    server.wait_for("SyntaxError")
+    assert server.get("/").text == "good"
+
+
+def test_malformed_config_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "wrangler.toml").write_text('name = "x"\nmain = \n')
+    result = subprocess.run(
+        [sys.executable, "-m", "warren.cli", "dev", str(tmp_path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "wrangler.toml is malformed" in result.stderr
+
+
+def test_missing_main_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "wrangler.toml").write_text('name = "x"\nmain = "src/missing.js"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "warren.cli", "dev", str(tmp_path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "missing.js does not exist" in result.stderr
+
+
+def test_hello_example_serves(dev: Any) -> None:
+    example = Path(__file__).parent.parent / "examples" / "hello" / "worker.js"
+    server = dev({"worker.js": example.read_text()})
+    assert server.get("/").text == "hello from an isolate\n"

@@ -1,0 +1,247 @@
+"""Handlers, env, waitUntil and the Web APIs a Worker script sees, over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+HELLO_MODULE = """
+export default {
+  async fetch(request, env, ctx) {
+    return new Response("hello from an isolate");
+  },
+};
+"""
+
+HELLO_SERVICE_WORKER = """
+addEventListener("fetch", (event) => {
+  event.respondWith(new Response("hello from a service worker", { headers: { "x-syntax": "sw" } }));
+});
+"""
+
+
+def test_hello_module_syntax(dev: Any) -> None:
+    server = dev({"worker.js": HELLO_MODULE})
+    response = server.get("/")
+    assert response.status_code == 200
+    assert response.text == "hello from an isolate"
+    assert response.headers["content-type"] == "text/plain;charset=UTF-8"
+
+
+def test_hello_service_worker_syntax(dev: Any) -> None:
+    server = dev({"worker.js": HELLO_SERVICE_WORKER})
+    response = server.get("/")
+    assert response.status_code == 200
+    assert response.text == "hello from a service worker"
+    assert response.headers["x-syntax"] == "sw"
+
+
+def test_request_is_seen_by_the_worker(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              async fetch(request) {
+                const url = new URL(request.url);
+                const body = await request.text();
+                return Response.json({
+                  method: request.method,
+                  path: url.pathname,
+                  q: url.searchParams.get("q"),
+                  header: request.headers.get("x-test"),
+                  body,
+                }, { status: 201, headers: { "set-cookie": "a=1" } });
+              },
+            };
+            """
+        }
+    )
+    response = server.request("POST", "/some/path?q=%C3%A9t%C3%A9", content="päyload".encode(), headers={"X-Test": "yes"})
+    assert response.status_code == 201
+    assert response.json() == {"method": "POST", "path": "/some/path", "q": "été", "header": "yes", "body": "päyload"}
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["set-cookie"] == "a=1"
+
+
+def test_binary_bodies_round_trip(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              async fetch(request) {
+                const bytes = new Uint8Array(await request.arrayBuffer());
+                const reversed = bytes.slice().reverse();
+                return new Response(reversed, { headers: { "x-length": String(bytes.length) } });
+              },
+            };
+            """
+        }
+    )
+    payload = bytes(range(256)) * 4096  # 1 MiB of every byte value
+    response = server.request("PUT", "/", content=payload)
+    assert response.status_code == 200
+    assert response.headers["x-length"] == str(len(payload))
+    assert response.content == payload[::-1]
+
+
+def test_env_vars_from_wrangler_toml(dev: Any) -> None:
+    server = dev(
+        {
+            "wrangler.toml": """
+            name = "vars-test"
+            main = "src/index.js"
+            compatibility_date = "2024-09-23"
+
+            [vars]
+            GREETING = "bonjour"
+            SETTINGS = { level = 3 }
+            """,
+            "src/index.js": """
+            export default {
+              fetch(request, env) {
+                return new Response(env.GREETING + " " + env.SETTINGS.level);
+              },
+            };
+            """,
+        },
+        ".",
+    )
+    assert server.get("/").text == "bonjour 3"
+    assert "[vars-test]" in server.output or "Ready on" in server.output
+
+
+def test_wrangler_jsonc_and_cli_var(dev: Any) -> None:
+    server = dev(
+        {
+            "wrangler.jsonc": """
+            // comments and trailing commas are allowed, as in wrangler
+            {
+              "name": "jsonc-test",
+              "main": "worker.js",
+              "vars": { "A": "from-config", },
+              "kv_namespaces": [],
+            }
+            """,
+            "worker.js": "export default { fetch: (r, env) => new Response(env.A + ',' + env.B) };",
+        },
+        ".",
+        "--var",
+        "B:from-cli",
+    )
+    assert server.get("/").text == "from-config,from-cli"
+    assert "ignoring 'kv_namespaces'" in server.output
+
+
+def test_wait_until_runs_after_the_response(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            let finished = 0;
+            export default {
+              async fetch(request, env, ctx) {
+                if (new URL(request.url).pathname === "/count") return new Response(String(finished));
+                ctx.waitUntil(new Promise((resolve) => setTimeout(() => { finished++; console.log("background done"); resolve(); }, 300)));
+                return new Response("sent");
+              },
+            };
+            """
+        }
+    )
+    started = time.monotonic()
+    response = server.get("/")
+    assert response.text == "sent"
+    assert time.monotonic() - started < 0.3, "the response waited for waitUntil"
+    assert server.get("/count").text == "0"
+    server.wait_for("background done", timeout=5)
+    assert server.get("/count").text == "1"
+
+
+def test_console_output_is_printed_by_dev(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              fetch() {
+                console.log("plain", 42, { nested: [1, 2] });
+                console.error("bad thing");
+                return new Response("ok");
+              },
+            };
+            """
+        }
+    )
+    assert server.get("/").status_code == 200
+    server.wait_for(r"plain 42 \{ nested: \[ 1, 2 \] \}")
+    server.wait_for("error: bad thing")
+    server.wait_for(r"GET / 200 \(cpu")
+
+
+def test_uncaught_exception_is_500_and_logged_not_leaked(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              fetch() {
+                throw new Error("secret internal detail");
+              },
+            };
+            """
+        }
+    )
+    response = server.get("/")
+    assert response.status_code == 500
+    assert "secret internal detail" not in response.text
+    server.wait_for("Error: secret internal detail")
+    assert server.get("/").status_code == 500  # and the server is still there
+
+
+def test_a_handler_that_never_responds_gets_an_error(dev: Any) -> None:
+    server = dev({"worker.js": "export default { fetch() { return new Promise(() => {}); } };"})
+    response = server.get("/")
+    assert response.status_code == 500
+    server.wait_for("will never generate a response")
+
+
+def test_non_response_return_is_500(dev: Any) -> None:
+    server = dev({"worker.js": "export default { fetch() { return 'not a response'; } };"})
+    assert server.get("/").status_code == 500
+    server.wait_for("did not resolve to 'Response'")
+
+
+def test_cloudflare_workers_import_and_entrypoint_class(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            import { WorkerEntrypoint } from "cloudflare:workers";
+            export default class extends WorkerEntrypoint {
+              async fetch(request) {
+                return new Response("entrypoint " + (this.env.X ?? "none"));
+              }
+            }
+            """
+        },
+        "worker.js",
+        "--var",
+        "X:set",
+    )
+    assert server.get("/").text == "entrypoint set"
+
+
+def test_clock_does_not_advance_during_execution(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              async fetch() {
+                const a = Date.now(), p = performance.now();
+                let x = 0; for (let i = 0; i < 3e6; i++) x += i;
+                const b = Date.now(), q = performance.now();
+                await new Promise((r) => setTimeout(r, 20));
+                const c = Date.now();
+                return Response.json({ same: a === b && p === q, advanced: c > b, isDate: new Date().getTime() === c });
+              },
+            };
+            """
+        }
+    )
+    assert server.get("/").json() == {"same": True, "advanced": True, "isDate": True}

@@ -1,0 +1,261 @@
+"""Every limit, attacked by a script that tries to break it, over real HTTP."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import httpx
+
+INFINITE_LOOP = """
+export default {
+  fetch(request) {
+    if (new URL(request.url).pathname === "/spin") { while (true) {} }
+    return new Response("still alive");
+  },
+};
+"""
+
+
+def test_infinite_loop_is_stopped_at_the_cpu_limit_and_the_next_request_works(dev: Any) -> None:
+    server = dev({"worker.js": INFINITE_LOOP})
+    started = time.monotonic()
+    response = server.get("/spin")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert "CPU time limit" in response.text
+    assert elapsed < 2.0, f"took {elapsed:.2f}s for a 50 ms CPU limit"
+    assert server.get("/").text == "still alive"
+    server.wait_for("exceededCpu")
+
+
+def test_busy_wait_on_the_clock_is_a_cpu_limit_too(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              fetch() {
+                const until = Date.now() + 200;
+                while (Date.now() < until) {}
+                return new Response("waited");
+              },
+            };
+            """
+        }
+    )
+    response = server.get("/")
+    assert response.status_code == 503
+
+
+def test_cpu_limit_counts_cpu_not_waiting(dev: Any) -> None:
+    server = dev(
+        {
+            "wrangler.toml": 'name = "waits"\nmain = "worker.js"\n[limits]\ncpu_ms = 30\n',
+            "worker.js": """
+            export default {
+              async fetch() {
+                for (let i = 0; i < 10; i++) await new Promise((r) => setTimeout(r, 50));
+                return new Response("waited 500 ms of wall time");
+              },
+            };
+            """,
+        },
+        ".",
+    )
+    response = server.get("/")
+    assert response.status_code == 200
+    assert response.text == "waited 500 ms of wall time"
+
+
+def test_cpu_limit_from_wrangler_toml_is_enforced(dev: Any) -> None:
+    server = dev(
+        {
+            "wrangler.toml": 'name = "budget"\nmain = "worker.js"\n[limits]\ncpu_ms = 400\n',
+            "worker.js": """
+            export default {
+              fetch(request) {
+                const n = Number(new URL(request.url).searchParams.get("n"));
+                let x = 0; for (let i = 0; i < n; i++) x += i % 7;
+                return new Response(String(x));
+              },
+            };
+            """,
+        },
+        ".",
+    )
+    # ~100 ms of work: over the default 50 ms, under the configured 400 ms
+    assert server.get("/?n=30000000").status_code == 200
+    assert server.get("/?n=3000000000").status_code == 503
+
+
+def test_cpu_is_summed_over_the_slices_of_one_request(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              async fetch() {
+                for (let round = 0; round < 100; round++) {
+                  let x = 0; for (let i = 0; i < 2e6; i++) x += i;
+                  await new Promise((r) => setTimeout(r, 1));
+                }
+                return new Response("should not get here");
+              },
+            };
+            """
+        }
+    )
+    assert server.get("/").status_code == 503
+
+
+def test_memory_limit_fails_the_request_cleanly_and_other_workers_are_unaffected(edge: Any) -> None:
+    harness = edge(
+        {
+            "hog": """
+            export default {
+              fetch(request) {
+                const kind = new URL(request.url).searchParams.get("kind");
+                const keep = [];
+                if (kind === "heap") { for (;;) keep.push(new Array(100000).fill({ x: 1 })); }
+                const buffer = new Uint8Array(200 * 1024 * 1024); buffer.fill(7);
+                return new Response(String(buffer.length));
+              },
+            };
+            """,
+            "calm": """
+            let served = 0;
+            export default { fetch() { served++; return new Response("calm " + served); } };
+            """,
+        },
+        cpu_ms=20_000,  # so that memory, not CPU, is the limit reached
+    )
+    assert harness.get("/calm").text == "calm 1"
+    heap = harness.get("/hog?kind=heap")
+    assert heap.status_code == 503
+    assert "memory limit" in heap.text
+    buffers = harness.get("/hog?kind=buffer")
+    assert buffers.status_code == 503
+    assert "memory limit" in buffers.text
+    # same process, same isolate for the calm worker: its state survived
+    assert harness.get("/calm").text == "calm 2"
+    assert harness.supervisor.crashes == []
+    assert ("hog", "exceededMemory") in harness.done
+
+
+def test_v8_abort_kills_only_the_runtime_process_and_it_recovers(edge: Any) -> None:
+    harness = edge(
+        {
+            # One allocation larger than any heap we would grant: V8 aborts the process.
+            "crash": "export default { fetch() { return new Response(String(new Array(60000000).fill(1.5).length)); } };",
+            "slow": """
+            export default {
+              async fetch() {
+                await new Promise((r) => setTimeout(r, 1500));
+                return new Response("slow but fine");
+              },
+            };
+            """,
+            "hello": "export default { fetch() { return new Response('hello'); } };",
+        }
+    )
+    assert harness.get("/hello").text == "hello"
+    with httpx.Client(timeout=60) as client:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(client.get, harness.url + "/slow")
+            time.sleep(0.3)  # the slow request is in flight in the runtime process
+            crash = client.get(harness.url + "/crash")
+            assert crash.status_code == 503
+            assert "crashed" in crash.text
+            slow_response = slow.result()
+    assert slow_response.status_code == 200, "an in-flight request of another worker is retried"
+    assert slow_response.text == "slow but fine"
+    assert harness.get("/hello").text == "hello"
+    assert len(harness.supervisor.crashes) == 1
+    assert harness.supervisor.crashes[0].scripts == ["crash"]
+
+
+def test_eval_and_new_function_are_refused(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              fetch() {
+                const results = {};
+                for (const [name, attempt] of Object.entries({
+                  eval: () => eval("1 + 1"),
+                  indirectEval: () => (0, globalThis.eval)("1 + 1"),
+                  newFunction: () => new Function("return 1")(),
+                  functionCtorViaProto: () => (function () {}).constructor("return 1")(),
+                  asyncFunctionCtor: () => (async function () {}).constructor("return 1"),
+                  setTimeoutString: () => setTimeout("globalThis.pwned = 1", 0),
+                })) {
+                  try { attempt(); results[name] = "allowed"; } catch (e) { results[name] = e.name; }
+                }
+                return Response.json(results);
+              },
+            };
+            """
+        }
+    )
+    results = server.get("/").json()
+    assert results == {
+        "eval": "EvalError",
+        "indirectEval": "EvalError",
+        "newFunction": "EvalError",
+        "functionCtorViaProto": "EvalError",
+        "asyncFunctionCtor": "EvalError",
+        "setTimeoutString": "TypeError",
+    }
+
+
+def test_host_objects_are_not_reachable_from_the_script(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              fetch() {
+                const names = Object.getOwnPropertyNames(globalThis).filter((n) => n.startsWith("__"));
+                // the engine's call trampoline is visible, but yields nothing when a script calls it
+                return Response.json({ names, call: String(globalThis.__warrenCall()) });
+              },
+            };
+            """
+        }
+    )
+    assert server.get("/").json() == {"names": ["__warrenCall"], "call": "undefined"}
+
+
+def test_request_body_over_100_mb_is_413(dev: Any) -> None:
+    server = dev({"worker.js": "export default { async fetch(r) { return new Response(String((await r.arrayBuffer()).byteLength)); } };"})
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {101 * 1024 * 1024}\r\n\r\n".encode())
+        assert connection.recv(4096).startswith(b"HTTP/1.1 413 ")
+
+    def chunks():  # no content-length: the limit is counted as the body streams
+        block = b"x" * (1024 * 1024)
+        for _ in range(101):
+            yield block
+
+    streamed = httpx.post(server.url + "/", content=chunks(), timeout=60)
+    assert streamed.status_code == 413
+    assert server.get("/").status_code == 200
+
+
+def test_large_body_under_the_limit_is_accepted(dev: Any) -> None:
+    server = dev({"worker.js": "export default { async fetch(r) { return new Response(String((await r.arrayBuffer()).byteLength)); } };"})
+    response = httpx.post(server.url + "/", content=b"y" * (8 * 1024 * 1024), timeout=60)
+    assert response.text == str(8 * 1024 * 1024)
+
+
+def test_headers_over_128_kb_are_431(dev: Any) -> None:
+    server = dev({"worker.js": HELLO})
+    big = {f"x-h{i}": "v" * 1000 for i in range(140)}
+    response = server.get("/", headers=big)
+    assert response.status_code == 431
+    assert server.get("/", headers={f"x-h{i}": "v" * 1000 for i in range(60)}).status_code == 200
+
+
+HELLO = "export default { fetch() { return new Response('hi'); } };"

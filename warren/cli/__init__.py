@@ -1,0 +1,49 @@
+"""The ``warren`` command.
+
+Owns: parsing command lines and printing for people. May call every other
+layer's public entry points; holds no logic of its own beyond that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from warren import __version__
+
+
+@click.group()
+@click.version_option(__version__, prog_name="warren")
+def main() -> None:
+    """warren: Cloudflare-Workers-style scripts in V8 isolates."""
+
+
+def _parse_var(values: tuple[str, ...]) -> dict[str, str]:
+    parsed = {}
+    for item in values:
+        name, separator, value = item.partition(":")
+        if not separator or not name:
+            raise click.BadParameter(f"{item!r} is not KEY:VALUE", param_hint="--var")
+        parsed[name] = value
+    return parsed
+
+
+@main.command()
+@click.argument("target", default=".", type=click.Path())
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--ip", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--var", "variables", multiple=True, metavar="KEY:VALUE", help="Add an environment variable.")
+@click.option("--no-watch", is_flag=True, help="Do not reload when files change.")
+def dev(target: str, port: int, ip: str, variables: tuple[str, ...], no_watch: bool) -> None:
+    """Serve a worker locally: a script file, or a directory with wrangler.toml."""
+    from warren.server.dev import DevServer
+
+    server = DevServer(target, host=ip, port=port, extra_vars=_parse_var(variables), watch=not no_watch)
+    try:
+        import uvloop
+
+        code = uvloop.run(server.run())
+    except ImportError:
+        code = asyncio.run(server.run())
+    raise SystemExit(code)

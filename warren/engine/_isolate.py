@@ -1,0 +1,556 @@
+"""Isolates on stpyv8, with a CPU-time watchdog and a heap-limit guard.
+
+stpyv8 has no CPU limit, no near-heap-limit hook and no thread-safe way to
+terminate another thread's isolate (its ``terminateAllThreads`` acts on the
+calling thread's isolate, and segfaults elsewhere). V8 itself has all three,
+and the stpyv8 extension exports V8's symbols, so this module calls
+``v8::Isolate::TerminateExecution`` (documented as callable from any thread),
+``AddNearHeapLimitCallback`` and ``GetHeapStatistics`` through ctypes, on the
+isolate pointer read once while the isolate is entered.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+Primitive = str | int | float | bool | None
+
+_DEFAULT_HEAP_LIMIT_MB = 128
+_WATCHDOG_INTERVAL_S = 0.001
+# When V8 nears the heap limit it asks for more room; we grant this much so the
+# termination we just requested can unwind the script instead of V8 aborting.
+_OOM_HEADROOM_BYTES = 64 * 1024 * 1024
+_OOM_MAX_GRANTS = 3
+
+
+class EngineError(Exception):
+    """A failure of the engine itself (misuse, binding error)."""
+
+
+class ScriptError(EngineError):
+    """JavaScript threw, or failed to compile. Carries where, when known."""
+
+    def __init__(
+        self,
+        name: str,
+        message: str,
+        filename: str = "",
+        line: int = 0,
+        column: int = 0,
+        stack: str = "",
+    ) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+        self.filename = filename
+        self.line = line
+        self.column = column
+        self.stack = stack
+
+    def location(self) -> str:
+        if not self.filename:
+            return ""
+        return f"{self.filename}:{self.line}:{self.column}"
+
+
+class IsolateTerminated(EngineError):
+    """Execution was terminated; the isolate must be disposed."""
+
+
+class CpuLimitExceeded(IsolateTerminated):
+    pass
+
+
+class MemoryLimitExceeded(IsolateTerminated):
+    pass
+
+
+# --- process-wide V8 set-up ---------------------------------------------------
+
+_v8: Any = None
+_api: _V8Api | None = None
+_configure_lock = threading.Lock()
+_heap_limit_mb = _DEFAULT_HEAP_LIMIT_MB
+
+
+def configure(heap_limit_mb: int = _DEFAULT_HEAP_LIMIT_MB) -> None:
+    """Set V8's flags and start its platform. Once per process, before any isolate.
+
+    V8 freezes its flags at initialisation, so the heap limit is per process;
+    code generation from strings (eval, new Function) is refused everywhere.
+    """
+    global _v8, _api, _heap_limit_mb
+    with _configure_lock:
+        if _v8 is not None:
+            if heap_limit_mb != _heap_limit_mb:
+                raise EngineError("the engine is already configured with another heap limit")
+            return
+        import _STPyV8  # the only import of the binding in warren
+
+        _STPyV8.JSEngine.setFlags(
+            f"--disallow-code-generation-from-strings --max-old-space-size={heap_limit_mb}"
+        )
+        _STPyV8._JSError._jsclass = _BindingError
+        _install_icu_data()
+        platform = _STPyV8.JSPlatform()
+        platform.init()
+        _api = _V8Api(_STPyV8.__file__)
+        _v8 = _STPyV8
+        _v8._warren_platform = platform  # keep it alive for the process' lifetime
+        _heap_limit_mb = heap_limit_mb
+        _Watchdog.instance()
+
+
+def _install_icu_data() -> None:
+    # stpyv8 looks for icudtl.dat in a data folder its own module normally fills
+    # on import; we do not import that module (it starts V8 with default flags).
+    target = Path(os.path.expanduser("~/.local/share/stpyv8/icudtl.dat"))
+    if target.exists() or Path("/usr/share/stpyv8/icudtl.dat").exists():
+        return
+    for entry in sys.path:
+        source = Path(entry) / "stpyv8-icu" / "icudtl.dat"
+        if source.exists():
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+            except OSError:
+                pass
+            return
+
+
+class _BindingError(Exception):
+    """What stpyv8 raises for a JavaScript exception (it wraps its own object)."""
+
+    def __init__(self, impl: Any) -> None:
+        super().__init__()
+        self.impl = impl
+
+    def __str__(self) -> str:
+        return str(self.impl)
+
+
+_NearHeapLimitCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t
+)
+
+
+class _V8Api:
+    """The few V8 C++ entry points stpyv8 does not expose, called by symbol."""
+
+    def __init__(self, library_path: str) -> None:
+        lib = ctypes.CDLL(library_path)
+        self.get_current = lib._ZN2v87Isolate10GetCurrentEv
+        self.get_current.restype = ctypes.c_void_p
+        self.get_current.argtypes = []
+        self.terminate = lib._ZN2v87Isolate18TerminateExecutionEv
+        self.terminate.argtypes = [ctypes.c_void_p]
+        self.cancel_terminate = lib._ZN2v87Isolate24CancelTerminateExecutionEv
+        self.cancel_terminate.argtypes = [ctypes.c_void_p]
+        self.add_near_heap_limit = lib._ZN2v87Isolate24AddNearHeapLimitCallbackEPFmPvmmES1_
+        self.add_near_heap_limit.argtypes = [ctypes.c_void_p, _NearHeapLimitCallback, ctypes.c_void_p]
+        self.heap_statistics = lib._ZN2v87Isolate17GetHeapStatisticsEPNS_14HeapStatisticsE
+        self.heap_statistics.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+
+
+# v8::HeapStatistics is a struct of size_t fields; these are the indices we read
+# (V8 13.1). The buffer is larger than the struct so a longer layout cannot overflow it.
+_HEAP_USED = 4
+_HEAP_EXTERNAL = 7
+_HEAP_STATS_WORDS = 32
+
+_isolates_by_pointer: dict[int, Isolate] = {}
+
+
+def _on_near_heap_limit(data: int, current_limit: int, initial_limit: int) -> int:
+    isolate = _isolates_by_pointer.get(data)
+    if isolate is None or isolate._oom_grants >= _OOM_MAX_GRANTS:
+        return current_limit  # V8 aborts the process; the supervisor contains it
+    isolate._oom_grants += 1
+    isolate._kill("memory")
+    return current_limit + _OOM_HEADROOM_BYTES
+
+
+# Kept at module level: V8 holds the pointer for as long as any isolate lives.
+_near_heap_limit = _NearHeapLimitCallback(_on_near_heap_limit)
+
+
+# --- CPU watchdog -------------------------------------------------------------
+
+
+class _Slice:
+    """One stretch of JavaScript running on one thread, with its CPU budget."""
+
+    __slots__ = ("budget_s", "clock_id", "cpu_start", "isolate", "running")
+
+    def __init__(self, isolate: Isolate, budget_s: float) -> None:
+        self.isolate = isolate
+        self.clock_id = time.pthread_getcpuclockid(threading.get_ident())
+        self.cpu_start = time.clock_gettime(self.clock_id)
+        self.budget_s = budget_s
+        self.running = True
+
+    def cpu_used(self) -> float:
+        return time.clock_gettime(self.clock_id) - self.cpu_start
+
+
+class _Watchdog:
+    """One thread per process that terminates slices past their CPU budget.
+
+    It measures the CPU clock of the thread running the slice, so time the
+    script spends waiting (for I/O, for the GIL, for a core) is never counted.
+    """
+
+    _instance: _Watchdog | None = None
+
+    def __init__(self) -> None:
+        self._slices: set[_Slice] = set()
+        self._wakeup = threading.Condition()
+        thread = threading.Thread(target=self._run, name="warren-cpu-watchdog", daemon=True)
+        thread.start()
+
+    @classmethod
+    def instance(cls) -> _Watchdog:
+        if cls._instance is None:
+            cls._instance = _Watchdog()
+        return cls._instance
+
+    def add(self, running: _Slice) -> None:
+        with self._wakeup:
+            self._slices.add(running)
+            self._wakeup.notify()
+
+    def remove(self, running: _Slice) -> None:
+        with self._wakeup:
+            self._slices.discard(running)
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._slices:
+                    self._wakeup.wait()
+                watched = list(self._slices)
+            for running in watched:
+                try:
+                    over = running.cpu_used() > running.budget_s
+                except OSError:  # the thread ended between snapshot and read
+                    continue
+                if over:
+                    running.isolate._kill("cpu", running)
+            time.sleep(_WATCHDOG_INTERVAL_S)
+
+
+# --- the isolate --------------------------------------------------------------
+
+_ERROR_TEXT = re.compile(
+    r"^(?:(?P<name>[A-Za-z]*Error|Uncaught [A-Za-z]+):\s*)?(?P<message>.*?)"
+    r"\s*\(\s*(?P<file>[^@]*?)\s*@\s*(?P<line>\d+)\s*:\s*(?P<col>\d+)\s*\)",
+    re.S,
+)
+
+
+def _script_error(exc: BaseException) -> ScriptError:
+    impl = getattr(exc, "impl", None)
+    if impl is not None:
+        try:
+            return ScriptError(
+                str(impl.name),
+                str(impl.message),
+                str(impl.scriptName or ""),
+                int(impl.lineNum),
+                int(impl.startCol) + 1,
+                str(impl.stackTrace or ""),
+            )
+        except (AttributeError, TypeError, ValueError):
+            pass
+    text = str(exc)
+    # stpyv8 maps some JS errors to Python's built-in classes; its text is
+    # "Name: message ( file @ line : col )  -> source line".
+    text = re.sub(r"^([A-Za-z]*Error): (?=\1:)", "", text)
+    match = _ERROR_TEXT.match(text)
+    if not match:
+        return ScriptError(type(exc).__name__, text)
+    name = match.group("name") or type(exc).__name__
+    return ScriptError(
+        name,
+        match.group("message"),
+        match.group("file"),
+        int(match.group("line")),
+        int(match.group("col")) + 1,
+    )
+
+
+def _primitive(value: Any) -> Primitive:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (_v8.JSNull, _v8.JSUndefined)):
+        return None
+    raise EngineError(f"an entry point returned a non-primitive value ({type(value).__name__})")
+
+
+HostFunction = Callable[..., Primitive]
+
+# Entry points are called through a script, not through stpyv8's function
+# objects: a call through those aborts the process (ToLocalChecked on an empty
+# result) when the watchdog terminates it, while a script evaluation unwinds.
+# The script's arguments come from a queue only the engine fills, so a tenant
+# calling the trampoline itself gets nothing.
+_CALL_SOURCE = "__warrenCall()"
+_TRAMPOLINE = """(function (next) {
+  "use strict";
+  const entries = new Map();
+  Object.defineProperty(globalThis, "__warrenCall", { value: function () {
+    const op = next();
+    if (op === "take") {
+      const name = next();
+      const fn = globalThis[name];
+      if (typeof fn !== "function" || entries.has(name)) return "missing";
+      entries.set(name, fn);
+      delete globalThis[name];
+      return "ok";
+    }
+    if (op === "call") {
+      const fn = entries.get(next());
+      const count = next();
+      const args = [];
+      for (let i = 0; i < count; i++) args.push(next());
+      if (fn === undefined) throw new Error("unknown entry point");
+      return fn(...args);
+    }
+    return undefined;
+  } });
+})"""
+
+
+def _guard_host_function(name: str, function: HostFunction) -> Callable[..., Primitive]:
+    # A Python exception or object must never reach tenant code: stpyv8 would
+    # wrap it, and a wrapped Python object exposes its class and globals.
+    def guarded(*args: Any) -> Primitive:
+        # Objects would hand Python a handle into the isolate that could outlive it.
+        plain = [arg if arg is None or isinstance(arg, (str, bool, int, float)) else None for arg in args]
+        del args
+        try:
+            result = function(*plain)
+        except Exception as exc:
+            print(f"warren: host function {name} failed: {exc!r}", file=sys.stderr)
+            return None
+        if result is None or isinstance(result, (str, bool, int, float)):
+            return result
+        return None
+
+    return guarded
+
+
+class Isolate:
+    """One V8 isolate with one context.
+
+    Any thread may use it, one at a time (a V8 Locker and a Python lock are
+    taken around each use). ``call`` and ``run_script`` run JavaScript under a
+    CPU budget; past it, or past the heap limit, they raise a subclass of
+    ``IsolateTerminated`` and the isolate must be disposed.
+    """
+
+    def __init__(self, memory_limit_mb: int = _DEFAULT_HEAP_LIMIT_MB) -> None:
+        if _v8 is None or _api is None:
+            configure()
+        assert _v8 is not None and _api is not None
+        self._lock = threading.Lock()
+        self._kill_lock = threading.Lock()
+        self._memory_limit_bytes = memory_limit_mb * 1024 * 1024
+        self._pending: deque[Primitive] = deque()
+        self._slice: _Slice | None = None
+        self._killed: str | None = None
+        self._oom_grants = 0
+        self._disposed = False
+        self.last_cpu_seconds = 0.0
+        self.memory_bytes = 0
+        self._iso = _v8.JSIsolate(True)
+        self._ctx: Any = None
+        with self._entered():
+            self._ptr: int = _api.get_current()
+            self._ctx = _v8.JSContext(None)
+            self._ctx.enter()
+            _isolates_by_pointer[self._ptr] = self
+            _api.add_near_heap_limit(self._ptr, _near_heap_limit, self._ptr)
+            # Takes only primitives and a Python function: stpyv8 keeps a
+            # process-wide cache of JS objects handed back into V8, keyed by
+            # address, which goes stale when an isolate is disposed.
+            self._define = self._ctx.eval(
+                "(function (holderName, name, fn) {"
+                " const call = fn;"
+                " Object.defineProperty(globalThis[holderName], name,"
+                "  {value: function (...args) { return call(...args); }});"
+                "})"
+            )
+            install = self._ctx.eval(_TRAMPOLINE)
+            install(_guard_host_function("next", self._next_pending))
+            del install
+            self._ctx.leave()
+
+    # -- entering --
+
+    @contextmanager
+    def _entered(self) -> Iterator[None]:
+        if self._disposed:
+            raise EngineError("isolate is disposed")
+        assert _v8 is not None
+        with self._lock:
+            locker = _v8.JSLocker(self._iso)
+            locker.enter()
+            self._iso.enter()
+            context = self._ctx
+            if context is not None:
+                context.enter()
+            try:
+                yield
+            finally:
+                if context is not None:
+                    context.leave()
+                self._iso.leave()
+                locker.leave()
+
+    def _run(self, cpu_budget_ms: float, action: Callable[[], Any]) -> Primitive:
+        assert _api is not None
+        with self._entered():
+            running = _Slice(self, cpu_budget_ms / 1000.0)
+            self._slice = running
+            _Watchdog.instance().add(running)
+            failure: BaseException | None = None
+            result: Any = None
+            try:
+                result = action()
+            except BaseException as exc:
+                failure = exc
+            finally:
+                with self._kill_lock:
+                    running.running = False
+                    self._slice = None
+                _Watchdog.instance().remove(running)
+                self.last_cpu_seconds = running.cpu_used()
+            killed = self._killed
+            if killed is not None:
+                _api.cancel_terminate(self._ptr)
+            else:
+                self.memory_bytes = self._measure_memory()
+                if self.memory_bytes > self._memory_limit_bytes:
+                    killed = self._killed = "memory"
+            if killed == "cpu":
+                raise CpuLimitExceeded(f"script exceeded its CPU time limit ({cpu_budget_ms:g} ms)")
+            if killed is not None:
+                raise MemoryLimitExceeded("script exceeded its memory limit")
+            if failure is not None:
+                if isinstance(failure, EngineError):
+                    raise failure
+                raise _script_error(failure) from None
+            return _primitive(result)
+
+    def _kill(self, reason: str, only: _Slice | None = None) -> None:
+        """Terminate running JavaScript. Safe from any thread."""
+        assert _api is not None
+        with self._kill_lock:
+            running = self._slice
+            if running is None or not running.running:
+                if reason == "memory":  # raised inside a GC on the JS thread itself
+                    self._killed = reason
+                    _api.terminate(self._ptr)
+                return
+            if only is not None and running is not only:
+                return
+            if self._killed is None:
+                self._killed = reason
+            _api.terminate(self._ptr)
+
+    def _measure_memory(self) -> int:
+        assert _api is not None
+        stats = (ctypes.c_size_t * _HEAP_STATS_WORDS)()
+        _api.heap_statistics(self._ptr, stats)
+        return int(stats[_HEAP_USED] + stats[_HEAP_EXTERNAL])
+
+    # -- public interface --
+
+    @property
+    def broken(self) -> bool:
+        """True once execution was terminated: the isolate must be disposed."""
+        return self._killed is not None or self._disposed
+
+    def run_script(self, source: str, filename: str, *, cpu_budget_ms: float = 1000.0) -> Primitive:
+        """Compile and run a classic script; returns its completion value if primitive."""
+
+        def action() -> Any:
+            assert _v8 is not None
+            result = self._ctx.eval(source, filename)
+            return result if isinstance(result, (str, bool, int, float)) or result is None else None
+
+        return self._run(cpu_budget_ms, action)
+
+    def expose_host_functions(self, global_name: str, functions: dict[str, HostFunction]) -> None:
+        """Make ``globalThis[global_name]`` an object of JS functions calling into Python.
+
+        The object is meant to be captured by trusted bootstrap code and then
+        deleted from the global; tenant code never sees a Python object.
+        """
+
+        def action() -> None:
+            self._ctx.eval(f"globalThis[{global_name!r}] = Object.create(null); undefined")
+            for name, function in functions.items():
+                self._define(global_name, name, _guard_host_function(name, function))
+            self._ctx.eval(f"Object.freeze(globalThis[{global_name!r}])")
+
+        self._run(1000.0, action)
+
+    def _next_pending(self) -> Primitive:
+        return self._pending.popleft() if self._pending else None
+
+    def _trampoline(self, cpu_budget_ms: float, *items: Primitive) -> Primitive:
+        def action() -> Any:
+            self._pending.extend(items)
+            try:
+                return self._ctx.eval(_CALL_SOURCE, "warren:call")
+            finally:
+                self._pending.clear()
+
+        return self._run(cpu_budget_ms, action)
+
+    def take_entry_point(self, global_name: str) -> None:
+        """Move a global function into the engine's private table of entry points."""
+        if self._trampoline(1000.0, "take", global_name) != "ok":
+            raise EngineError(f"no global function {global_name}")
+
+    def call(self, entry_point: str, *args: Primitive, cpu_budget_ms: float) -> Primitive:
+        """Call an entry point with primitive arguments under a CPU budget."""
+        return self._trampoline(cpu_budget_ms, "call", entry_point, len(args), *args)
+
+    def terminate(self) -> None:
+        """Stop whatever JavaScript is running now. Safe from any thread."""
+        self._kill("terminated")
+
+    def dispose(self) -> None:
+        """Free the isolate. It must not be running; afterwards it cannot be used."""
+        if self._disposed:
+            return
+        assert _v8 is not None
+        with self._lock:
+            # Every handle into the isolate must be released while it is
+            # entered and before V8 disposes it, or its destructor touches freed memory.
+            locker = _v8.JSLocker(self._iso)
+            locker.enter()
+            self._iso.enter()
+            self._pending.clear()
+            self._define = None
+            self._ctx = None
+            self._iso.leave()
+            locker.leave()
+            del locker
+            _isolates_by_pointer.pop(self._ptr, None)
+            self._disposed = True
+            self._iso = None

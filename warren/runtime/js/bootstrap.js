@@ -1,0 +1,287 @@
+// Runs in every isolate after webapi.js and the vendored bundle, before the
+// tenant's script. It is the only JavaScript that can reach the host: it takes
+// the host functions from the global object, keeps them in this closure and
+// deletes them, so tenant code can only reach the host through the Web APIs
+// defined here. The host enters the isolate through one function,
+// __warrenEnter, which the engine then removes from the global object.
+(function () {
+  "use strict";
+
+  const host = globalThis.__warrenHost;
+  const installWebAPIs = globalThis.__warrenWebAPI;
+  delete globalThis.__warrenHost;
+  delete globalThis.__warrenWebAPI;
+
+  const internals = Object.create(null);
+  const defineGlobal = (name, value) =>
+    Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
+
+  // --- clocks --------------------------------------------------------------
+  // As on Workers, time only moves between events: it is set by the host each
+  // time it enters the isolate, so a script cannot time its own execution.
+  let frozenNow = 0;
+  const timeOrigin = 0;
+  const RealDate = Date;
+  function WarrenDate(...args) {
+    if (new.target === undefined) return new RealDate(frozenNow).toString();
+    return Reflect.construct(RealDate, args.length === 0 ? [frozenNow] : args, new.target);
+  }
+  Object.setPrototypeOf(WarrenDate, RealDate);
+  WarrenDate.prototype = RealDate.prototype;
+  Object.defineProperty(RealDate.prototype, "constructor", { value: WarrenDate, writable: true, configurable: true });
+  Object.defineProperty(WarrenDate, "now", { value: function now() { return frozenNow; }, writable: true, configurable: true });
+  Object.defineProperty(WarrenDate, "name", { value: "Date" });
+  Object.defineProperty(WarrenDate, "length", { value: 7 });
+
+  // --- host operations --------------------------------------------------------
+  const pendingOps = new Map();
+  function startOp(kind, arg, onComplete) {
+    const id = host.op(kind, arg);
+    pendingOps.set(id, onComplete);
+    return id;
+  }
+  function opPromise(kind, arg) {
+    return new Promise((resolve, reject) => {
+      startOp(kind, arg, (ok, value) => (ok ? resolve(value) : reject(new Error(value))));
+    });
+  }
+
+  // --- console ----------------------------------------------------------------
+  function describeError(error) {
+    if (error instanceof Error) return { name: error.name, message: error.message, stack: String(error.stack || "") };
+    let text;
+    try { text = internals.formatLogArgs([error]); } catch { text = "<unprintable>"; }
+    return { name: "Error", message: "Uncaught " + text, stack: "" };
+  }
+  function reportException(error, where) {
+    const { name, message, stack } = describeError(error);
+    host.exception(name, message, stack || `${name}: ${message}`, where);
+  }
+  function makeConsole() {
+    const out = (level) => function (...args) {
+      let text;
+      try { text = internals.formatLogArgs(args); } catch { text = "<unprintable>"; }
+      host.log(level, text);
+    };
+    const console = {
+      log: out("log"), info: out("info"), debug: out("debug"), warn: out("warn"), error: out("error"),
+      trace: out("debug"),
+      assert(condition, ...args) { if (!condition) out("error")("Assertion failed" + (args.length ? ":" : ""), ...args); },
+    };
+    const counts = new Map();
+    console.count = (label = "default") => { counts.set(label, (counts.get(label) || 0) + 1); console.log(`${label}: ${counts.get(label)}`); };
+    console.countReset = (label = "default") => { counts.delete(label); };
+    console.table = console.log;
+    console.dir = console.log;
+    console.time = console.timeEnd = console.timeLog = console.group = console.groupEnd = console.groupCollapsed = () => {};
+    return console;
+  }
+
+  // --- timers ---------------------------------------------------------------
+  let nextTimerId = 1;
+  const timers = new Map();  // timer id -> host op id
+  function schedule(id, callback, delay, args, repeat) {
+    const ms = Math.max(0, Number(delay) || 0);
+    const opId = startOp("sleep", ms, () => {
+      if (!timers.has(id)) return;
+      if (repeat) schedule(id, callback, delay, args, true); else timers.delete(id);
+      try { callback(...args); } catch (error) { reportException(error, "timer"); }
+    });
+    timers.set(id, opId);
+  }
+  function setTimer(callback, delay, args, repeat) {
+    if (typeof callback !== "function") throw new TypeError("The callback provided as parameter 1 is not a function.");
+    const id = nextTimerId++;
+    schedule(id, callback, delay, args, repeat);
+    return id;
+  }
+  function clearTimer(id) {
+    const opId = timers.get(id);
+    if (opId === undefined) return;
+    timers.delete(id);
+    pendingOps.delete(opId);
+    host.cancelOp(opId);
+  }
+
+  // --- events (service-worker syntax) -------------------------------------------
+  const listeners = new Map();
+  function addEventListener(type, listener) {
+    if (typeof listener !== "function" && !(listener && typeof listener.handleEvent === "function")) return;
+    if (!listeners.has(type)) listeners.set(type, []);
+    listeners.get(type).push(listener);
+  }
+  function removeEventListener(type, listener) {
+    const list = listeners.get(type);
+    if (list) listeners.set(type, list.filter((l) => l !== listener));
+  }
+
+  // --- modules ------------------------------------------------------------------
+  class WorkerEntrypoint {
+    constructor(ctx, env) { this.ctx = ctx; this.env = env; }
+  }
+  class DurableObject {
+    constructor(ctx, env) { this.ctx = ctx; this.env = env; }
+  }
+  let env = {};
+  let moduleExports = null;
+  function requireModule(specifier) {
+    if (specifier === "cloudflare:workers") {
+      return { WorkerEntrypoint, DurableObject, env, __esModule: true };
+    }
+    throw new Error(`No such module "${specifier}".`);
+  }
+  let defined = false;
+  function define(factory) {
+    if (defined) throw new TypeError("define() is not available");
+    defined = true;
+    const module = { exports: {} };
+    factory.call(undefined, module.exports, requireModule, module);
+    moduleExports = module.exports;
+  }
+
+  // --- dispatch -------------------------------------------------------------------
+  let fetchHandler = null;  // (request, ctx) -> Promise<Response>
+  function findHandler() {
+    if (moduleExports !== null) {
+      const entry = moduleExports.default;
+      if (typeof entry === "function" && entry.prototype && typeof entry.prototype.fetch === "function") {
+        return (request, ctx) => new entry(ctx, env).fetch(request);
+      }
+      if (entry && typeof entry.fetch === "function") {
+        return (request, ctx) => entry.fetch(request, env, ctx);
+      }
+    }
+    const fetchListeners = listeners.get("fetch");
+    if (fetchListeners && fetchListeners.length) {
+      return (request, ctx) => new Promise((resolve, reject) => {
+        let responded = false;
+        const event = {
+          type: "fetch",
+          request,
+          respondWith(response) {
+            if (responded) throw new DOMException("respondWith() was already called.", "InvalidStateError");
+            responded = true;
+            Promise.resolve(response).then(resolve, reject);
+          },
+          waitUntil: (promise) => ctx.waitUntil(promise),
+          passThroughOnException() {},
+        };
+        for (const listener of fetchListeners) {
+          if (typeof listener === "function") listener.call(globalThis, event);
+          else listener.handleEvent(event);
+        }
+        if (!responded) reject(new Error("No response: the fetch event listener did not call respondWith()."));
+      });
+    }
+    return null;
+  }
+
+  function dispatchFetch(requestId, method, url, headersJSON, hasBody) {
+    const readBody = hasBody ? () => opPromise("readBody", requestId).then(internals.latin1ToBytes) : null;
+    let waiting = 0;
+    let responded = false;
+    let finished = false;
+    const finishIfIdle = () => {
+      if (responded && waiting === 0 && !finished) { finished = true; host.done(requestId); }
+    };
+    const ctx = {
+      waitUntil(promise) {
+        waiting++;
+        Promise.resolve(promise)
+          .catch((error) => reportException(error, "waitUntil"))
+          .finally(() => { waiting--; finishIfIdle(); });
+      },
+      passThroughOnException() {},
+      props: {},
+    };
+    let result;
+    try {
+      const request = internals.requestFromHost(method, url, JSON.parse(headersJSON), readBody);
+      result = Promise.resolve(fetchHandler(request, ctx));
+    } catch (error) {
+      result = Promise.reject(error);
+    }
+    result
+      .then((response) => {
+        if (!internals.isResponse(response)) {
+          throw new TypeError("Incorrect type for Promise: the Promise did not resolve to 'Response'.");
+        }
+        if (response.type === "error") throw new TypeError("The worker returned Response.error().");
+        return internals.responseToHost(response);
+      })
+      .then(
+        (out) => {
+          host.respond(requestId, out.status, out.statusText || "", JSON.stringify(out.headers),
+            out.body === null ? null : internals.bytesToLatin1(out.body));
+        },
+        (error) => {
+          const { name, message, stack } = describeError(error);
+          host.fail(requestId, name, message, stack || `${name}: ${message}`);
+        },
+      )
+      .finally(() => { responded = true; finishIfIdle(); });
+  }
+
+  // The vendored bundle needs TextEncoder/TextDecoder as it loads, so the host
+  // runs it between init() and linkVendor().
+  function init(configJSON) {
+    const config = JSON.parse(configJSON);
+    installWebAPIs(globalThis, internals);
+    internals.reportError = (error) => reportException(error, "microtask");
+    env = config.env;
+  }
+
+  function linkVendor() {
+    const vendor = globalThis.__warrenVendor;
+    delete globalThis.__warrenVendor;
+    defineGlobal("URL", vendor.URL);
+    defineGlobal("URLSearchParams", vendor.URLSearchParams);
+    const clone = vendor.structuredClone;
+    defineGlobal("structuredClone", function structuredClone(value, options) {
+      if (arguments.length === 0) throw new TypeError("structuredClone requires a value");
+      return clone(value, options);
+    });
+    defineGlobal("Date", WarrenDate);
+    defineGlobal("console", makeConsole());
+    defineGlobal("setTimeout", (callback, delay, ...args) => setTimer(callback, delay, args, false));
+    defineGlobal("setInterval", (callback, delay, ...args) => setTimer(callback, delay, args, true));
+    defineGlobal("clearTimeout", clearTimer);
+    defineGlobal("clearInterval", clearTimer);
+    defineGlobal("addEventListener", addEventListener);
+    defineGlobal("removeEventListener", removeEventListener);
+    defineGlobal("performance", Object.freeze({ timeOrigin, now: () => frozenNow - timeOrigin }));
+    defineGlobal("navigator", Object.freeze({ userAgent: "warren", hardwareConcurrency: 1 }));
+    defineGlobal("self", globalThis);
+    defineGlobal("__warrenDefine", define);
+  }
+
+  function loaded() {
+    delete globalThis.__warrenDefine;
+    fetchHandler = findHandler();
+    if (fetchHandler === null) {
+      return moduleExports !== null
+        ? "The worker's default export has no fetch() handler."
+        : "No event handlers were registered. This script does nothing.";
+    }
+    return "";
+  }
+
+  function complete(opId, ok, value) {
+    const onComplete = pendingOps.get(opId);
+    if (onComplete === undefined) return;
+    pendingOps.delete(opId);
+    onComplete(ok, value);
+  }
+
+  globalThis.__warrenEnter = function (now, kind, a, b, c, d, e) {
+    frozenNow = now;
+    switch (kind) {
+      case "complete": return complete(a, b, c);
+      case "fetch": return dispatchFetch(a, b, c, d, e);
+      case "init": return init(a);
+      case "linkVendor": return linkVendor();
+      case "loaded": return loaded();
+      default: throw new Error("unknown entry " + kind);
+    }
+  };
+})();

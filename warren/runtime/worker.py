@@ -1,0 +1,438 @@
+"""One running instance of a Worker: an isolate, its event loop, its invocations.
+
+JavaScript runs in "slices" on a thread of the executor, one slice at a time
+per Worker; between slices the isolate waits for host operations (timers,
+request bodies) on the asyncio loop. Host functions called from JavaScript only
+record effects, which the loop applies after the slice returns, so nothing on
+the JS thread touches asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from warren.engine import (
+    CpuLimitExceeded,
+    EngineError,
+    Isolate,
+    IsolateTerminated,
+    MemoryLimitExceeded,
+    ScriptError,
+)
+from warren.runtime.script import STARTUP_CPU_MS, Compiler, ScriptLoadError, WorkerScript, runtime_js
+
+WAIT_UNTIL_LIMIT_S = 30.0
+_ENTER = "__warrenEnter"
+
+NEVER_RESPONDS = "The script will never generate a response."
+EXCEEDED_CPU = "Worker exceeded its CPU time limit."
+EXCEEDED_MEMORY = "Worker exceeded its memory limit."
+RESTARTED = "Worker was restarted because another request to it exceeded a limit; please retry."
+THREW = "Worker threw exception"
+
+
+class BodySource(Protocol):
+    async def read_all(self) -> bytes: ...
+
+
+class Reply(Protocol):
+    """Where one invocation's results go. Called on the event loop."""
+
+    def head(self, status: int, headers: list[tuple[str, str]]) -> None: ...
+    def body(self, chunk: bytes) -> None: ...
+    def end(self) -> None: ...
+    def error(self, status: int, message: str) -> None: ...
+    def log(self, level: str, message: str) -> None: ...
+    def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None: ...
+
+
+@dataclass
+class IncomingRequest:
+    request_id: int
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    body: BodySource | None = None
+
+
+@dataclass
+class _Invocation:
+    request: IncomingRequest
+    reply: Reply
+    started: float = field(default_factory=time.monotonic)
+    cpu_seconds: float = 0.0
+    responded: bool = False
+    finished: bool = False
+    outcome: str = "ok"
+    deadline: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Op:
+    request_id: int | None
+    handle: asyncio.TimerHandle | asyncio.Task[Any] | None = None
+
+
+LogSink = Callable[[str, str], None]
+# Told, on the JS thread, which worker and request is about to run JavaScript
+# (and None after): the runtime process records it so a crash has a culprit.
+Activity = Callable[[str | None, int | None], None]
+
+
+class Worker:
+    """An isolate running one version of one script, serving its requests."""
+
+    def __init__(
+        self,
+        script: WorkerScript,
+        executor: Executor,
+        compiler: Compiler,
+        log_sink: LogSink,
+        activity: Activity | None = None,
+        key: str = "",
+    ) -> None:
+        self.script = script
+        self.key = key or script.name
+        self._activity = activity
+        self._executor = executor
+        self._compiler = compiler
+        self._log_sink = log_sink
+        self._loop = asyncio.get_running_loop()
+        self._isolate: Isolate | None = None
+        self._turn = asyncio.Lock()
+        self._queued_slices = 0
+        self._effects: list[tuple[Any, ...]] = []
+        self._current: int | None = None
+        self._invocations: dict[int, _Invocation] = {}
+        self._ops: dict[int, _Op] = {}
+        self._next_op = 1
+        self.broken = False
+        self.cpu_seconds_total = 0.0
+        self.last_used = time.monotonic()
+
+    # --- life cycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the isolate and run the script's top level; raises ScriptLoadError."""
+        async with self._turn:
+            source = await self._loop.run_in_executor(
+                self._executor, self._compiler.to_classic_script, self.script
+            )
+            try:
+                await self._loop.run_in_executor(self._executor, self._load, source)
+            finally:
+                self._apply_effects()
+
+    def _load(self, source: str) -> None:
+        if self._activity is not None:
+            self._activity(self.key, None)
+        try:
+            self._load_in_isolate(source)
+        finally:
+            if self._activity is not None:
+                self._activity(None, None)
+
+    def _load_in_isolate(self, source: str) -> None:
+        isolate = Isolate(self.script.memory_mb)
+        self._isolate = isolate
+        isolate.expose_host_functions(
+            "__warrenHost",
+            {
+                "log": self._host_log,
+                "exception": self._host_exception,
+                "op": self._host_op,
+                "cancelOp": self._host_cancel_op,
+                "respond": self._host_respond,
+                "fail": self._host_fail,
+                "done": self._host_done,
+            },
+        )
+        try:
+            for name in ("js/webapi.js", "js/bootstrap.js"):
+                isolate.run_script(runtime_js(name), f"warren:{name}", cpu_budget_ms=STARTUP_CPU_MS)
+            isolate.take_entry_point(_ENTER)
+            config = json.dumps({"env": self.script.vars, "compatibilityDate": self.script.compatibility_date})
+            isolate.call(_ENTER, _now_ms(), "init", config, cpu_budget_ms=STARTUP_CPU_MS)
+            isolate.run_script(runtime_js("vendor/web.js"), "warren:vendor/web.js", cpu_budget_ms=STARTUP_CPU_MS)
+            isolate.call(_ENTER, _now_ms(), "linkVendor", cpu_budget_ms=STARTUP_CPU_MS)
+            isolate.run_script(source, self.script.filename, cpu_budget_ms=STARTUP_CPU_MS)
+            problem = isolate.call(_ENTER, _now_ms(), "loaded", cpu_budget_ms=STARTUP_CPU_MS)
+        except ScriptError as exc:
+            self._discard_isolate()
+            raise ScriptLoadError(f"{exc.name}: {exc.message}", exc.filename, exc.line, exc.column) from None
+        except CpuLimitExceeded:
+            self._discard_isolate()
+            raise ScriptLoadError(f"Script startup exceeded CPU time limit ({STARTUP_CPU_MS} ms).") from None
+        except MemoryLimitExceeded:
+            self._discard_isolate()
+            raise ScriptLoadError("Script startup exceeded its memory limit.") from None
+        if problem:
+            self._discard_isolate()
+            raise ScriptLoadError(str(problem), self.script.filename)
+
+    def _discard_isolate(self) -> None:
+        if self._isolate is not None:
+            self._isolate.dispose()
+            self._isolate = None
+        self.broken = True
+
+    async def close(self) -> None:
+        """Dispose of the isolate once no slice is running. Pending invocations fail."""
+        self.broken = True
+        for invocation in list(self._invocations.values()):
+            self._fail_invocation(invocation, 503, RESTARTED, "canceled")
+        self._cancel_ops(lambda op: True)
+        async with self._turn:
+            if self._isolate is not None:
+                await self._loop.run_in_executor(self._executor, self._discard_isolate)
+
+    @property
+    def idle(self) -> bool:
+        return not self._invocations and self._queued_slices == 0
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._isolate.memory_bytes if self._isolate is not None else 0
+
+    # --- invocations --------------------------------------------------------------
+
+    def fetch(self, request: IncomingRequest, reply: Reply) -> None:
+        """Start an invocation of the fetch handler. Results arrive on ``reply``."""
+        if self.broken:
+            reply.error(503, RESTARTED)
+            reply.done("canceled", 0.0, 0.0)
+            return
+        self.last_used = time.monotonic()
+        self._invocations[request.request_id] = _Invocation(request, reply)
+        headers = json.dumps(request.headers)
+        self._schedule(
+            request.request_id,
+            "fetch",
+            request.request_id,
+            request.method,
+            request.url,
+            headers,
+            request.body is not None,
+        )
+
+    def cancel(self, request_id: int) -> None:
+        """The client went away: its response is no longer wanted."""
+        invocation = self._invocations.get(request_id)
+        if invocation is not None and not invocation.responded:
+            invocation.outcome = "canceled"
+
+    # --- slices -------------------------------------------------------------------
+
+    def _schedule(self, request_id: int | None, *args: Any) -> None:
+        self._queued_slices += 1
+        self._loop.create_task(self._slice(request_id, args))
+
+    async def _slice(self, request_id: int | None, args: tuple[Any, ...]) -> None:
+        try:
+            async with self._turn:
+                if self.broken or self._isolate is None:
+                    return
+                invocation = self._invocations.get(request_id) if request_id is not None else None
+                budget = self.script.cpu_ms
+                if invocation is not None:
+                    budget = max(0.0, self.script.cpu_ms - invocation.cpu_seconds * 1000.0)
+                self._current = request_id
+                try:
+                    await self._loop.run_in_executor(self._executor, self._enter, budget, args)
+                except IsolateTerminated as exc:
+                    # What the terminated slice did is void, except what it logged.
+                    self._effects = [effect for effect in self._effects if effect[0] == "log"]
+                    self._apply_effects()
+                    await self._terminated(request_id, exc)
+                    return
+                except (ScriptError, EngineError) as exc:
+                    self._log_sink("error", f"warren runtime error: {exc}")
+                finally:
+                    used = self._isolate.last_cpu_seconds if self._isolate is not None else 0.0
+                    self.cpu_seconds_total += used
+                    if invocation is not None:
+                        invocation.cpu_seconds += used
+                    self._current = None
+                self._apply_effects()
+        finally:
+            self._queued_slices -= 1
+            self._settle_idle()
+
+    def _enter(self, budget_ms: float, args: tuple[Any, ...]) -> None:
+        assert self._isolate is not None
+        if self._activity is not None:
+            self._activity(self.key, self._current)
+        try:
+            self._isolate.call(_ENTER, _now_ms(), *args, cpu_budget_ms=budget_ms)
+        finally:
+            if self._activity is not None:
+                self._activity(None, None)
+
+    async def _terminated(self, request_id: int | None, exc: IsolateTerminated) -> None:
+        outcome = "exceededCpu" if isinstance(exc, CpuLimitExceeded) else "exceededMemory"
+        message = EXCEEDED_CPU if outcome == "exceededCpu" else EXCEEDED_MEMORY
+        self._log_sink("error", f"{self.script.name}: {message} The isolate was discarded.")
+        self.broken = True
+        for invocation in list(self._invocations.values()):
+            if invocation.request.request_id == request_id:
+                invocation.reply.log("error", message)
+                self._fail_invocation(invocation, 503, message, outcome)
+            else:
+                self._fail_invocation(invocation, 503, RESTARTED, "canceled")
+        self._cancel_ops(lambda op: True)
+        await self._loop.run_in_executor(self._executor, self._discard_isolate)
+
+    def _settle_idle(self) -> None:
+        """Finish what can no longer progress: nothing queued and no host operation pending."""
+        if self._queued_slices or self._ops or self.broken:
+            return
+        for invocation in list(self._invocations.values()):
+            if not invocation.responded:
+                invocation.reply.log("error", NEVER_RESPONDS)
+                self._fail_invocation(invocation, 500, NEVER_RESPONDS, "exception")
+            else:
+                self._finish(invocation)
+
+    # --- host functions: called on the JS thread, they only record effects -----------
+
+    def _host_log(self, level: str, message: str) -> None:
+        self._effects.append(("log", self._current, str(level), str(message)))
+
+    def _host_exception(self, name: str, message: str, stack: str, where: str) -> None:
+        self._effects.append(("log", self._current, "error", f"Uncaught (in {where}) {stack}"))
+
+    def _host_op(self, kind: str, argument: Any) -> int:
+        op_id = self._next_op
+        self._next_op += 1
+        self._effects.append(("op", self._current, op_id, str(kind), argument))
+        return op_id
+
+    def _host_cancel_op(self, op_id: int) -> None:
+        self._effects.append(("cancel", int(op_id)))
+
+    def _host_respond(
+        self, request_id: int, status: int, status_text: str, headers: str, body: str | None
+    ) -> None:
+        self._effects.append(("respond", int(request_id), int(status), str(headers), body))
+
+    def _host_fail(self, request_id: int, name: str, message: str, stack: str) -> None:
+        self._effects.append(("fail", int(request_id), str(stack)))
+
+    def _host_done(self, request_id: int) -> None:
+        self._effects.append(("done", int(request_id)))
+
+    # --- applying effects on the loop ---------------------------------------------------
+
+    def _apply_effects(self) -> None:
+        effects, self._effects = self._effects, []
+        for effect in effects:
+            kind = effect[0]
+            if kind == "log":
+                _, request_id, level, message = effect
+                invocation = self._invocations.get(request_id) if request_id is not None else None
+                if invocation is not None:
+                    invocation.reply.log(level, message)
+                else:
+                    self._log_sink(level, message)
+            elif kind == "op":
+                self._start_op(*effect[1:])
+            elif kind == "cancel":
+                self._cancel_ops(effect[1].__eq__)
+            elif kind == "respond":
+                self._respond(*effect[1:])
+            elif kind == "fail":
+                _, request_id, stack = effect
+                invocation = self._invocations.get(request_id)
+                if invocation is not None:
+                    invocation.reply.log("error", f"Uncaught {stack}")
+                    self._fail_invocation(invocation, 500, THREW, "exception", finish=False)
+            elif kind == "done":
+                invocation = self._invocations.get(effect[1])
+                if invocation is not None:
+                    self._finish(invocation)
+
+    def _respond(self, request_id: int, status: int, headers_json: str, body: str | None) -> None:
+        invocation = self._invocations.get(request_id)
+        if invocation is None or invocation.responded:
+            return
+        invocation.responded = True
+        headers = [(str(name), str(value)) for name, value in json.loads(headers_json)]
+        if invocation.outcome != "canceled":
+            invocation.reply.head(status, headers)
+            if body:
+                invocation.reply.body(body.encode("latin-1"))
+            invocation.reply.end()
+        invocation.deadline = self._loop.call_later(WAIT_UNTIL_LIMIT_S, self._finish, invocation)
+
+    def _fail_invocation(
+        self, invocation: _Invocation, status: int, message: str, outcome: str, finish: bool = True
+    ) -> None:
+        if not invocation.responded:
+            invocation.responded = True
+            invocation.reply.error(status, message)
+        if invocation.outcome == "ok":
+            invocation.outcome = outcome
+        if finish:
+            self._finish(invocation)
+        elif invocation.deadline is None:
+            invocation.deadline = self._loop.call_later(WAIT_UNTIL_LIMIT_S, self._finish, invocation)
+
+    def _finish(self, invocation: _Invocation) -> None:
+        if invocation.finished:
+            return
+        invocation.finished = True
+        if invocation.deadline is not None:
+            invocation.deadline.cancel()
+        request_id = invocation.request.request_id
+        self._invocations.pop(request_id, None)
+        # As on Workers, timers of a finished invocation never fire.
+        self._cancel_ops(lambda op_id: self._ops[op_id].request_id == request_id)
+        wall_ms = (time.monotonic() - invocation.started) * 1000.0
+        invocation.reply.done(invocation.outcome, invocation.cpu_seconds * 1000.0, wall_ms)
+        self.last_used = time.monotonic()
+
+    # --- host operations --------------------------------------------------------------------
+
+    def _start_op(self, request_id: int | None, op_id: int, kind: str, argument: Any) -> None:
+        op = _Op(request_id)
+        self._ops[op_id] = op
+        if kind == "sleep":
+            delay = max(0.0, float(argument or 0)) / 1000.0
+            op.handle = self._loop.call_later(delay, self._complete, op_id, True, None)
+        elif kind == "readBody":
+            invocation = self._invocations.get(int(argument))
+            body = invocation.request.body if invocation is not None else None
+            op.handle = self._loop.create_task(self._read_body(op_id, body))
+        else:
+            self._loop.call_soon(self._complete, op_id, False, f"unknown host operation {kind}")
+
+    async def _read_body(self, op_id: int, body: BodySource | None) -> None:
+        try:
+            data = await body.read_all() if body is not None else b""
+        except Exception as exc:
+            self._complete(op_id, False, f"reading the request body failed: {exc}")
+            return
+        self._complete(op_id, True, data.decode("latin-1"))
+
+    def _complete(self, op_id: int, ok: bool, value: str | None) -> None:
+        op = self._ops.pop(op_id, None)
+        if op is None:
+            return
+        self._schedule(op.request_id, "complete", op_id, ok, value)
+
+    def _cancel_ops(self, which: Callable[[int], bool]) -> None:
+        for op_id in [op_id for op_id in self._ops if which(op_id)]:
+            op = self._ops.pop(op_id)
+            if op.handle is not None:
+                op.handle.cancel()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+

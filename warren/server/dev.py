@@ -1,0 +1,144 @@
+"""``warren dev``: one project served locally, reloaded when its files change."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from watchfiles import awatch
+
+from warren.config import ConfigError, Project, load_project
+from warren.runtime import ScriptLoadError
+from warren.server.app import EdgeApp
+from warren.server.supervisor import Exchange, Supervisor
+
+Echo = Callable[[str], None]
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _echo_error(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class DevServer:
+    def __init__(
+        self,
+        target: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 8787,
+        extra_vars: dict[str, str] | None = None,
+        watch: bool = True,
+        echo: Echo = _echo,
+        echo_error: Echo = _echo_error,
+    ) -> None:
+        self.target = target
+        self.host = host
+        self.port = port
+        self.extra_vars = extra_vars or {}
+        self.watch = watch
+        self.echo = echo
+        self.echo_error = echo_error
+        self.project: Project | None = None
+        self.supervisor = Supervisor(on_log=self._log, on_done=self._done)
+
+    def _log(self, script: str, level: str, message: str) -> None:
+        line = f"[{script}] {level}: {message}" if level != "log" else f"[{script}] {message}"
+        (self.echo_error if level == "error" else self.echo)(line)
+
+    def _done(self, name: str, exchange: Exchange, outcome: str, cpu_ms: float, wall_ms: float) -> None:
+        head = exchange.head
+        path = head["url"].split("/", 3)[-1] if head["url"].count("/") >= 3 else ""
+        note = "" if outcome == "ok" else f" {outcome}"
+        self.echo(f"{head['method']} /{path} {exchange.status}{note} (cpu {cpu_ms:.1f} ms, wall {wall_ms:.0f} ms)")
+
+    def _read_project(self) -> Project:
+        project = load_project(self.target)
+        project.vars.update(self.extra_vars)
+        return project
+
+    async def _deploy(self, first: bool) -> bool:
+        try:
+            project = self._read_project()
+            script = project.script()
+        except ConfigError as exc:
+            self.echo_error(f"✘ {exc}")
+            return False
+        if first or (self.project is not None and project.warnings != self.project.warnings):
+            for warning in project.warnings:
+                self.echo_error(f"▲ {warning}")
+        self.project = project
+        started = time.perf_counter()
+        try:
+            await self.supervisor.deploy(script)
+        except ScriptLoadError as exc:
+            self.echo_error(f"✘ {exc}")
+            return False
+        elapsed = (time.perf_counter() - started) * 1000
+        if not first:
+            self.echo(f"⎔ Reloaded {script.name} in {elapsed:.0f} ms")
+        return True
+
+    def _resolve(self, host: str, path: str) -> str | None:
+        return self.project.name if self.project is not None else None
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        assert self.project is not None
+        paths = [str(path) for path in self.project.watch_paths]
+        async for _changes in awatch(*paths, stop_event=stop, debounce=50, step=20):
+            await self._deploy(first=False)
+
+    async def run(self) -> int:
+        try:
+            self.project = self._read_project()
+        except ConfigError as exc:
+            self.echo_error(f"✘ {exc}")
+            return 1
+        await self.supervisor.start()
+        try:
+            await self._deploy(first=True)
+            stop = asyncio.Event()
+            watcher = asyncio.get_running_loop().create_task(self._watch(stop)) if self.watch else None
+            app = EdgeApp(self.supervisor, self._resolve)
+            config = uvicorn.Config(
+                app,
+                host=self.host,
+                port=self.port,
+                http="httptools",
+                lifespan="off",
+                log_level="warning",
+                server_header=False,
+                access_log=False,
+            )
+            server = uvicorn.Server(config)
+            serving = asyncio.get_running_loop().create_task(server.serve())
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            if serving.done():
+                stop.set()
+                serving.result()
+                return 1
+            port = _bound_port(server) or self.port
+            self.echo(f"Ready on http://{self.host}:{port}")
+            await serving
+            stop.set()
+            if watcher is not None:
+                watcher.cancel()
+            return 0
+        finally:
+            await self.supervisor.stop()
+
+
+def _bound_port(server: uvicorn.Server) -> int | None:
+    servers: list[Any] = getattr(server, "servers", [])
+    for listener in servers:
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    return None

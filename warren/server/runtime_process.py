@@ -1,0 +1,302 @@
+"""The runtime process: isolates live here, away from the listening socket.
+
+V8 aborts the whole process when an isolate cannot get memory, so isolates
+never run in the supervisor. This process speaks only the frame protocol on
+the socket it inherits; the supervisor restarts it if it dies.
+
+Started as ``python -m warren.server.runtime_process --fd N --slots PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import mmap
+import os
+import signal
+import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from warren.engine import configure
+from warren.runtime import Compiler, IncomingRequest, ScriptLoadError, Worker, WorkerScript
+from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
+
+ACTIVITY_SLOTS = 16
+ACTIVITY_SLOT_SIZE = 128
+_ID = 8  # bytes of request id at the start of a slot; the worker key follows
+
+
+class ActivityBoard:
+    """A shared page where each JS thread writes which worker it is running.
+
+    After a crash the supervisor reads it to name the script that was running:
+    writing a few bytes per slice costs nothing, and survives the process.
+    """
+
+    def __init__(self, path: str) -> None:
+        with open(path, "r+b") as file:
+            self._map = mmap.mmap(file.fileno(), ACTIVITY_SLOTS * ACTIVITY_SLOT_SIZE)
+        self._slot = threading.local()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def _slot_offset(self) -> int:
+        offset: int | None = getattr(self._slot, "offset", None)
+        if offset is None:
+            with self._lock:
+                offset = (self._next % ACTIVITY_SLOTS) * ACTIVITY_SLOT_SIZE
+                self._next += 1
+            self._slot.offset = offset
+        return offset
+
+    def mark(self, key: str | None, request_id: int | None) -> None:
+        offset = self._slot_offset()
+        if key is None:
+            self._map[offset : offset + ACTIVITY_SLOT_SIZE] = bytes(ACTIVITY_SLOT_SIZE)
+            return
+        encoded = key.encode()[: ACTIVITY_SLOT_SIZE - _ID]
+        record = (request_id or 0).to_bytes(_ID, "big") + encoded
+        self._map[offset : offset + ACTIVITY_SLOT_SIZE] = record.ljust(ACTIVITY_SLOT_SIZE, b"\0")
+
+
+def read_activity(path: str) -> list[tuple[str, int]]:
+    """(worker key, request id) of every JS thread that was running, from the board file."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(ACTIVITY_SLOTS * ACTIVITY_SLOT_SIZE)
+    except OSError:
+        return []
+    running = []
+    for offset in range(0, len(data), ACTIVITY_SLOT_SIZE):
+        slot = data[offset : offset + ACTIVITY_SLOT_SIZE]
+        key = slot[_ID:].rstrip(b"\0").decode(errors="replace")
+        if key:
+            running.append((key, int.from_bytes(slot[:_ID], "big")))
+    return running
+
+
+class _RequestBody:
+    """A request body arriving in frames; the script reads it whole."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._complete = asyncio.Event()
+
+    def feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def finish(self) -> None:
+        self._complete.set()
+
+    async def read_all(self) -> bytes:
+        await self._complete.wait()
+        return b"".join(self._chunks)
+
+
+class _FrameReply:
+    """Sends one invocation's results back to the supervisor as frames."""
+
+    def __init__(self, runtime: RuntimeServer, stream: int) -> None:
+        self._runtime = runtime
+        self._stream = stream
+
+    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self._runtime.send(encode_json(Kind.HEAD, self._stream, {"status": status, "headers": headers}))
+
+    def body(self, chunk: bytes) -> None:
+        for start in range(0, len(chunk), BODY_CHUNK):
+            self._runtime.send(encode(Kind.RBODY, self._stream, chunk[start : start + BODY_CHUNK]))
+
+    def end(self) -> None:
+        self._runtime.send(encode(Kind.END, self._stream))
+
+    def error(self, status: int, message: str) -> None:
+        self._runtime.send(encode_json(Kind.ERROR, self._stream, {"status": status, "message": message}))
+
+    def log(self, level: str, message: str) -> None:
+        self._runtime.send_log(self._runtime.script_of(self._stream), level, message, self._stream)
+
+    def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
+        self._runtime.finished(self._stream)
+        self._runtime.send(
+            encode_json(Kind.DONE, self._stream, {"outcome": outcome, "cpu_ms": cpu_ms, "wall_ms": wall_ms})
+        )
+
+
+class RuntimeServer:
+    def __init__(self, writer: asyncio.StreamWriter, board: ActivityBoard | None, js_threads: int) -> None:
+        self._writer = writer
+        self._board = board
+        self._executor = ThreadPoolExecutor(js_threads, thread_name_prefix="warren-js")
+        self._compiler = Compiler()
+        self._scripts: dict[str, WorkerScript] = {}
+        self._workers: dict[str, asyncio.Future[Worker]] = {}
+        self._retired: set[str] = set()
+        self._bodies: dict[int, _RequestBody] = {}
+        self._stream_keys: dict[int, str] = {}
+
+    # -- output --
+
+    def send(self, frame: bytes) -> None:
+        self._writer.write(frame)
+
+    def send_log(self, script: str, level: str, message: str, stream: int = 0) -> None:
+        self.send(encode_json(Kind.LOG, stream, {"script": script, "level": level, "message": message}))
+
+    def script_of(self, stream: int) -> str:
+        key = self._stream_keys.get(stream, "")
+        script = self._scripts.get(key)
+        return script.name if script is not None else key
+
+    def finished(self, stream: int) -> None:
+        self._bodies.pop(stream, None)
+        key = self._stream_keys.pop(stream, None)
+        if key in self._retired:
+            asyncio.get_running_loop().create_task(self._retire_if_idle(key))
+
+    # -- workers --
+
+    def _worker(self, key: str) -> asyncio.Future[Worker]:
+        future = self._workers.get(key)
+        if future is not None and future.done() and not future.exception() and future.result().broken:
+            future = None  # a broken isolate is replaced on the next request
+        if future is None:
+            future = asyncio.get_running_loop().create_task(self._start_worker(key))
+            self._workers[key] = future
+        return future
+
+    async def _start_worker(self, key: str) -> Worker:
+        script = self._scripts[key]
+        worker = Worker(
+            script,
+            self._executor,
+            self._compiler,
+            lambda level, message: self.send_log(script.name, level, message),
+            self._board.mark if self._board is not None else None,
+            key,
+        )
+        await worker.start()
+        return worker
+
+    async def _retire_if_idle(self, key: str) -> None:
+        future = self._workers.get(key)
+        if future is None or not future.done():
+            return
+        if future.exception() is None:
+            worker = future.result()
+            if not worker.idle:
+                return
+            await worker.close()
+        self._workers.pop(key, None)
+        self._scripts.pop(key, None)
+        self._retired.discard(key)
+
+    # -- input --
+
+    async def handle(self, kind: Kind, stream: int, payload: bytes) -> None:
+        if kind == Kind.REQUEST:
+            await self._request(stream, json.loads(payload))
+        elif kind == Kind.BODY:
+            body = self._bodies.get(stream)
+            if body is not None:
+                body.feed(payload)
+        elif kind == Kind.BODY_END:
+            body = self._bodies.get(stream)
+            if body is not None:
+                body.finish()
+        elif kind == Kind.CANCEL:
+            key = self._stream_keys.get(stream)
+            future = self._workers.get(key) if key else None
+            if future is not None and future.done() and future.exception() is None:
+                future.result().cancel(stream)
+        elif kind == Kind.LOAD:
+            message = json.loads(payload)
+            key = message["key"]
+            # Registered before any later frame is read, so a REQUEST that
+            # follows this LOAD finds the script; starting it happens meanwhile.
+            self._scripts[key] = WorkerScript.from_dict(message["script"])
+            self._retired.discard(key)
+            asyncio.get_running_loop().create_task(self._load(key, stream))
+        elif kind == Kind.UNLOAD:
+            key = json.loads(payload)["key"]
+            self._retired.add(key)
+            await self._retire_if_idle(key)
+
+    async def _load(self, key: str, stream: int) -> None:
+        error: dict[str, Any] | None = None
+        try:
+            await self._worker(key)
+        except ScriptLoadError as exc:
+            error = exc.to_dict()
+            self._workers.pop(key, None)  # the next request retries, and reports again
+        self.send(encode_json(Kind.LOADED, stream, {"key": key, "error": error}))
+
+    async def _request(self, stream: int, head: dict[str, Any]) -> None:
+        key = head["key"]
+        body = _RequestBody() if head["has_body"] else None
+        if body is not None:
+            self._bodies[stream] = body
+        reply = _FrameReply(self, stream)
+        if key not in self._scripts:
+            reply.error(503, f"unknown worker version {key}")
+            reply.done("canceled", 0.0, 0.0)
+            return
+        self._stream_keys[stream] = key
+        asyncio.get_running_loop().create_task(self._dispatch(stream, key, head, body, reply))
+
+    async def _dispatch(
+        self, stream: int, key: str, head: dict[str, Any], body: _RequestBody | None, reply: _FrameReply
+    ) -> None:
+        try:
+            worker = await self._worker(key)
+        except ScriptLoadError as exc:
+            self._workers.pop(key, None)
+            reply.log("error", f"Worker failed to start: {exc}")
+            reply.error(500, "Worker failed to start")
+            reply.done("exception", 0.0, 0.0)
+            return
+        headers = [(str(name), str(value)) for name, value in head["headers"]]
+        worker.fetch(IncomingRequest(stream, head["method"], head["url"], headers, body), reply)
+
+
+async def _serve(fd: int, slots: str | None, js_threads: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    board = ActivityBoard(slots) if slots else None
+    server = RuntimeServer(writer, board, js_threads)
+    while True:
+        frame = await read_frame(reader)
+        if frame is None:
+            break
+        await server.handle(*frame)
+        if writer.transport.get_write_buffer_size() > 4 * BODY_CHUNK:
+            await writer.drain()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="warren-runtime")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--slots")
+    parser.add_argument("--heap-mb", type=int, default=128)
+    parser.add_argument("--js-threads", type=int, default=max(1, os.cpu_count() or 1))
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    configure(args.heap_mb)
+    try:
+        import uvloop
+
+        uvloop.run(_serve(args.fd, args.slots, args.js_threads))
+    except ImportError:
+        asyncio.run(_serve(args.fd, args.slots, args.js_threads))
+    sys.stdout.flush()
+    # Isolates may still be entered by executor threads; V8 aborts if they are
+    # torn down at interpreter exit, and there is nothing left to save.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

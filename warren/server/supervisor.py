@@ -1,0 +1,353 @@
+"""The supervisor: owns runtime processes and the exchanges sent to them.
+
+It starts the runtime process, forwards each HTTP exchange to it as frames,
+and when the process dies it names the script that was running (from the
+activity board), answers that script's requests with 503, replays the other
+requests that had not yet got a response head on a fresh process (once), and
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from warren.runtime import ScriptLoadError, WorkerScript
+from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
+from warren.server.runtime_process import ACTIVITY_SLOT_SIZE, ACTIVITY_SLOTS, read_activity
+
+REPLAY_BODY_LIMIT = 1024 * 1024  # request bodies up to this size can be replayed after a crash
+CRASHED = "The worker's runtime process crashed while handling this request."
+CRASHED_ELSEWHERE = "The worker's runtime process crashed; the request could not be retried."
+
+LogHandler = Callable[[str, str, str], None]  # script name, level, message
+DoneHandler = Callable[[str, "Exchange", str, float, float], None]  # name, exchange, outcome, cpu, wall
+
+
+@dataclass
+class CrashRecord:
+    """A runtime process death and the scripts that were running JavaScript then."""
+
+    when: float
+    returncode: int | None
+    scripts: list[str]
+
+
+class Exchange:
+    """One HTTP exchange, as the supervisor forwards it. Outlives a process restart."""
+
+    def __init__(self, stream: int, name: str, key: str, head: dict[str, Any]) -> None:
+        self.stream = stream
+        self.name = name
+        self.key = key
+        self.head = head
+        self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.process: RuntimeProcess | None = None
+        self.head_received = False
+        self.status = 0
+        self.body_ended = False
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        self.retried = False
+        self.finished = False
+
+    async def send_body(self, chunk: bytes) -> None:
+        if self.replay is not None:
+            self.replay_size += len(chunk)
+            if self.replay_size > REPLAY_BODY_LIMIT:
+                self.replay = None
+            else:
+                self.replay.append(chunk)
+        if self.process is not None:
+            for start in range(0, len(chunk), BODY_CHUNK):
+                self.process.send(encode(Kind.BODY, self.stream, chunk[start : start + BODY_CHUNK]))
+            await self.process.drain()
+
+    def end_body(self) -> None:
+        self.body_ended = True
+        if self.process is not None:
+            self.process.send(encode(Kind.BODY_END, self.stream))
+
+    def cancel(self) -> None:
+        if self.process is not None and not self.finished:
+            self.process.send(encode(Kind.CANCEL, self.stream))
+
+    async def next_event(self) -> tuple[Any, ...]:
+        return await self.events.get()
+
+
+@dataclass
+class RuntimeProcess:
+    supervisor: Supervisor
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    slots_path: str = ""
+    exchanges: dict[int, Exchange] = field(default_factory=dict)
+    loaded: set[str] = field(default_factory=set)
+    loads: dict[int, asyncio.Future[dict[str, Any] | None]] = field(default_factory=dict)
+    reader_task: asyncio.Task[None] | None = None
+    stopping: bool = False
+
+    async def start(self) -> None:
+        fd, self.slots_path = tempfile.mkstemp(prefix="warren-activity-")
+        os.write(fd, bytes(ACTIVITY_SLOTS * ACTIVITY_SLOT_SIZE))
+        os.close(fd)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "warren.server.runtime_process",
+            "--fd",
+            str(theirs.fileno()),
+            "--slots",
+            self.slots_path,
+            "--heap-mb",
+            str(self.supervisor.heap_mb),
+            "--js-threads",
+            str(self.supervisor.js_threads),
+            pass_fds=[theirs.fileno()],
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        theirs.close()
+        reader, self.writer = await asyncio.open_unix_connection(sock=ours)
+        self.reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+
+    def send(self, frame: bytes) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(frame)
+
+    async def drain(self) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            try:
+                await self.writer.drain()
+            except ConnectionError:
+                pass
+
+    def ensure_loaded(self, key: str) -> None:
+        if key not in self.loaded:
+            self.loaded.add(key)
+            script = self.supervisor.scripts[key]
+            self.send(encode_json(Kind.LOAD, 0, {"key": key, "script": script.to_dict()}))
+
+    async def load(self, key: str) -> dict[str, Any] | None:
+        """Load a script version and wait for its start; returns the load error, if any."""
+        stream = self.supervisor.next_stream()
+        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self.loads[stream] = future
+        self.loaded.add(key)
+        script = self.supervisor.scripts[key]
+        self.send(encode_json(Kind.LOAD, stream, {"key": key, "script": script.to_dict()}))
+        return await future
+
+    def start_exchange(self, exchange: Exchange) -> None:
+        exchange.process = self
+        self.exchanges[exchange.stream] = exchange
+        self.ensure_loaded(exchange.key)
+        self.send(encode_json(Kind.REQUEST, exchange.stream, exchange.head))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            frame = await read_frame(reader)
+            if frame is None:
+                break
+            self._dispatch(*frame)
+        if self.process is not None:
+            await self.process.wait()
+        if not self.stopping:
+            await self.supervisor.process_died(self)
+
+    def _dispatch(self, kind: Kind, stream: int, payload: bytes) -> None:
+        if kind == Kind.LOG:
+            message = json.loads(payload)
+            self.supervisor.on_log(message["script"], message["level"], message["message"])
+            return
+        if kind == Kind.LOADED:
+            future = self.loads.pop(stream, None)
+            message = json.loads(payload)
+            if message["error"] is not None:
+                self.loaded.discard(message["key"])
+            if future is not None and not future.done():
+                future.set_result(message["error"])
+            return
+        exchange = self.exchanges.get(stream)
+        if exchange is None:
+            return
+        if kind == Kind.HEAD:
+            exchange.head_received = True
+            message = json.loads(payload)
+            exchange.status = message["status"]
+            exchange.events.put_nowait(("head", message["status"], message["headers"]))
+        elif kind == Kind.RBODY:
+            exchange.events.put_nowait(("body", payload))
+        elif kind == Kind.END:
+            exchange.events.put_nowait(("end",))
+        elif kind == Kind.ERROR:
+            exchange.head_received = True
+            message = json.loads(payload)
+            exchange.status = message["status"]
+            exchange.events.put_nowait(("error", message["status"], message["message"]))
+        elif kind == Kind.DONE:
+            message = json.loads(payload)
+            self.exchanges.pop(stream, None)
+            exchange.finished = True
+            self.supervisor.on_done(exchange.name, exchange, message["outcome"], message["cpu_ms"], message["wall_ms"])
+
+    async def close_channel(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    async def stop(self) -> None:
+        self.stopping = True
+        await self.close_channel()
+        if self.process is not None and self.process.returncode is None:
+            try:
+                await asyncio.wait_for(self.process.wait(), 5)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self.reader_task is not None:
+            self.reader_task.cancel()
+        try:
+            os.unlink(self.slots_path)
+        except OSError:
+            pass
+
+
+def _ignore_log(name: str, level: str, message: str) -> None:
+    pass
+
+
+def _ignore_done(name: str, exchange: Exchange, outcome: str, cpu_ms: float, wall_ms: float) -> None:
+    pass
+
+
+class Supervisor:
+    """Runs a runtime process and routes exchanges to deployed script versions."""
+
+    def __init__(
+        self,
+        *,
+        heap_mb: int = 128,
+        js_threads: int | None = None,
+        on_log: LogHandler = _ignore_log,
+        on_done: DoneHandler = _ignore_done,
+    ) -> None:
+        self.heap_mb = heap_mb
+        self.js_threads = js_threads or max(1, os.cpu_count() or 1)
+        self.on_log = on_log
+        self.on_done = on_done
+        self.scripts: dict[str, WorkerScript] = {}
+        self.deployments: dict[str, str] = {}  # worker name -> key of the version serving it
+        self.crashes: list[CrashRecord] = []
+        self._process: RuntimeProcess | None = None
+        self._stream = 0
+        self._restarting: asyncio.Future[RuntimeProcess] | None = None
+
+    def next_stream(self) -> int:
+        self._stream = self._stream % 0xFFFFFFF0 + 1
+        return self._stream
+
+    async def start(self) -> None:
+        self._process = RuntimeProcess(self, 0)
+        await self._process.start()
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            await self._process.stop()
+            self._process = None
+
+    async def _live_process(self) -> RuntimeProcess:
+        if self._restarting is not None:
+            return await self._restarting
+        assert self._process is not None, "supervisor not started"
+        return self._process
+
+    async def deploy(self, script: WorkerScript) -> str:
+        """Load a script version and route its name to it; raises ScriptLoadError."""
+        key = f"{script.name}@{script.version_id}"
+        self.scripts[key] = script
+        process = await self._live_process()
+        error = await process.load(key)
+        if error is not None:
+            if self.deployments.get(script.name) != key:
+                self.scripts.pop(key, None)
+            raise ScriptLoadError.from_dict(error)
+        previous = self.deployments.get(script.name)
+        self.deployments[script.name] = key
+        if previous is not None and previous != key:
+            self.scripts.pop(previous, None)
+            process.loaded.discard(previous)
+            process.send(encode_json(Kind.UNLOAD, 0, {"key": previous}))
+        return key
+
+    async def open_exchange(
+        self, name: str, method: str, url: str, headers: list[tuple[str, str]], has_body: bool
+    ) -> Exchange:
+        key = self.deployments[name]
+        head = {"key": key, "method": method, "url": url, "headers": headers, "has_body": has_body}
+        exchange = Exchange(self.next_stream(), name, key, head)
+        process = await self._live_process()
+        process.start_exchange(exchange)
+        return exchange
+
+    async def process_died(self, dead: RuntimeProcess) -> None:
+        returncode = dead.process.returncode if dead.process is not None else None
+        await dead.close_channel()
+        culprits = read_activity(dead.slots_path)
+        culprit_keys = {key for key, _ in culprits}
+        names = sorted({key.split("@", 1)[0] for key in culprit_keys})
+        self.crashes.append(CrashRecord(time.time(), returncode, names))
+        cause = ", ".join(names) if names else "no script was running"
+        self.on_log("warren", "error", f"runtime process died (exit status {returncode}); running: {cause}")
+        try:
+            os.unlink(dead.slots_path)
+        except OSError:
+            pass
+        for future in dead.loads.values():
+            if not future.done():
+                future.set_result({"message": CRASHED, "filename": "", "line": 0, "column": 0})
+
+        loop = asyncio.get_running_loop()
+        self._restarting = loop.create_future()
+        fresh = RuntimeProcess(self, dead.index)
+        try:
+            await fresh.start()
+        except Exception as exc:
+            self._restarting.set_exception(exc)
+            raise
+        self._process = fresh
+        self._restarting.set_result(fresh)
+        self._restarting = None
+
+        for exchange in list(dead.exchanges.values()):
+            replayable = exchange.replay is not None and not exchange.retried and not exchange.head_received
+            if exchange.key in culprit_keys or not replayable or exchange.key not in self.scripts:
+                message = CRASHED if exchange.key in culprit_keys else CRASHED_ELSEWHERE
+                if not exchange.head_received:
+                    exchange.status = 503
+                    exchange.events.put_nowait(("error", 503, message))
+                else:
+                    exchange.events.put_nowait(("abort",))
+                exchange.finished = True
+                outcome = "exception" if exchange.key in culprit_keys else "canceled"
+                self.on_done(exchange.name, exchange, outcome, 0.0, 0.0)
+                continue
+            exchange.retried = True
+            fresh.start_exchange(exchange)
+            for chunk in exchange.replay or []:
+                fresh.send(encode(Kind.BODY, exchange.stream, chunk))
+            if exchange.body_ended:
+                fresh.send(encode(Kind.BODY_END, exchange.stream))
