@@ -82,3 +82,23 @@ def test_hello_example_serves(dev: Any) -> None:
     example = Path(__file__).parent.parent / "examples" / "hello" / "worker.js"
     server = dev({"worker.js": example.read_text()})
     assert server.get("/").text == "hello from an isolate\n"
+
+
+def test_script_over_10_mb_is_refused(dev: Any) -> None:
+    filler = "// " + "x" * 1000 + "\n"
+    server = dev({"worker.js": "export default { fetch() { return new Response('big'); } };\n" + filler * 10_500})
+    server.wait_for("the limit is 10485760")
+    assert server.get("/").status_code == 503  # the server runs, so that a later edit can fix it
+
+
+def test_bad_cpu_limit_in_config_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "wrangler.toml").write_text('name = "x"\nmain = "w.js"\n[limits]\ncpu_ms = "fast"\n')
+    (tmp_path / "w.js").write_text("export default { fetch() { return new Response('x'); } };")
+    result = subprocess.run(
+        [sys.executable, "-m", "warren.cli", "dev", str(tmp_path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "limits.cpu_ms must be a number" in result.stderr
