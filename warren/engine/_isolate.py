@@ -159,6 +159,8 @@ class _V8Api:
         self.cancel_terminate.argtypes = [ctypes.c_void_p]
         self.add_near_heap_limit = lib._ZN2v87Isolate24AddNearHeapLimitCallbackEPFmPvmmES1_
         self.add_near_heap_limit.argtypes = [ctypes.c_void_p, _NearHeapLimitCallback, ctypes.c_void_p]
+        self.low_memory_notification = lib._ZN2v87Isolate21LowMemoryNotificationEv
+        self.low_memory_notification.argtypes = [ctypes.c_void_p]
         self.heap_statistics = lib._ZN2v87Isolate17GetHeapStatisticsEPNS_14HeapStatisticsE
         self.heap_statistics.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 
@@ -442,6 +444,11 @@ class Isolate:
                 _api.cancel_terminate(self._ptr)
             else:
                 self.memory_bytes = self._measure_memory()
+                if self.memory_bytes > self._memory_limit_bytes:
+                    # Dead ArrayBuffers count until a collection frees them;
+                    # only live memory over the limit fails the script.
+                    _api.low_memory_notification(self._ptr)
+                    self.memory_bytes = self._measure_memory()
                 if self.memory_bytes > self._memory_limit_bytes:
                     killed = self._killed = "memory"
             if killed == "cpu":

@@ -110,44 +110,42 @@ class EdgeApp:
                 exchange.end_body()
                 return
 
+    @staticmethod
+    async def _next_event(exchange: Exchange, pump: asyncio.Task[None] | None) -> tuple[Any, ...]:
+        """The runtime's next event, unless the request body failed first."""
+        if pump is None or pump.done():
+            if pump is not None and pump.exception() is not None:
+                raise pump.exception()  # type: ignore[misc]
+            return await exchange.next_event()
+        event = asyncio.ensure_future(exchange.next_event())
+        await asyncio.wait({event, pump}, return_when=asyncio.FIRST_COMPLETED)
+        if pump.done() and pump.exception() is not None:
+            event.cancel()
+            raise pump.exception()  # type: ignore[misc]
+        return await event
+
     async def _respond(self, exchange: Exchange, send: Send, pump: asyncio.Task[None] | None) -> None:
         started = False
         while True:
-            event_task = asyncio.ensure_future(exchange.next_event())
-            waiting: set[asyncio.Future[Any]] = {event_task}
-            if pump is not None and not pump.done():
-                waiting.add(pump)
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if pump is not None and pump in done and pump.exception() is not None:
-                event_task.cancel()
-                if isinstance(pump.exception(), _BodyTooLarge) and not started:
-                    await _plain(send, 413, "Request body too large.")
-                    return
-                raise pump.exception()  # type: ignore[misc]
-            if event_task not in done:
-                continue_event = await event_task
-            else:
-                continue_event = event_task.result()
-            kind = continue_event[0]
+            try:
+                event = await self._next_event(exchange, pump)
+            except _BodyTooLarge:
+                if started:
+                    raise
+                await _plain(send, 413, "Request body too large.")
+                return
+            kind = event[0]
             if kind == "head":
-                _, status, headers = continue_event
                 started = True
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": status,
-                        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-                    }
-                )
+                headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in event[2]]
+                await send({"type": "http.response.start", "status": event[1], "headers": headers})
             elif kind == "body":
-                await send({"type": "http.response.body", "body": continue_event[1], "more_body": True})
+                await send({"type": "http.response.body", "body": event[1], "more_body": True})
             elif kind == "end":
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            elif kind == "error":
-                if not started:
-                    await _plain(send, continue_event[1], continue_event[2])
-                    return
-                raise RuntimeError(continue_event[2])  # mid-body: the server drops the connection
-            elif kind == "abort":
-                raise RuntimeError("runtime process died mid-response")
+            elif kind == "error" and not started:
+                await _plain(send, event[1], event[2])
+                return
+            else:  # the runtime failed mid-response: dropping the connection is all that is left
+                raise RuntimeError(f"response aborted: {event}")

@@ -177,7 +177,9 @@
   }
 
   function dispatchFetch(requestId, method, url, headersJSON, hasBody) {
-    const readBody = hasBody ? () => opPromise("readBody", requestId).then(internals.latin1ToBytes) : null;
+    const readBody = hasBody
+      ? () => opPromise("readBody", requestId).then((body) => (typeof body === "string" ? internals.latin1ToBytes(body) : body))
+      : null;
     let waiting = 0;
     let responded = false;
     let finished = false;
@@ -211,8 +213,11 @@
       })
       .then(
         (out) => {
+          const body = out.body;
+          const length = body === null ? 0 : body.length;
+          if (length > INLINE_BODY) outgoing.set(requestId, body);
           host.respond(requestId, out.status, out.statusText || "", JSON.stringify(out.headers),
-            out.body === null ? null : internals.bytesToLatin1(out.body));
+            length > INLINE_BODY || body === null ? null : internals.bytesToLatin1(body), length);
         },
         (error) => {
           const { name, message, stack } = describeError(error);
@@ -266,17 +271,47 @@
     return "";
   }
 
+  // Large bodies cross the host boundary in chunks, each in a slice of its own
+  // (see worker.py): request bodies are stashed until their operation
+  // completes; response bodies wait here until the host pulls them.
+  const INLINE_BODY = 64 * 1024;
+  const stashed = new Map();  // op id -> Uint8Array chunks
+  const outgoing = new Map();  // request id -> Uint8Array
+  function stash(opId, latin1) {
+    if (!stashed.has(opId)) stashed.set(opId, []);
+    stashed.get(opId).push(internals.latin1ToBytes(latin1));
+  }
+  function pull(requestId, offset, length) {
+    const body = outgoing.get(requestId);
+    if (body === undefined) return;
+    const end = Math.min(body.length, offset + length);
+    const last = end >= body.length;
+    if (last) outgoing.delete(requestId);
+    host.chunk(requestId, internals.bytesToLatin1(body.subarray(offset, end)), last);
+  }
+  function joinChunks(chunks) {
+    const total = chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+    const joined = new Uint8Array(total);
+    let at = 0;
+    for (const chunk of chunks) { joined.set(chunk, at); at += chunk.length; }
+    return joined;
+  }
+
   function complete(opId, ok, value) {
     const onComplete = pendingOps.get(opId);
+    const chunks = stashed.get(opId);
+    stashed.delete(opId);
     if (onComplete === undefined) return;
     pendingOps.delete(opId);
-    onComplete(ok, value);
+    onComplete(ok, chunks === undefined ? value : joinChunks(chunks));
   }
 
   globalThis.__warrenEnter = function (now, kind, a, b, c, d, e) {
     frozenNow = now;
     switch (kind) {
       case "complete": return complete(a, b, c);
+      case "stash": return stash(a, b);
+      case "pull": return pull(a, b, c);
       case "fetch": return dispatchFetch(a, b, c, d, e);
       case "init": return init(a);
       case "linkVendor": return linkVendor();
