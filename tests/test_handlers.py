@@ -245,3 +245,76 @@ def test_clock_does_not_advance_during_execution(dev: Any) -> None:
         }
     )
     assert server.get("/").json() == {"same": True, "advanced": True, "isDate": True}
+
+
+def test_web_apis_of_the_foundation(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              async fetch(request, env, ctx) {
+                ctx.passThroughOnException();
+                const results = {};
+                results.encoded = Array.from(new TextEncoder().encode("é€"));
+                results.decoded = new TextDecoder().decode(new Uint8Array([0xf0, 0x9f, 0x98, 0x80]));
+                results.base64 = btoa("hello") + " " + atob("aGVsbG8=");
+                const original = { when: new Date(0), list: new Map([["a", new Set([1])]]) };
+                original.self = original;
+                const copy = structuredClone(original);
+                results.clone = copy !== original && copy.self === copy && copy.list.get("a").has(1) && copy.when.getTime() === 0;
+                const url = new URL("https://例え.jp/a/../b?x=1#h");
+                url.searchParams.append("y", "z w");
+                results.url = url.href;
+                const headers = new Headers([["Set-Cookie", "a=1"], ["set-cookie", "b=2"], ["X-A", " v "]]);
+                results.cookies = headers.getSetCookie();
+                results.xa = headers.get("x-a");
+                results.order = await new Promise((resolve) => {
+                  const seen = [];
+                  setTimeout(() => { seen.push("timeout"); resolve(seen); }, 0);
+                  queueMicrotask(() => seen.push("microtask"));
+                  seen.push("sync");
+                });
+                queueMicrotask(() => { throw new Error("thrown in a microtask"); });
+                results.wasm = typeof WebAssembly.instantiate;
+                return Response.json(results);
+              },
+            };
+            """
+        }
+    )
+    results = server.get("/").json()
+    assert results == {
+        "encoded": [195, 169, 226, 130, 172],
+        "decoded": "\U0001F600",
+        "base64": "aGVsbG8= hello",
+        "clone": True,
+        "url": "https://xn--r8jz45g.jp/b?x=1&y=z+w#h",
+        "cookies": ["a=1", "b=2"],
+        "xa": "v",
+        "order": ["sync", "microtask", "timeout"],
+        "wasm": "function",
+    }
+    server.wait_for("thrown in a microtask")
+
+
+def test_webassembly_runs(dev: Any) -> None:
+    # (module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))
+    server = dev(
+        {
+            "worker.js": """
+            const bytes = new Uint8Array([0,97,115,109,1,0,0,0,1,7,1,96,2,127,127,1,127,3,2,1,0,7,7,1,3,97,100,100,0,0,10,9,1,7,0,32,0,32,1,106,11]);
+            export default {
+              async fetch() {
+                const { instance } = await WebAssembly.instantiate(bytes);
+                return new Response(String(instance.exports.add(40, 2)));
+              },
+            };
+            """
+        }
+    )
+    assert server.get("/").text == "42"
+
+
+def test_emoji_in_script_source_survive(dev: Any) -> None:
+    server = dev({"worker.js": "export default { fetch() { return new Response('smile 😀 ' + '😀'.length); } };"})
+    assert server.get("/").text == "smile 😀 2"

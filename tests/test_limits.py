@@ -279,3 +279,48 @@ def test_headers_over_128_kb_are_431(dev: Any) -> None:
 
 
 HELLO = "export default { fetch() { return new Response('hi'); } };"
+
+
+def test_timer_flood_is_refused_and_the_worker_keeps_serving(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              fetch(request) {
+                if (new URL(request.url).pathname === "/ok") return new Response("ok");
+                let made = 0;
+                try {
+                  for (let i = 0; i < 1e6; i++) { setTimeout(() => {}, 60_000); made++; }
+                } catch (e) {
+                  return new Response(`${e.name} after ${made}`);
+                }
+                return new Response("made a million timers");
+              },
+            };
+            """
+        }
+    )
+    assert server.get("/").text == "RangeError after 10000"
+    assert server.get("/ok").text == "ok"  # the flood's timers died with its invocation
+
+
+def test_log_flood_is_truncated(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              fetch() {
+                const line = "x".repeat(1000);
+                for (let i = 0; i < 10000; i++) console.log(i, line);
+                console.log("y".repeat(100000));
+                return new Response("logged");
+              },
+            };
+            """
+        }
+    )
+    assert server.get("/").text == "logged"
+    server.wait_for("Log limit reached")
+    time.sleep(0.3)
+    logged = [line for line in server.lines if "xxxxxxxxxx" in line]
+    assert 200 <= len(logged) <= 300, len(logged)

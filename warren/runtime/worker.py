@@ -36,6 +36,11 @@ WAIT_UNTIL_LIMIT_S = 30.0
 INLINE_BODY = 64 * 1024
 BODY_CHUNK = 1024 * 1024
 TRANSFER_BUDGET_MS = 200.0
+# What one worker may hold or emit, so a hostile script cannot flood the host.
+MAX_PENDING_OPS = 10_000  # timers and other host operations waiting at once
+LOG_BYTES_PER_INVOCATION = 256 * 1024  # of console output, per request (per slice outside one)
+LOG_LINE_BYTES = 16 * 1024
+LOG_LIMIT_NOTICE = "Log limit reached: further console output of this invocation is dropped."
 _ENTER = "__warrenEnter"
 
 NEVER_RESPONDS = "The script will never generate a response."
@@ -121,6 +126,8 @@ class Worker:
         self._current: int | None = None
         self._invocations: dict[int, _Invocation] = {}
         self._ops: dict[int, _Op] = {}
+        self._live_ops = 0  # started or about to start: self._ops plus those still in effects
+        self._log_bytes: dict[int | None, int] = {}
         self._next_op = 1
         self.broken = False
         self.cpu_seconds_total = 0.0
@@ -256,6 +263,7 @@ class Worker:
                 elif invocation is not None:
                     budget = max(0.0, self.script.cpu_ms - invocation.cpu_seconds * 1000.0)
                 self._current = request_id
+                self._log_bytes.pop(None, None)
                 try:
                     await self._loop.run_in_executor(self._executor, self._enter, budget, args)
                 except IsolateTerminated as exc:
@@ -315,12 +323,25 @@ class Worker:
     # --- host functions: called on the JS thread, they only record effects -----------
 
     def _host_log(self, level: str, message: str) -> None:
-        self._effects.append(("log", self._current, str(level), str(message)))
+        used = self._log_bytes.get(self._current, 0)
+        if used >= LOG_BYTES_PER_INVOCATION:
+            return
+        text = str(message)
+        if len(text) > LOG_LINE_BYTES:
+            text = text[:LOG_LINE_BYTES] + f"… [{len(text) - LOG_LINE_BYTES} more characters]"
+        used += len(text)
+        self._log_bytes[self._current] = used
+        self._effects.append(("log", self._current, str(level), text))
+        if used >= LOG_BYTES_PER_INVOCATION:
+            self._effects.append(("log", self._current, "warn", LOG_LIMIT_NOTICE))
 
     def _host_exception(self, name: str, message: str, stack: str, where: str) -> None:
-        self._effects.append(("log", self._current, "error", f"Uncaught (in {where}) {stack}"))
+        self._host_log("error", f"Uncaught (in {where}) {stack}")
 
     def _host_op(self, kind: str, argument: Any) -> int:
+        if self._live_ops >= MAX_PENDING_OPS:
+            return -1
+        self._live_ops += 1
         op_id = self._next_op
         self._next_op += 1
         self._effects.append(("op", self._current, op_id, str(kind), argument))
@@ -431,6 +452,7 @@ class Worker:
             invocation.reply.error(502, "the response body was cut short")
         request_id = invocation.request.request_id
         self._invocations.pop(request_id, None)
+        self._log_bytes.pop(request_id, None)
         # As on Workers, timers of a finished invocation never fire.
         self._cancel_ops(lambda op_id: self._ops[op_id].request_id == request_id)
         wall_ms = (time.monotonic() - invocation.started) * 1000.0
@@ -473,11 +495,13 @@ class Worker:
         op = self._ops.pop(op_id, None)
         if op is None:
             return
+        self._live_ops -= 1
         self._schedule(op.request_id, "complete", op_id, ok, value)
 
     def _cancel_ops(self, which: Callable[[int], bool]) -> None:
         for op_id in [op_id for op_id in self._ops if which(op_id)]:
             op = self._ops.pop(op_id)
+            self._live_ops -= 1
             if op.handle is not None:
                 op.handle.cancel()
 

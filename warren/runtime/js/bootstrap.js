@@ -37,6 +37,7 @@
   const pendingOps = new Map();
   function startOp(kind, arg, onComplete) {
     const id = host.op(kind, arg);
+    if (id < 0) throw new RangeError("Too many timers or pending operations in this worker.");
     pendingOps.set(id, onComplete);
     return id;
   }
