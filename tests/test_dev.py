@@ -54,27 +54,26 @@ def test_reload_with_a_broken_edit_keeps_serving_the_last_good_version(dev: Any,
     assert server.get("/").text == "good"
 
 
-def test_malformed_config_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "wrangler.toml").write_text('name = "x"\nmain = \n')
+def _dev_that_refuses_to_start(target: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "warren.cli", "dev", str(tmp_path), "--port", "0"],
+        [sys.executable, "-m", "warren.cli", "dev", str(target), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert result.returncode == 1
+    assert result.returncode == 1, result
+    return result
+
+
+def test_malformed_config_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "wrangler.toml").write_text('name = "x"\nmain = \n')
+    result = _dev_that_refuses_to_start(tmp_path)
     assert "wrangler.toml is malformed" in result.stderr
 
 
 def test_missing_main_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "wrangler.toml").write_text('name = "x"\nmain = "src/missing.js"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "warren.cli", "dev", str(tmp_path), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 1
+    result = _dev_that_refuses_to_start(tmp_path)
     assert "missing.js does not exist" in result.stderr
 
 
@@ -94,11 +93,5 @@ def test_script_over_10_mb_is_refused(dev: Any) -> None:
 def test_bad_cpu_limit_in_config_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "wrangler.toml").write_text('name = "x"\nmain = "w.js"\n[limits]\ncpu_ms = "fast"\n')
     (tmp_path / "w.js").write_text("export default { fetch() { return new Response('x'); } };")
-    result = subprocess.run(
-        [sys.executable, "-m", "warren.cli", "dev", str(tmp_path), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 1
+    result = _dev_that_refuses_to_start(tmp_path)
     assert "limits.cpu_ms must be a number" in result.stderr

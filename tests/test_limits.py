@@ -324,3 +324,45 @@ def test_log_flood_is_truncated(dev: Any) -> None:
     time.sleep(0.3)
     logged = [line for line in server.lines if "xxxxxxxxxx" in line]
     assert 200 <= len(logged) <= 300, len(logged)
+
+
+def test_hostile_scripts_of_other_shapes_are_contained(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            function recurse() { return recurse() + 1; }
+            export default {
+              async fetch(request, env, ctx) {
+                const path = new URL(request.url).pathname;
+                if (path === "/recurse") {
+                  try { recurse(); } catch (e) { return new Response(e.name); }
+                }
+                if (path === "/microtasks") {
+                  const again = () => Promise.resolve().then(again);
+                  again();
+                  return new Response("never sent: the microtask queue never drains");
+                }
+                if (path === "/after-response") {
+                  ctx.waitUntil(new Promise(() => setTimeout(() => { for (;;) {} }, 0)));
+                  return new Response("sent");
+                }
+                return new Response("fine");
+              },
+            };
+            """
+        }
+    )
+    assert server.get("/recurse").text == "RangeError"
+    assert server.get("/microtasks").status_code == 503
+    assert server.get("/").text == "fine"
+    server.wait_for("exceeded its CPU time limit")
+    start = len(server.lines)
+    assert server.get("/after-response").text == "sent"  # the runaway timer is stopped after the response
+    server.wait_for("exceeded its CPU time limit", start=start)
+    assert server.get("/").text == "fine"
+
+
+def test_runaway_top_level_code_fails_the_load_not_the_server(dev: Any) -> None:
+    server = dev({"worker.js": "for (;;) {}\nexport default { fetch() { return new Response('x'); } };"})
+    server.wait_for("Script startup exceeded CPU time limit")
+    assert server.get("/").status_code == 503

@@ -181,20 +181,17 @@ class RuntimeProcess:
         exchange = self.exchanges.get(stream)
         if exchange is None:
             return
-        if kind == Kind.HEAD:
+        if kind in (Kind.HEAD, Kind.ERROR):
+            # Either one settles the response, so a crash from now on cannot replay it.
             exchange.head_received = True
             message = json.loads(payload)
             exchange.status = message["status"]
-            exchange.events.put_nowait(("head", message["status"], message["headers"]))
+            second = message["headers"] if kind == Kind.HEAD else message["message"]
+            exchange.events.put_nowait(("head" if kind == Kind.HEAD else "error", message["status"], second))
         elif kind == Kind.RBODY:
             exchange.events.put_nowait(("body", payload))
         elif kind == Kind.END:
             exchange.events.put_nowait(("end",))
-        elif kind == Kind.ERROR:
-            exchange.head_received = True
-            message = json.loads(payload)
-            exchange.status = message["status"]
-            exchange.events.put_nowait(("error", message["status"], message["message"]))
         elif kind == Kind.DONE:
             message = json.loads(payload)
             self.exchanges.pop(stream, None)
