@@ -366,3 +366,26 @@ def test_runaway_top_level_code_fails_the_load_not_the_server(dev: Any) -> None:
     server = dev({"worker.js": "for (;;) {}\nexport default { fetch() { return new Response('x'); } };"})
     server.wait_for("Script startup exceeded CPU time limit")
     assert server.get("/").status_code == 503
+
+
+def test_a_script_that_subverts_the_runtime_cannot_split_a_response(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            const realStringify = JSON.stringify;
+            export default {
+              fetch(request) {
+                const mode = new URL(request.url).pathname;
+                JSON.stringify = (value) => mode === "/split"
+                  ? realStringify([["x-a", "1\\r\\nSet-Cookie: stolen=1"]])
+                  : "not json";
+                return new Response("tampered");
+              },
+            };
+            """
+        }
+    )
+    split = server.get("/split")
+    assert split.status_code == 500
+    assert "set-cookie" not in split.headers
+    assert server.get("/garbage").status_code == 500

@@ -392,6 +392,7 @@ class Isolate:
             # address, which goes stale when an isolate is disposed.
             self._define = self._ctx.eval(
                 "(function (holderName, name, fn) {"
+                ' "use strict";'
                 " const call = fn;"
                 " Object.defineProperty(globalThis[holderName], name,"
                 "  {value: function (...args) { return call(...args); }});"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -411,8 +412,13 @@ class Worker:
         invocation = self._invocations.get(request_id)
         if invocation is None or invocation.responded:
             return
+        headers = _valid_headers(headers_json)
+        if headers is None or not 100 <= status <= 999:
+            # Only a script that tampered with the runtime's own JavaScript gets here.
+            invocation.reply.log("error", "The worker produced a malformed response.")
+            self._fail_invocation(invocation, 500, THREW, "exception", finish=False)
+            return
         invocation.responded = True
-        headers = [(str(name), str(value)) for name, value in json.loads(headers_json)]
         if length and not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in headers):
             headers.append(("content-length", str(length)))
         invocation.deadline = self._loop.call_later(WAIT_UNTIL_LIMIT_S, self._finish, invocation)
@@ -504,6 +510,32 @@ class Worker:
             self._live_ops -= 1
             if op.handle is not None:
                 op.handle.cancel()
+
+
+_FORBIDDEN_IN_HEADERS = re.compile(r"[\r\n\0]")
+
+
+def _valid_headers(headers_json: str) -> list[tuple[str, str]] | None:
+    """Header pairs from the isolate, or None if they could split a response."""
+    try:
+        pairs = json.loads(headers_json)
+    except ValueError:
+        return None
+    if not isinstance(pairs, list):
+        return None
+    headers = []
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
+            return None
+        name, value = pair
+        if not name or _FORBIDDEN_IN_HEADERS.search(name) or _FORBIDDEN_IN_HEADERS.search(value):
+            return None
+        try:
+            name.encode("latin-1"), value.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+        headers.append((name, value))
+    return headers
 
 
 def _now_ms() -> int:
