@@ -214,6 +214,9 @@ class _Watchdog:
 
     It measures the CPU clock of the thread running the slice, so time the
     script spends waiting (for I/O, for the GIL, for a core) is never counted.
+    A slice cannot use more CPU than wall time, so the watchdog sleeps until
+    the earliest moment some slice could be over budget, checks, and sleeps
+    again for what is left: a 50 ms budget costs a wake-up or two, not fifty.
     """
 
     _instance: _Watchdog | None = None
@@ -221,6 +224,7 @@ class _Watchdog:
     def __init__(self) -> None:
         self._slices: set[_Slice] = set()
         self._wakeup = threading.Condition()
+        self._sleeping_until = float("inf")
         thread = threading.Thread(target=self._run, name="warren-cpu-watchdog", daemon=True)
         thread.start()
 
@@ -233,26 +237,30 @@ class _Watchdog:
     def add(self, running: _Slice) -> None:
         with self._wakeup:
             self._slices.add(running)
-            self._wakeup.notify()
+            if time.monotonic() + running.budget_s < self._sleeping_until:
+                self._wakeup.notify()
 
     def remove(self, running: _Slice) -> None:
         with self._wakeup:
             self._slices.discard(running)
 
     def _run(self) -> None:
-        while True:
-            with self._wakeup:
-                while not self._slices:
-                    self._wakeup.wait()
-                watched = list(self._slices)
-            for running in watched:
-                try:
-                    over = running.cpu_used() > running.budget_s
-                except OSError:  # the thread ended between snapshot and read
-                    continue
-                if over:
-                    running.isolate._kill("cpu", running)
-            time.sleep(_WATCHDOG_INTERVAL_S)
+        with self._wakeup:
+            while True:
+                soonest = float("inf")
+                for running in list(self._slices):
+                    try:
+                        left = running.budget_s - running.cpu_used()
+                    except OSError:  # the thread ended between snapshot and read
+                        continue
+                    if left <= 0:
+                        running.isolate._kill("cpu", running)
+                        self._slices.discard(running)
+                    else:
+                        soonest = min(soonest, left)
+                wait = None if soonest == float("inf") else max(soonest, _WATCHDOG_INTERVAL_S)
+                self._sleeping_until = float("inf") if wait is None else time.monotonic() + wait
+                self._wakeup.wait(wait)
 
 
 # --- the isolate --------------------------------------------------------------

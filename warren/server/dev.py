@@ -116,6 +116,7 @@ class DevServer:
                 log_level="warning",
                 server_header=False,
                 access_log=False,
+                proxy_headers=False,  # warren is the edge: no proxy in front to trust
             )
             server = uvicorn.Server(config)
             serving = asyncio.get_running_loop().create_task(server.serve())
