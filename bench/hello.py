@@ -364,6 +364,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--compare-workerd", action="store_true", help="also measure workerd, alternating runs")
     parser.add_argument("--verbose", action="store_true", help="print wrk's full output for each run")
+    parser.add_argument(
+        "--cold-starts",
+        type=int,
+        default=20,
+        help="newly loaded scripts whose first request is timed, via bench/cold_start.py (default 20; 0 skips)",
+    )
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -440,6 +446,21 @@ def main() -> int:
         for server in servers:
             server.stop()
         workdir.cleanup()
+    if args.cold_starts:
+        print(f"\nfirst request of a newly loaded script ({args.cold_starts} distinct, bench/cold_start.py):")
+        subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("cold_start.py")),
+                "--workers",
+                str(args.cold_starts),
+                "--big",
+                "0",
+                "--rss-workers",
+                str(args.cold_starts),
+            ],
+            check=False,
+        )
     return 0
 
 
