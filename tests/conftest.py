@@ -146,7 +146,7 @@ class Edge:
             await self.supervisor.deploy(WorkerScript(name=name, source=textwrap.dedent(source), cpu_ms=cpu_ms))
 
         def resolve(host: str, path: str) -> str | None:
-            return path.split("/")[1] or None
+            return self.supervisor.deployments.get(path.split("/")[1])
 
         config = uvicorn.Config(
             EdgeApp(self.supervisor, resolve), host="127.0.0.1", port=0, lifespan="off", log_level="warning"

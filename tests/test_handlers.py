@@ -318,3 +318,39 @@ def test_webassembly_runs(dev: Any) -> None:
 def test_emoji_in_script_source_survive(dev: Any) -> None:
     server = dev({"worker.js": "export default { fetch() { return new Response('smile 😀 ' + '😀'.length); } };"})
     assert server.get("/").text == "smile 😀 2"
+
+
+def test_multiple_modules_with_relative_imports_json_text_and_wasm(dev: Any, tmp_path: Any) -> None:
+    wasm = bytes([0, 97, 115, 109, 1, 0, 0, 0, 1, 7, 1, 96, 2, 127, 127, 1, 127, 3, 2, 1, 0, 7, 7, 1, 3, 97, 100, 100,
+                  0, 0, 10, 9, 1, 7, 0, 32, 0, 32, 1, 106, 11])
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "add.wasm").write_bytes(wasm)
+    server = dev(
+        {
+            "src/index.js": """
+            import { greet } from "./lib/greet.js";
+            import config from "./config.json";
+            import banner from "./banner.txt";
+            import addModule from "./add.wasm";
+            const add = new WebAssembly.Instance(addModule).exports.add;
+            export default {
+              fetch() { return new Response(`${greet(config.who)} ${banner.trim()} ${add(2, 3)}`); },
+            };
+            """,
+            "src/lib/greet.js": """
+            import { punctuation } from "../util/punctuation.js";
+            export function greet(who) { return "hello " + who + punctuation; }
+            """,
+            "src/util/punctuation.js": 'export const punctuation = "!";',
+            "src/config.json": '{"who": "modules"}',
+            "src/banner.txt": "from text\n",
+            "wrangler.toml": 'name = "modules"\nmain = "src/index.js"\n',
+        },
+        ".",
+    )
+    assert server.get("/").text == "hello modules! from text 5"
+
+
+def test_a_missing_module_is_a_load_error(dev: Any) -> None:
+    server = dev({"worker.js": 'import { x } from "./nowhere.js";\nexport default { fetch() { return new Response(x); } };'})
+    server.wait_for('No such module "./nowhere.js"')

@@ -19,6 +19,7 @@ def test_exported_names() -> None:
     assert sorted(warren.runtime.__all__) == [
         "Compiler",
         "IncomingRequest",
+        "Module",
         "Reply",
         "ScriptLoadError",
         "Worker",

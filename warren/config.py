@@ -13,7 +13,7 @@ from typing import Any
 
 import json5
 
-from warren.runtime import WorkerScript
+from warren.runtime import Module, WorkerScript
 from warren.runtime.script import DEFAULT_CPU_MS, DEFAULT_MEMORY_MB
 
 CONFIG_NAMES = ("wrangler.toml", "wrangler.json", "wrangler.jsonc")
@@ -21,6 +21,7 @@ SUPPORTED_KEYS = {"name", "main", "compatibility_date", "vars", "limits"}
 SUPPORTED_LIMITS = {"cpu_ms"}
 MAX_CPU_MS = 300_000  # Workers' own ceiling for [limits] cpu_ms
 MAX_SCRIPT_BYTES = 10 * 1024 * 1024
+MODULE_RULES = {".js": "esm", ".mjs": "esm", ".json": "json", ".txt": "text", ".html": "text", ".wasm": "wasm"}
 
 
 class ConfigError(Exception):
@@ -59,15 +60,47 @@ class Project:
             source = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{self.script_path} is not UTF-8: {exc}") from None
+        probe = WorkerScript(name=self.name, source=source, filename=self.script_path.name)
+        modules = self.other_modules(len(data)) if probe.is_module else ()
         return WorkerScript(
             name=self.name,
             source=source,
+            modules=modules,
             filename=self.script_path.name,
             compatibility_date=self.compatibility_date,
             vars=dict(self.vars),
             cpu_ms=self.cpu_ms,
             memory_mb=memory_mb,
         )
+
+
+    def other_modules(self, budget_used: int = 0) -> tuple[Module, ...]:
+        """Every other module file under the main script's directory, named by relative path.
+
+        As wrangler's default module rules: .js/.mjs are ES modules, .txt/.html
+        text, .json JSON, .wasm WebAssembly. Hidden directories and node_modules
+        are skipped; the total stays within the script size limit.
+        """
+        root = self.script_path.parent
+        modules = []
+        total = budget_used
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(root)
+            if path == self.script_path or not path.is_file() or path.suffix not in MODULE_RULES:
+                continue
+            if any(part.startswith(".") or part == "node_modules" for part in relative.parts):
+                continue
+            data = path.read_bytes()
+            total += len(data)
+            if total > MAX_SCRIPT_BYTES:
+                raise ConfigError(f"the worker's modules add up to more than {MAX_SCRIPT_BYTES} bytes")
+            kind = MODULE_RULES[path.suffix]
+            try:
+                text = data.decode("latin-1") if kind == "wasm" else data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{path} is not UTF-8: {exc}") from None
+            modules.append(Module(relative.as_posix(), kind, text))
+        return tuple(modules)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

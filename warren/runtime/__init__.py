@@ -10,7 +10,7 @@ May call: warren.engine. Must not touch: sockets, HTTP parsing, processes,
 storage; it reports through the ``Reply`` callbacks it is given.
 """
 
-from warren.runtime.script import Compiler, ScriptLoadError, WorkerScript
+from warren.runtime.script import Compiler, Module, ScriptLoadError, WorkerScript
 from warren.runtime.worker import IncomingRequest, Reply, Worker
 
-__all__ = ["Compiler", "IncomingRequest", "Reply", "ScriptLoadError", "Worker", "WorkerScript"]
+__all__ = ["Compiler", "IncomingRequest", "Module", "Reply", "ScriptLoadError", "Worker", "WorkerScript"]

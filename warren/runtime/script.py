@@ -47,9 +47,25 @@ class ScriptLoadError(Exception):
         return cls(str(data["message"]), str(data["filename"]), int(data["line"]), int(data["column"]))
 
 
+MODULE_KINDS = ("esm", "json", "text", "wasm")
+
+
+@dataclass(frozen=True)
+class Module:
+    """A module beside the main one. ``text`` is the source, or for wasm its bytes as latin-1."""
+
+    name: str
+    kind: str  # one of MODULE_KINDS
+    text: str
+
+
 @dataclass(frozen=True)
 class WorkerScript:
-    """Everything needed to start an instance of one version of a worker."""
+    """Everything needed to start an instance of one version of a worker.
+
+    ``source`` is the main module (or the service-worker script) named
+    ``filename``; ``modules`` are the others it may import, by name.
+    """
 
     name: str
     source: str
@@ -58,10 +74,16 @@ class WorkerScript:
     vars: dict[str, Any] = field(default_factory=dict)
     cpu_ms: float = DEFAULT_CPU_MS
     memory_mb: int = DEFAULT_MEMORY_MB
+    modules: tuple[Module, ...] = ()
 
     @property
     def content_hash(self) -> str:
-        return hashlib.sha256(self.source.encode("utf-8", "surrogatepass")).hexdigest()
+        """SHA-256 of the code: the main module, then each other module by name."""
+        digest = hashlib.sha256(self.source.encode("utf-8", "surrogatepass"))
+        for module in sorted(self.modules, key=lambda module: module.name):
+            digest.update(f"\0{module.name}\0{module.kind}\0".encode())
+            digest.update(module.text.encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
 
     @property
     def version_id(self) -> str:
@@ -74,7 +96,7 @@ class WorkerScript:
 
     @property
     def is_module(self) -> bool:
-        return bool(_MODULE_SYNTAX.search(self.source))
+        return bool(self.modules) or bool(_MODULE_SYNTAX.search(self.source))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +107,7 @@ class WorkerScript:
             "vars": self.vars,
             "cpu_ms": self.cpu_ms,
             "memory_mb": self.memory_mb,
+            "modules": [[module.name, module.kind, module.text] for module in self.modules],
         }
 
     @classmethod
@@ -97,7 +120,17 @@ class WorkerScript:
             vars=dict(data.get("vars", {})),
             cpu_ms=float(data.get("cpu_ms", DEFAULT_CPU_MS)),
             memory_mb=int(data.get("memory_mb", DEFAULT_MEMORY_MB)),
+            modules=tuple(Module(str(n), str(k), str(t)) for n, k, t in data.get("modules", [])),
         )
+
+
+@dataclass(frozen=True)
+class CompiledModule:
+    """What the engine runs: ``script`` and ``esm`` are code (run_script); others are data."""
+
+    name: str
+    kind: str  # "script" (a service-worker script), "esm", "json", "text" or "wasm"
+    text: str
 
 
 def escape_astral(source: str) -> str:
@@ -120,7 +153,7 @@ def runtime_js(name: str) -> str:
 
 
 class Compiler:
-    """Turns module syntax into a classic script, caching by content.
+    """Turns ES modules into classic scripts, caching by content.
 
     Runs sucrase (trusted code) in its own isolate; the tenant's source is only
     data to it. Thread-safe.
@@ -155,21 +188,32 @@ class Compiler:
             self._isolate = isolate
         return self._isolate
 
-    def to_classic_script(self, script: WorkerScript) -> str:
-        """The script's source, ready for the engine; raises ScriptLoadError."""
-        source = escape_astral(script.source)
+    def compile(self, script: WorkerScript) -> list[CompiledModule]:
+        """The script's modules, main module first, ready for the engine; raises ScriptLoadError."""
         if not script.is_module:
-            return source
-        key = script.content_hash
+            return [CompiledModule(script.filename, "script", escape_astral(script.source))]
+        compiled = [CompiledModule(script.filename, "esm", self._esm(script.filename, script.source))]
+        for module in script.modules:
+            if module.kind == "esm":
+                compiled.append(CompiledModule(module.name, "esm", self._esm(module.name, module.text)))
+            elif module.kind in MODULE_KINDS:
+                text = module.text if module.kind == "wasm" else escape_astral(module.text)
+                compiled.append(CompiledModule(module.name, module.kind, text))
+            else:
+                raise ScriptLoadError(f"module {module.name} has an unknown type {module.kind!r}")
+        return compiled
+
+    def _esm(self, filename: str, source: str) -> str:
+        """One ES module as a classic script that registers it with the bootstrap."""
+        source = escape_astral(source)
+        key = hashlib.sha256(f"{filename}\0{source}".encode("utf-8", "surrogatepass")).hexdigest()
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
             try:
-                output = self._ready_isolate().call(
-                    "__warrenTransform", source, script.filename, cpu_budget_ms=10_000
-                )
+                output = self._ready_isolate().call("__warrenTransform", source, filename, cpu_budget_ms=10_000)
             except IsolateTerminated as exc:
                 kind = "CPU time" if isinstance(exc, CpuLimitExceeded) else "memory"
                 raise ScriptLoadError(f"the script is too large to compile (compiler {kind} limit)") from None
@@ -179,13 +223,11 @@ class Compiler:
             if "error" in result:
                 message = re.sub(r"^Error transforming [^:]*: ", "", result["error"])
                 message = re.sub(r" \(\d+:\d+\)$", "", message)
-                raise ScriptLoadError(
-                    f"SyntaxError: {message}", script.filename, result["line"], result["column"]
-                )
-            # The wrapper opens on the script's first line, so line numbers in
+                raise ScriptLoadError(f"SyntaxError: {message}", filename, result["line"], result["column"])
+            # The wrapper opens on the module's first line, so line numbers in
             # stack traces and errors stay those of the file.
             code = str(result["code"])
-            wrapped = "__warrenDefine(function (exports, require, module) {" + code + "\n});"
+            wrapped = f"__warrenDefine({json.dumps(filename)}, function (exports, require, module) {{{code}\n}});"
             self._cache[key] = wrapped
             if len(self._cache) > self._CACHE_SIZE:
                 self._cache.popitem(last=False)

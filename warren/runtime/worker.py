@@ -26,7 +26,14 @@ from warren.engine import (
     MemoryLimitExceeded,
     ScriptError,
 )
-from warren.runtime.script import STARTUP_CPU_MS, Compiler, ScriptLoadError, WorkerScript, runtime_js
+from warren.runtime.script import (
+    STARTUP_CPU_MS,
+    CompiledModule,
+    Compiler,
+    ScriptLoadError,
+    WorkerScript,
+    runtime_js,
+)
 
 WAIT_UNTIL_LIMIT_S = 30.0
 # Bodies cross into and out of the isolate as latin-1 strings (stpyv8 has no
@@ -139,24 +146,22 @@ class Worker:
     async def start(self) -> None:
         """Create the isolate and run the script's top level; raises ScriptLoadError."""
         async with self._turn:
-            source = await self._loop.run_in_executor(
-                self._executor, self._compiler.to_classic_script, self.script
-            )
+            modules = await self._loop.run_in_executor(self._executor, self._compiler.compile, self.script)
             try:
-                await self._loop.run_in_executor(self._executor, self._load, source)
+                await self._loop.run_in_executor(self._executor, self._load, modules)
             finally:
                 self._apply_effects()
 
-    def _load(self, source: str) -> None:
+    def _load(self, modules: list[CompiledModule]) -> None:
         if self._activity is not None:
             self._activity(self.key, None)
         try:
-            self._load_in_isolate(source)
+            self._load_in_isolate(modules)
         finally:
             if self._activity is not None:
                 self._activity(None, None)
 
-    def _load_in_isolate(self, source: str) -> None:
+    def _load_in_isolate(self, modules: list[CompiledModule]) -> None:
         isolate = Isolate(self.script.memory_mb)
         self._isolate = isolate
         isolate.expose_host_functions(
@@ -180,8 +185,16 @@ class Worker:
             isolate.call(_ENTER, _now_ms(), "init", config, cpu_budget_ms=STARTUP_CPU_MS)
             isolate.run_script(runtime_js("vendor/web.js"), "warren:vendor/web.js", cpu_budget_ms=STARTUP_CPU_MS)
             isolate.call(_ENTER, _now_ms(), "linkVendor", cpu_budget_ms=STARTUP_CPU_MS)
-            isolate.run_script(source, self.script.filename, cpu_budget_ms=STARTUP_CPU_MS)
-            problem = isolate.call(_ENTER, _now_ms(), "loaded", cpu_budget_ms=STARTUP_CPU_MS)
+            for module in modules:
+                if module.kind in ("script", "esm"):
+                    isolate.run_script(module.text, module.name, cpu_budget_ms=STARTUP_CPU_MS)
+                else:
+                    isolate.call(
+                        _ENTER, _now_ms(), "defineData", module.name, module.kind, module.text,
+                        cpu_budget_ms=STARTUP_CPU_MS,
+                    )
+            main = modules[0].name if modules[0].kind == "esm" else None
+            problem = isolate.call(_ENTER, _now_ms(), "loaded", main, cpu_budget_ms=STARTUP_CPU_MS)
         except ScriptError as exc:
             self._discard_isolate()
             raise ScriptLoadError(f"{exc.name}: {exc.message}", exc.filename, exc.line, exc.column) from None
@@ -494,7 +507,8 @@ class Worker:
             return
         for offset in range(0, len(data), BODY_CHUNK):
             chunk = data[offset : offset + BODY_CHUNK].decode("latin-1")
-            self._schedule(op.request_id, "stash", op_id, chunk, charged=False)
+            last = offset + BODY_CHUNK >= len(data)
+            self._schedule(op.request_id, "stash", op_id, chunk, last, charged=False)
         self._complete(op_id, True, None)
 
     def _complete(self, op_id: int, ok: bool, value: str | None) -> None:

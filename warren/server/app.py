@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from warren.server.supervisor import Exchange, Supervisor
@@ -14,7 +15,17 @@ MAX_HEADER_BYTES = 128 * 1024
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-Resolver = Callable[[str, str], "str | None"]  # (host, path) -> worker name
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A route exists but its worker cannot serve (it failed to load): 503 with this message."""
+
+    message: str
+
+
+# (host, path) -> the key of the script version to serve, Unavailable, or None (404)
+Resolver = Callable[[str, str], "str | Unavailable | None"]
 
 
 async def _plain(send: Send, status: int, message: str) -> None:
@@ -76,15 +87,15 @@ class EdgeApp:
         url = f"{scope.get('scheme', 'http')}://{host}{path.decode('latin-1')}"
         if query:
             url += "?" + query.decode("latin-1")
-        name = self.resolve(host, scope["path"])
-        if name is None:
+        target = self.resolve(host, scope["path"])
+        if target is None:
             await _plain(send, 404, "No worker is routed here.")
             return
-        if name not in self.supervisor.deployments:
-            await _plain(send, 503, f"Worker {name} is not available: its script failed to load.")
+        if isinstance(target, Unavailable):
+            await _plain(send, 503, target.message)
             return
 
-        exchange = await self.supervisor.open_exchange(name, scope["method"], url, headers, has_body)
+        exchange = await self.supervisor.open_exchange(target, scope["method"], url, headers, has_body)
         pump = asyncio.get_running_loop().create_task(self._pump_body(receive, exchange)) if has_body else None
         try:
             await self._respond(exchange, send, pump)

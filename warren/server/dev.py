@@ -14,7 +14,7 @@ from watchfiles import awatch
 
 from warren.config import ConfigError, Project, load_project
 from warren.runtime import ScriptLoadError
-from warren.server.app import EdgeApp
+from warren.server.app import EdgeApp, Unavailable
 from warren.server.supervisor import Exchange, Supervisor
 
 Echo = Callable[[str], None]
@@ -86,8 +86,13 @@ class DevServer:
             self.echo(f"⎔ Reloaded {script.name} in {elapsed:.0f} ms")
         return True
 
-    def _resolve(self, host: str, path: str) -> str | None:
-        return self.project.name if self.project is not None else None
+    def _resolve(self, host: str, path: str) -> str | Unavailable | None:
+        if self.project is None:
+            return None
+        key = self.supervisor.deployments.get(self.project.name)
+        if key is None:
+            return Unavailable(f"Worker {self.project.name} is not available: its script failed to load.")
+        return key
 
     async def _watch(self, stop: asyncio.Event) -> None:
         assert self.project is not None

@@ -220,7 +220,8 @@ class RuntimeServer:
             # follows this LOAD finds the script; starting it happens meanwhile.
             self._scripts[key] = WorkerScript.from_dict(message["script"])
             self._retired.discard(key)
-            asyncio.get_running_loop().create_task(self._load(key, stream))
+            if message.get("start", True):
+                asyncio.get_running_loop().create_task(self._load(key, stream))
         elif kind == Kind.UNLOAD:
             key = json.loads(payload)["key"]
             self._retired.add(key)

@@ -133,10 +133,11 @@ class RuntimeProcess:
                 pass
 
     def ensure_loaded(self, key: str) -> None:
+        """Make sure the process knows the version; it starts on its first request."""
         if key not in self.loaded:
             self.loaded.add(key)
             script = self.supervisor.scripts[key]
-            self.send(encode_json(Kind.LOAD, 0, {"key": key, "script": script.to_dict()}))
+            self.send(encode_json(Kind.LOAD, 0, {"key": key, "script": script.to_dict(), "start": False}))
 
     async def load(self, key: str) -> dict[str, Any] | None:
         """Load a script version and wait for its start; returns the load error, if any."""
@@ -145,8 +146,13 @@ class RuntimeProcess:
         self.loads[stream] = future
         self.loaded.add(key)
         script = self.supervisor.scripts[key]
-        self.send(encode_json(Kind.LOAD, stream, {"key": key, "script": script.to_dict()}))
+        self.send(encode_json(Kind.LOAD, stream, {"key": key, "script": script.to_dict(), "start": True}))
         return await future
+
+    def unload(self, key: str) -> None:
+        if key in self.loaded:
+            self.loaded.discard(key)
+            self.send(encode_json(Kind.UNLOAD, 0, {"key": key}))
 
     def start_exchange(self, exchange: Exchange) -> None:
         exchange.process = self
@@ -272,30 +278,48 @@ class Supervisor:
         assert self._process is not None, "supervisor not started"
         return self._process
 
+    async def load(self, key: str, script: WorkerScript, start: bool = True) -> None:
+        """Make a script version available under ``key``.
+
+        With ``start`` its isolate is created now and a load error raises
+        ScriptLoadError (and the version is forgotten); without, it starts on
+        its first request.
+        """
+        self.scripts[key] = script
+        process = await self._live_process()
+        if not start:
+            process.ensure_loaded(key)
+            return
+        error = await process.load(key)
+        if error is not None:
+            self.scripts.pop(key, None)
+            process.loaded.discard(key)
+            raise ScriptLoadError.from_dict(error)
+
+    async def retire(self, key: str) -> None:
+        """Forget a version; its isolate goes once its in-flight requests finish."""
+        self.scripts.pop(key, None)
+        process = await self._live_process()
+        process.unload(key)
+
     async def deploy(self, script: WorkerScript) -> str:
         """Load a script version and route its name to it; raises ScriptLoadError."""
         key = f"{script.name}@{script.version_id}"
-        self.scripts[key] = script
-        process = await self._live_process()
-        error = await process.load(key)
-        if error is not None:
-            if self.deployments.get(script.name) != key:
-                self.scripts.pop(key, None)
-            raise ScriptLoadError.from_dict(error)
+        if self.deployments.get(script.name) == key:
+            return key
+        await self.load(key, script)
         previous = self.deployments.get(script.name)
         self.deployments[script.name] = key
         if previous is not None and previous != key:
-            self.scripts.pop(previous, None)
-            process.loaded.discard(previous)
-            process.send(encode_json(Kind.UNLOAD, 0, {"key": previous}))
+            await self.retire(previous)
         return key
 
     async def open_exchange(
-        self, name: str, method: str, url: str, headers: list[tuple[str, str]], has_body: bool
+        self, key: str, method: str, url: str, headers: list[tuple[str, str]], has_body: bool
     ) -> Exchange:
-        key = self.deployments[name]
+        """Send a request to the version ``key`` (which must be loaded)."""
         head = {"key": key, "method": method, "url": url, "headers": headers, "has_body": has_body}
-        exchange = Exchange(self.next_stream(), name, key, head)
+        exchange = Exchange(self.next_stream(), self.scripts[key].name, key, head)
         process = await self._live_process()
         process.start_exchange(exchange)
         return exchange

@@ -125,19 +125,67 @@
   }
   let env = {};
   let moduleExports = null;
-  function requireModule(specifier) {
+  // Modules arrive as CommonJS-shaped factories (sucrase turned their import
+  // and export statements into require and exports) or as data (JSON, text,
+  // wasm); each is instantiated on its first require, as ES modules would be.
+  const definitions = new Map();  // name -> { factory } | { kind, data }
+  const instances = new Map();  // name -> { exports }
+  let loading = true;
+  function define(name, factory) {
+    if (!loading || typeof name !== "string" || typeof factory !== "function") {
+      throw new TypeError("define() is not available");
+    }
+    definitions.set(name, { factory });
+  }
+  function defineData(name, kind, data) {
+    definitions.set(name, { kind, data });
+  }
+  function normalize(path) {
+    const parts = [];
+    for (const part of path.split("/")) {
+      if (part === "" || part === ".") continue;
+      if (part === "..") parts.pop(); else parts.push(part);
+    }
+    return parts.join("/");
+  }
+  function resolveModule(from, specifier) {
+    let base = specifier;
+    if (specifier.startsWith("./") || specifier.startsWith("../")) {
+      const slash = from.lastIndexOf("/");
+      base = normalize((slash < 0 ? "" : from.slice(0, slash + 1)) + specifier);
+    } else if (specifier.startsWith("/")) {
+      base = normalize(specifier);
+    }
+    for (const candidate of [base, base + ".js", base + ".mjs", base + "/index.js"]) {
+      if (definitions.has(candidate)) return candidate;
+    }
+    return null;
+  }
+  function instantiate(name) {
+    const existing = instances.get(name);
+    if (existing !== undefined) return existing.exports;
+    const definition = definitions.get(name);
+    const module = { exports: {} };
+    instances.set(name, module);
+    if (definition.factory !== undefined) {
+      definition.factory.call(undefined, module.exports, (specifier) => requireFrom(name, specifier), module);
+    } else if (definition.kind === "json") {
+      module.exports = { __esModule: true, default: JSON.parse(definition.data) };
+    } else if (definition.kind === "text") {
+      module.exports = { __esModule: true, default: definition.data };
+    } else if (definition.kind === "wasm") {
+      module.exports = { __esModule: true, default: new WebAssembly.Module(internals.latin1ToBytes(definition.data)) };
+    }
+    return module.exports;
+  }
+  function requireFrom(from, specifier) {
+    specifier = String(specifier);
     if (specifier === "cloudflare:workers") {
       return { WorkerEntrypoint, DurableObject, env, __esModule: true };
     }
-    throw new Error(`No such module "${specifier}".`);
-  }
-  let defined = false;
-  function define(factory) {
-    if (defined) throw new TypeError("define() is not available");
-    defined = true;
-    const module = { exports: {} };
-    factory.call(undefined, module.exports, requireModule, module);
-    moduleExports = module.exports;
+    const name = resolveModule(from, specifier);
+    if (name === null) throw new Error(`No such module "${specifier}", imported from "${from}".`);
+    return instantiate(name);
   }
 
   // --- dispatch -------------------------------------------------------------------
@@ -261,8 +309,10 @@
     defineGlobal("__warrenDefine", define);
   }
 
-  function loaded() {
+  function loaded(mainModule) {
+    loading = false;
     delete globalThis.__warrenDefine;
+    if (mainModule !== null) moduleExports = instantiate(mainModule);
     fetchHandler = findHandler();
     if (fetchHandler === null) {
       return moduleExports !== null
@@ -278,9 +328,12 @@
   const INLINE_BODY = 64 * 1024;
   const stashed = new Map();  // op id -> Uint8Array chunks
   const outgoing = new Map();  // request id -> Uint8Array
-  function stash(opId, latin1) {
+  function stash(opId, latin1, last) {
     if (!stashed.has(opId)) stashed.set(opId, []);
-    stashed.get(opId).push(internals.latin1ToBytes(latin1));
+    const chunks = stashed.get(opId);
+    chunks.push(internals.latin1ToBytes(latin1));
+    // Joined here, in the runtime's uncharged slice, not when the script resumes.
+    if (last && chunks.length > 1) stashed.set(opId, [joinChunks(chunks)]);
   }
   function pull(requestId, offset, length) {
     const body = outgoing.get(requestId);
@@ -304,19 +357,20 @@
     stashed.delete(opId);
     if (onComplete === undefined) return;
     pendingOps.delete(opId);
-    onComplete(ok, chunks === undefined ? value : joinChunks(chunks));
+    onComplete(ok, chunks === undefined ? value : chunks[0]);
   }
 
   globalThis.__warrenEnter = function (now, kind, a, b, c, d, e) {
     frozenNow = now;
     switch (kind) {
       case "complete": return complete(a, b, c);
-      case "stash": return stash(a, b);
+      case "stash": return stash(a, b, c);
       case "pull": return pull(a, b, c);
       case "fetch": return dispatchFetch(a, b, c, d, e);
       case "init": return init(a);
       case "linkVendor": return linkVendor();
-      case "loaded": return loaded();
+      case "loaded": return loaded(a);
+      case "defineData": return defineData(a, b, c);
       default: throw new Error("unknown entry " + kind);
     }
   };
