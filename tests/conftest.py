@@ -29,15 +29,15 @@ from warren.server.supervisor import Exchange, Supervisor
 READY = re.compile(r"Ready on (http://\S+)")
 
 
-class DevProcess:
-    """A running ``warren dev`` subprocess and everything it printed."""
+class ServiceProcess:
+    """A running ``warren`` command that serves (``dev``, ``serve``, ``control``) and all it printed."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
         self.lines: list[str] = []
         self._changed = threading.Condition()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "warren.cli", "dev", *args, "--port", "0"],
+            [sys.executable, "-m", "warren.cli", *args, "--port", "0"],
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -101,14 +101,29 @@ def dev(tmp_path: Path) -> Iterator[Any]:
 
     ``dev({"worker.js": "...", "wrangler.toml": "..."}, target=".")``
     """
-    started: list[DevProcess] = []
+    started: list[ServiceProcess] = []
 
-    def start(files: dict[str, str], target: str = "worker.js", *args: str) -> DevProcess:
+    def start(files: dict[str, str], target: str = "worker.js", *args: str) -> ServiceProcess:
         for name, text in files.items():
             path = tmp_path / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(textwrap.dedent(text))
-        process = DevProcess([target, *args], tmp_path)
+        process = ServiceProcess(["dev", target, *args], tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Any]:
+    """Start ``warren ARGS --port 0`` in a temporary directory: ``spawn(["serve", "--store", db])``."""
+    started: list[ServiceProcess] = []
+
+    def start(args: list[str]) -> ServiceProcess:
+        process = ServiceProcess(args, tmp_path)
         started.append(process)
         return process
 

@@ -11,6 +11,8 @@ import asyncio
 import click
 
 from warren import __version__
+from warren.cli.commands import COMMANDS
+from warren.cli.node_commands import control, serve
 
 
 @click.group()
@@ -47,3 +49,7 @@ def dev(target: str, port: int, ip: str, variables: tuple[str, ...], no_watch: b
     except ImportError:
         code = asyncio.run(server.run())
     raise SystemExit(code)
+
+
+for _command in [*COMMANDS, serve, control]:
+    main.add_command(_command)

@@ -47,12 +47,12 @@ class ScriptLoadError(Exception):
         return cls(str(data["message"]), str(data["filename"]), int(data["line"]), int(data["column"]))
 
 
-MODULE_KINDS = ("esm", "json", "text", "wasm")
+MODULE_KINDS = ("esm", "json", "text", "wasm", "data")
 
 
 @dataclass(frozen=True)
 class Module:
-    """A module beside the main one. ``text`` is the source, or for wasm its bytes as latin-1."""
+    """A module beside the main one. ``text`` is the source, or for wasm and data its bytes as latin-1."""
 
     name: str
     kind: str  # one of MODULE_KINDS
@@ -75,6 +75,12 @@ class WorkerScript:
     cpu_ms: float = DEFAULT_CPU_MS
     memory_mb: int = DEFAULT_MEMORY_MB
     modules: tuple[Module, ...] = ()
+    archive_hash: str = ""  # the control plane's content hash of this version, when it has one
+
+    @property
+    def code_hash(self) -> str:
+        """What the runtime logs as the identity of the code it runs."""
+        return self.archive_hash or self.content_hash
 
     @property
     def content_hash(self) -> str:
@@ -108,6 +114,7 @@ class WorkerScript:
             "cpu_ms": self.cpu_ms,
             "memory_mb": self.memory_mb,
             "modules": [[module.name, module.kind, module.text] for module in self.modules],
+            "archive_hash": self.archive_hash,
         }
 
     @classmethod
@@ -121,6 +128,7 @@ class WorkerScript:
             cpu_ms=float(data.get("cpu_ms", DEFAULT_CPU_MS)),
             memory_mb=int(data.get("memory_mb", DEFAULT_MEMORY_MB)),
             modules=tuple(Module(str(n), str(k), str(t)) for n, k, t in data.get("modules", [])),
+            archive_hash=str(data.get("archive_hash", "")),
         )
 
 
@@ -197,7 +205,7 @@ class Compiler:
             if module.kind == "esm":
                 compiled.append(CompiledModule(module.name, "esm", self._esm(module.name, module.text)))
             elif module.kind in MODULE_KINDS:
-                text = module.text if module.kind == "wasm" else escape_astral(module.text)
+                text = module.text if module.kind in ("wasm", "data") else escape_astral(module.text)
                 compiled.append(CompiledModule(module.name, module.kind, text))
             else:
                 raise ScriptLoadError(f"module {module.name} has an unknown type {module.kind!r}")

@@ -151,6 +151,8 @@ class Worker:
                 await self._loop.run_in_executor(self._executor, self._load, modules)
             finally:
                 self._apply_effects()
+            # Any crash or incident then maps to exact bytes in the archive.
+            self._log_sink("info", f"started {self.key} running code sha256 {self.script.code_hash}")
 
     def _load(self, modules: list[CompiledModule]) -> None:
         if self._activity is not None:

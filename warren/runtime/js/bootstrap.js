@@ -173,6 +173,8 @@
       module.exports = { __esModule: true, default: JSON.parse(definition.data) };
     } else if (definition.kind === "text") {
       module.exports = { __esModule: true, default: definition.data };
+    } else if (definition.kind === "data") {
+      module.exports = { __esModule: true, default: internals.latin1ToBytes(definition.data).buffer };
     } else if (definition.kind === "wasm") {
       module.exports = { __esModule: true, default: new WebAssembly.Module(internals.latin1ToBytes(definition.data)) };
     }

@@ -1,0 +1,131 @@
+"""Commands that run warren's services on this machine: ``warren serve`` and ``warren control``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEFAULT_STORE = "warren.db"
+
+
+def _run(coroutine: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        return int(uvloop.run(coroutine))
+    except ImportError:
+        return asyncio.run(coroutine)
+
+
+def _store_option(function: Any) -> Any:
+    return click.option(
+        "--store",
+        "store_path",
+        default=DEFAULT_STORE,
+        show_default=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="SQLite file shared by `warren control` and `warren serve` on this machine.",
+    )(function)
+
+
+@click.command()
+@_store_option
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--ip", default="127.0.0.1", show_default=True)
+@click.option(
+    "--workers-domain",
+    default="workers.localhost",
+    show_default=True,
+    help="Every script also answers on <script>.<account>.<workers domain>.",
+)
+def serve(store_path: Path, port: int, ip: str, workers_domain: str) -> None:
+    """Run an edge node: serve what the control plane has deployed, following changes live."""
+    from warren.server.serve import serve as serve_edge
+    from warren.store import SQLiteStore
+
+    async def main() -> int:
+        store = SQLiteStore(str(store_path))
+        await store.open()
+        try:
+            return await serve_edge(store, ip, port, workers_domain)
+        finally:
+            await store.close()
+
+    raise SystemExit(_run(main()))
+
+
+@click.group(invoke_without_command=True)
+@_store_option
+@click.option("--port", default=8788, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--ip", default="127.0.0.1", show_default=True)
+@click.pass_context
+def control(context: click.Context, store_path: Path, port: int, ip: str) -> None:
+    """Run the control-plane API (or manage it: `warren control account create NAME`)."""
+    context.obj = store_path
+    if context.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from warren.control import create_app
+    from warren.store import SQLiteStore
+
+    async def main() -> int:
+        store = SQLiteStore(str(store_path))
+        await store.open()
+        try:
+            config = uvicorn.Config(
+                create_app(store), host=ip, port=port, lifespan="off", log_level="warning", server_header=False
+            )
+            server = uvicorn.Server(config)
+            serving = asyncio.get_running_loop().create_task(server.serve())
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            if serving.done():
+                serving.result()
+                return 1
+            bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+            click.echo(f"Ready on http://{ip}:{bound} (control-plane API, store {store_path})")
+            await serving
+            return 0
+        finally:
+            await store.close()
+
+    raise SystemExit(_run(main()))
+
+
+@control.group()
+def account() -> None:
+    """Accounts, managed directly in the local store (machine administrators only)."""
+
+
+@account.command("create")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def account_create(store_path: Path, name: str, as_json: bool) -> None:
+    """Create an account and its first API token (shown once)."""
+    from warren.control import create_account_with_token
+    from warren.store import SQLiteStore
+
+    async def main() -> tuple[Any, str]:
+        store = SQLiteStore(str(store_path))
+        await store.open()
+        try:
+            return await create_account_with_token(store, name)
+        finally:
+            await store.close()
+
+    try:
+        created, token = asyncio.run(main())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"account_id": created.id, "name": created.name, "token": token}))
+        return
+    click.echo(f"Created account {created.name} ({created.id}).")
+    click.echo(f"API token (shown once): {token}")

@@ -1,0 +1,275 @@
+"""``warren serve``: an edge node serving what the control plane has deployed.
+
+It reads the store's ``EdgeState`` at start and again whenever the store's
+revision moves (polled), turns each deployed version into a ``WorkerScript``,
+loads new versions into the supervisor *before* switching traffic to them (so
+no request fails during a deploy), and retires versions no longer deployed,
+whose isolates go once their in-flight requests finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from warren.runtime import Module, ScriptLoadError, WorkerScript
+from warren.runtime.script import DEFAULT_CPU_MS
+from warren.server.app import Unavailable
+from warren.server.supervisor import Supervisor
+from warren.store import Store
+from warren.store.model import Account, Version
+from warren.store.routes import RouteTable, normalise_host
+
+DEFAULT_WORKERS_DOMAIN = "workers.localhost"
+POLL_INTERVAL_S = 0.1
+
+# Upload content types (docs/control-plane.md) -> the runtime's module kinds.
+MODULE_KINDS = {
+    "application/javascript+module": "esm",
+    "text/javascript": "esm",
+    "application/javascript": "esm",
+    "application/json": "json",
+    "text/plain": "text",
+    "application/wasm": "wasm",
+    "application/octet-stream": "data",
+}
+
+Echo = Callable[[str], None]
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where one script's requests go: version keys with their shares."""
+
+    keys: tuple[tuple[str, int], ...]
+
+    def pick(self) -> str:
+        if len(self.keys) == 1:
+            return self.keys[0][0]
+        roll = random.uniform(0, 100)
+        for key, share in self.keys:
+            roll -= share
+            if roll < 0:
+                return key
+        return self.keys[-1][0]
+
+
+class EdgeNode:
+    """The routing state of one edge node, kept in step with the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        supervisor: Supervisor,
+        workers_domain: str = DEFAULT_WORKERS_DOMAIN,
+        poll_interval: float = POLL_INTERVAL_S,
+        echo: Echo = _echo,
+    ) -> None:
+        self.store = store
+        self.supervisor = supervisor
+        self.workers_domain = workers_domain.lower().strip(".")
+        self.poll_interval = poll_interval
+        self.echo = echo
+        self.revision = -1
+        self._routes = RouteTable([])
+        self._accounts_by_name: dict[str, Account] = {}
+        self._targets: dict[tuple[str, str], _Target | Unavailable] = {}
+        self._loaded: dict[str, str] = {}  # version key -> content hash
+        self._poller: asyncio.Task[None] | None = None
+
+    # --- serving ----------------------------------------------------------------------
+
+    def resolve(self, host: str, path: str) -> str | Unavailable | None:
+        """The version key to serve a request with, Unavailable, or None (no route)."""
+        route = self._routes.match(host, path)
+        if route is not None:
+            target = self._targets.get((route.account_id, route.script))
+        else:
+            target = self._default_hostname_target(normalise_host(host))
+        if target is None or isinstance(target, Unavailable):
+            return target
+        return target.pick()
+
+    def _default_hostname_target(self, host: str) -> _Target | Unavailable | None:
+        suffix = "." + self.workers_domain
+        if not host.endswith(suffix):
+            return None
+        labels = host[: -len(suffix)].split(".")
+        if len(labels) != 2:
+            return None
+        script, account_name = labels
+        account = self._accounts_by_name.get(account_name)
+        if account is None:
+            return None
+        return self._targets.get((account.id, script))
+
+    # --- keeping up with the store ------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.refresh(initial=True)
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                if await self.store.revision() != self.revision:
+                    await self.refresh()
+            except Exception as exc:
+                self.echo(f"✘ reading the store failed: {exc!r}")
+
+    async def refresh(self, initial: bool = False) -> None:
+        """Apply the store's current state. New versions load before traffic moves."""
+        state = await self.store.edge_state()
+        if state.revision == self.revision:
+            return
+        targets: dict[tuple[str, str], _Target | Unavailable] = {}
+        wanted: set[str] = set()
+        for (account_id, script), deployment in state.deployments.items():
+            account = state.accounts.get(account_id)
+            secrets = state.secrets.get((account_id, script), {})
+            keys = []
+            failed: str | None = None
+            for version_id, share in deployment.versions:
+                version = state.versions[version_id]
+                key = self._key(account, version, secrets)
+                if key not in self._loaded and key not in wanted:
+                    failed = await self._load(key, version, secrets, start=not initial)
+                    if failed is not None:
+                        break
+                keys.append((key, share))
+                wanted.add(key)
+            if failed is None:
+                targets[(account_id, script)] = _Target(tuple(keys))
+                continue
+            previous = self._targets.get((account_id, script))
+            if isinstance(previous, _Target):  # keep serving what worked
+                targets[(account_id, script)] = previous
+                wanted.update(key for key, _ in previous.keys)
+            else:
+                targets[(account_id, script)] = Unavailable(f"Worker {script} is not available: {failed}")
+
+        self._routes = RouteTable(state.routes)
+        self._accounts_by_name = {account.name: account for account in state.accounts.values()}
+        self._targets = targets
+        self.revision = state.revision
+        for key in [key for key in self._loaded if key not in wanted]:
+            del self._loaded[key]
+            await self.supervisor.retire(key)
+
+    @staticmethod
+    def _key(account: Account | None, version: Version, secrets: dict[str, str]) -> str:
+        # Secrets are part of the environment, so a new secret value is a new instance.
+        fingerprint = hashlib.sha256(
+            json.dumps([version.id, sorted(secrets.items())]).encode()
+        ).hexdigest()[:12]
+        owner = account.name if account is not None else version.account_id[:8]
+        return f"{owner}/{version.script}@v{version.number}-{fingerprint}"
+
+    async def _load(self, key: str, version: Version, secrets: dict[str, str], start: bool) -> str | None:
+        """Load one version; returns why it failed, or None."""
+        try:
+            script = await self._worker_script(key, version, secrets)
+            await self.supervisor.load(key, script, start=start)
+        except ScriptLoadError as exc:
+            self.echo(f"✘ {key} ({version.content_hash[:12]}) failed to load: {exc}")
+            return str(exc)
+        except ValueError as exc:
+            self.echo(f"✘ {key} ({version.content_hash[:12]}) cannot be served: {exc}")
+            return str(exc)
+        self._loaded[key] = version.content_hash
+        self.echo(f"⎔ serving {key} (version {version.id}, sha256 {version.content_hash})")
+        return None
+
+    async def _worker_script(self, key: str, version: Version, secrets: dict[str, str]) -> WorkerScript:
+        main_source = ""
+        modules = []
+        for ref in version.modules:
+            data = await self.store.get_blob(ref.sha256)
+            if data is None:
+                raise ValueError(f"module {ref.name} is missing from the archive")
+            kind = MODULE_KINDS.get(ref.content_type.split(";")[0].strip(), "text")
+            text = data.decode("latin-1") if kind in ("wasm", "data") else data.decode("utf-8")
+            if ref.name == version.main_module:
+                main_source = text
+            else:
+                modules.append(Module(ref.name, kind, text))
+        variables: dict[str, Any] = {}
+        for binding in version.bindings:
+            if binding.get("type") == "plain_text":
+                variables[binding["name"]] = binding["text"]
+            elif binding.get("type") == "json":
+                variables[binding["name"]] = binding["json"]
+        variables.update(secrets)
+        return WorkerScript(
+            name=key.split("@", 1)[0],
+            source=main_source,
+            filename=version.main_module,
+            compatibility_date=version.compatibility_date,
+            vars=variables,
+            cpu_ms=float(version.limits.get("cpu_ms", DEFAULT_CPU_MS)),
+            modules=tuple(modules),
+            archive_hash=version.content_hash,
+        )
+
+
+async def serve(
+    store: Store,
+    host: str,
+    port: int,
+    workers_domain: str = DEFAULT_WORKERS_DOMAIN,
+    echo: Echo = _echo,
+) -> int:
+    """Run an edge node until interrupted."""
+    import uvicorn
+
+    from warren.server.app import EdgeApp
+
+    def log(script: str, level: str, message: str) -> None:
+        stream = sys.stderr if level == "error" else sys.stdout
+        print(f"[{script}] {level}: {message}", file=stream, flush=True)
+
+    supervisor = Supervisor(on_log=log)
+    await supervisor.start()
+    node = EdgeNode(store, supervisor, workers_domain, echo=echo)
+    try:
+        await node.start()
+        config = uvicorn.Config(
+            EdgeApp(supervisor, node.resolve),
+            host=host,
+            port=port,
+            http="httptools",
+            lifespan="off",
+            log_level="warning",
+            server_header=False,
+            access_log=False,
+            proxy_headers=False,
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if serving.done():
+            serving.result()
+            return 1
+        bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+        echo(f"Ready on http://{host}:{bound} (workers domain {workers_domain}, store revision {node.revision})")
+        await serving
+        return 0
+    finally:
+        await node.stop()
+        await supervisor.stop()

@@ -1,0 +1,740 @@
+"""``SQLiteStore``: the store in one SQLite file, shared by ``warren control`` and ``warren serve``.
+
+WAL mode lets the edge node read while the control plane writes. Each store
+object has one connection, used by one call at a time (a lock) on a worker
+thread, so a 10 MB upload or a wait for another process's write lock never
+stalls the event loop. Every write is one ``BEGIN IMMEDIATE … COMMIT``
+transaction that also bumps the revision; any exception rolls it back whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from warren.store import validation
+from warren.store.errors import Conflict, InvalidInput, NotFound
+from warren.store.model import (
+    Account,
+    Deployment,
+    EdgeState,
+    KVNamespace,
+    ModuleRef,
+    Route,
+    ScriptInfo,
+    Token,
+    Version,
+    content_hash,
+    now,
+)
+from warren.store.routes import parse_route
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+TOKEN_PREFIX = "wrn_"
+MAX_SECRET_BYTES = 64 * 1024
+_NUMBER = re.compile(r"[1-9][0-9]{0,17}")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS accounts (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_on TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS tokens (
+        id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(id), name TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL UNIQUE, created_on TEXT NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS scripts (
+        account_id TEXT NOT NULL REFERENCES accounts(id), name TEXT NOT NULL,
+        created_on TEXT NOT NULL, modified_on TEXT NOT NULL, PRIMARY KEY (account_id, name))""",
+    # Versions outlive their script (the archive), so they do not reference the scripts table.
+    """CREATE TABLE IF NOT EXISTS versions (
+        id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(id), script TEXT NOT NULL,
+        number INTEGER NOT NULL, main_module TEXT NOT NULL, modules TEXT NOT NULL,
+        compatibility_date TEXT NOT NULL, bindings TEXT NOT NULL, limits TEXT NOT NULL,
+        content_hash TEXT NOT NULL, created_on TEXT NOT NULL, author_token_id TEXT NOT NULL,
+        message TEXT NOT NULL, UNIQUE (account_id, script, number))""",
+    """CREATE TABLE IF NOT EXISTS deployments (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+        account_id TEXT NOT NULL REFERENCES accounts(id), script TEXT NOT NULL, versions TEXT NOT NULL,
+        created_on TEXT NOT NULL, author_token_id TEXT NOT NULL, message TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS deployments_by_script ON deployments (account_id, script, seq)",
+    """CREATE TABLE IF NOT EXISTS secrets (
+        account_id TEXT NOT NULL, script TEXT NOT NULL, name TEXT NOT NULL, text TEXT NOT NULL,
+        PRIMARY KEY (account_id, script, name))""",
+    """CREATE TABLE IF NOT EXISTS routes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+        account_id TEXT NOT NULL REFERENCES accounts(id), pattern TEXT NOT NULL UNIQUE, script TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS kv_namespaces (
+        id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(id), title TEXT NOT NULL,
+        UNIQUE (account_id, title))""",
+)
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class SQLiteStore:
+    """The ``Store`` over one SQLite file (``":memory:"`` works for a single object)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 5000) -> None:
+        self.path = os.fspath(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the file and create the schema if needed; a no-op when already open."""
+        await asyncio.to_thread(self._open)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    async def __aenter__(self) -> SQLiteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _open(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                return
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                self._create_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0)")
+            elif row["value"] != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the store's schema is version {row['value']}; this warren reads version {SCHEMA_VERSION}"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("the store is not open")
+        return self._conn
+
+    def _in_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # One read transaction, so a method's several SELECTs see one snapshot.
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def _in_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                result = fn(conn)
+                # A delete that found nothing is not a write: edge nodes need not reload.
+                if conn.total_changes != before:
+                    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self._in_read, fn)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self._in_write, fn)
+
+    # -- accounts and tokens ----------------------------------------------------------------
+
+    async def create_account(self, name: str) -> Account:
+        name = validation.account_name(name)
+        account = Account(id=uuid.uuid4().hex, name=name, created_on=now())
+
+        def write(conn: sqlite3.Connection) -> Account:
+            if conn.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone():
+                raise Conflict(f"the account name {name!r} is taken")
+            conn.execute(
+                "INSERT INTO accounts (id, name, created_on) VALUES (?, ?, ?)",
+                (account.id, account.name, account.created_on),
+            )
+            return account
+
+        return await self._write(write)
+
+    async def get_account(self, account_id: str) -> Account | None:
+        return await self._read(lambda conn: _account(conn, account_id))
+
+    async def account_by_name(self, name: str) -> Account | None:
+        def read(conn: sqlite3.Connection) -> Account | None:
+            row = conn.execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()
+            return _row_account(row) if row else None
+
+        return await self._read(read)
+
+    async def create_token(self, account_id: str, name: str) -> tuple[Token, str]:
+        name = validation.token_name(name)
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(30)  # 30 bytes: 40 url-safe characters
+        token = Token(id=uuid.uuid4().hex, account_id=account_id, name=name, created_on=now())
+
+        def write(conn: sqlite3.Connection) -> Token:
+            _require_account(conn, account_id)
+            conn.execute(
+                "INSERT INTO tokens (id, account_id, name, secret_sha256, created_on) VALUES (?, ?, ?, ?, ?)",
+                (token.id, account_id, name, _hash_secret(secret), token.created_on),
+            )
+            return token
+
+        return await self._write(write), secret
+
+    async def authenticate(self, secret: str) -> Token | None:
+        if not isinstance(secret, str) or not secret.startswith(TOKEN_PREFIX) or len(secret) > 256:
+            return None
+        digest = _hash_secret(secret)
+
+        def read(conn: sqlite3.Connection) -> Token | None:
+            row = conn.execute("SELECT * FROM tokens WHERE secret_sha256 = ?", (digest,)).fetchone()
+            if row is None or not hmac.compare_digest(row["secret_sha256"], digest):
+                return None
+            return Token(id=row["id"], account_id=row["account_id"], name=row["name"], created_on=row["created_on"])
+
+        return await self._read(read)
+
+    # -- versions and deployments -----------------------------------------------------------
+
+    async def upload_version(
+        self,
+        account_id: str,
+        script: str,
+        main_module: str,
+        modules: dict[str, tuple[str, bytes]],
+        compatibility_date: str,
+        bindings: Sequence[dict[str, Any]],
+        limits: dict[str, Any],
+        author_token_id: str,
+        message: str,
+        deploy: bool,
+    ) -> tuple[Version, Deployment | None]:
+        # Everything that needs no database is checked (and hashed) before the lock is taken.
+        script = validation.script_name(script)
+        checked = validation.modules(main_module, modules)
+        compatibility_date = validation.compatibility_date(compatibility_date)
+        binding_list = validation.bindings(bindings)
+        limit_map = validation.limits(limits)
+        message = validation.message(message)
+        blobs = {name: (media, data, hashlib.sha256(data).hexdigest()) for name, (media, data) in checked.items()}
+        refs = tuple(
+            ModuleRef(name=name, content_type=media, sha256=digest, size=len(data))
+            for name, (media, data, digest) in sorted(blobs.items())
+        )
+        digest = content_hash(main_module, refs, compatibility_date, binding_list, limit_map)
+        created_on = now()
+
+        def write(conn: sqlite3.Connection) -> tuple[Version, Deployment | None]:
+            _require_account(conn, account_id)
+            for binding in binding_list:
+                if (
+                    binding["type"] == "kv_namespace"
+                    and not conn.execute(
+                        "SELECT 1 FROM kv_namespaces WHERE id = ? AND account_id = ?",
+                        (binding["namespace_id"], account_id),
+                    ).fetchone()
+                ):
+                    raise InvalidInput(
+                        f"binding {binding['name']!r}: KV namespace {binding['namespace_id']!r} "
+                        "does not exist in this account"
+                    )
+            conn.executemany(
+                "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?, ?)",
+                [(sha, data) for _, data, sha in blobs.values()],
+            )
+            conn.execute(
+                "INSERT INTO scripts (account_id, name, created_on, modified_on) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (account_id, name) DO UPDATE SET modified_on = excluded.modified_on",
+                (account_id, script, created_on, created_on),
+            )
+            # Numbers continue across a delete: the archived versions keep theirs.
+            number = conn.execute(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE account_id = ? AND script = ?",
+                (account_id, script),
+            ).fetchone()[0]
+            version = Version(
+                id=str(uuid.uuid4()),
+                account_id=account_id,
+                script=script,
+                number=number,
+                main_module=main_module,
+                modules=refs,
+                compatibility_date=compatibility_date,
+                bindings=binding_list,
+                limits=limit_map,
+                content_hash=digest,
+                created_on=created_on,
+                author_token_id=author_token_id,
+                message=message,
+            )
+            conn.execute(
+                "INSERT INTO versions (id, account_id, script, number, main_module, modules, compatibility_date,"
+                " bindings, limits, content_hash, created_on, author_token_id, message)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    version.id,
+                    account_id,
+                    script,
+                    number,
+                    main_module,
+                    json.dumps([[r.name, r.content_type, r.sha256, r.size] for r in refs]),
+                    compatibility_date,
+                    json.dumps(list(binding_list)),
+                    json.dumps(limit_map),
+                    digest,
+                    created_on,
+                    author_token_id,
+                    message,
+                ),
+            )
+            deployment = None
+            if deploy:
+                deployment = _insert_deployment(
+                    conn, account_id, script, ((version.id, 100),), author_token_id, message, created_on
+                )
+            return version, deployment
+
+        return await self._write(write)
+
+    async def get_version(self, account_id: str, script: str, version_id: str) -> Version | None:
+        return await self._read(lambda conn: _find_version(conn, account_id, script, version_id))
+
+    async def list_versions(self, account_id: str, script: str) -> list[Version]:
+        def read(conn: sqlite3.Connection) -> list[Version]:
+            rows = conn.execute(
+                "SELECT * FROM versions WHERE account_id = ? AND script = ? ORDER BY number DESC", (account_id, script)
+            ).fetchall()
+            return [_row_version(row) for row in rows]
+
+        return await self._read(read)
+
+    async def get_blob(self, sha256: str) -> bytes | None:
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT data FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+            return bytes(row["data"]) if row else None
+
+        return await self._read(read)
+
+    async def create_deployment(
+        self,
+        account_id: str,
+        script: str,
+        versions: Sequence[tuple[str, int]],
+        author_token_id: str,
+        message: str,
+    ) -> Deployment:
+        split = validation.split(versions)
+        message = validation.message(message)
+        created_on = now()
+
+        def write(conn: sqlite3.Connection) -> Deployment:
+            _require_script(conn, account_id, script)
+            resolved: list[tuple[str, int]] = []
+            for version_id, share in split:
+                version = _find_version(conn, account_id, script, version_id)
+                if version is None:
+                    raise InvalidInput(f"{version_id!r} is not a version of script {script!r}")
+                resolved.append((version.id, share))
+            if len({version_id for version_id, _ in resolved}) != len(resolved):
+                raise InvalidInput("a deployment names each version once")
+            return _insert_deployment(conn, account_id, script, tuple(resolved), author_token_id, message, created_on)
+
+        return await self._write(write)
+
+    async def list_deployments(self, account_id: str, script: str) -> list[Deployment]:
+        def read(conn: sqlite3.Connection) -> list[Deployment]:
+            rows = conn.execute(
+                "SELECT * FROM deployments WHERE account_id = ? AND script = ? ORDER BY seq DESC", (account_id, script)
+            ).fetchall()
+            return [_row_deployment(row) for row in rows]
+
+        return await self._read(read)
+
+    async def current_deployment(self, account_id: str, script: str) -> Deployment | None:
+        return await self._read(lambda conn: _current_deployment(conn, account_id, script))
+
+    # -- scripts ----------------------------------------------------------------------------
+
+    async def get_script(self, account_id: str, script: str) -> ScriptInfo | None:
+        def read(conn: sqlite3.Connection) -> ScriptInfo | None:
+            row = conn.execute(
+                "SELECT * FROM scripts WHERE account_id = ? AND name = ?", (account_id, script)
+            ).fetchone()
+            return _script_info(conn, row) if row else None
+
+        return await self._read(read)
+
+    async def list_scripts(self, account_id: str) -> list[ScriptInfo]:
+        def read(conn: sqlite3.Connection) -> list[ScriptInfo]:
+            rows = conn.execute("SELECT * FROM scripts WHERE account_id = ? ORDER BY name", (account_id,)).fetchall()
+            return [_script_info(conn, row) for row in rows]
+
+        return await self._read(read)
+
+    async def delete_script(self, account_id: str, script: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute("DELETE FROM scripts WHERE account_id = ? AND name = ?", (account_id, script))
+            if deleted.rowcount == 0:
+                return False
+            # Versions and blobs stay: they are the archive, and numbering continues from them.
+            for table in ("deployments", "routes", "secrets"):
+                conn.execute(f"DELETE FROM {table} WHERE account_id = ? AND script = ?", (account_id, script))
+            return True
+
+        return await self._write(write)
+
+    # -- secrets ----------------------------------------------------------------------------
+
+    async def put_secret(self, account_id: str, script: str, name: str, text: str) -> None:
+        name = validation.identifier(name, "secret name")
+        if not isinstance(text, str):
+            raise InvalidInput("a secret's text must be a string")
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_SECRET_BYTES:
+            raise InvalidInput(f"a secret is at most {MAX_SECRET_BYTES} bytes")
+        modified_on = now()
+
+        def write(conn: sqlite3.Connection) -> None:
+            _require_script(conn, account_id, script)
+            conn.execute(
+                "INSERT INTO secrets (account_id, script, name, text) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (account_id, script, name) DO UPDATE SET text = excluded.text",
+                (account_id, script, name, text),
+            )
+            _touch(conn, account_id, script, modified_on)
+
+        await self._write(write)
+
+    async def delete_secret(self, account_id: str, script: str, name: str) -> bool:
+        modified_on = now()
+
+        def write(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute(
+                "DELETE FROM secrets WHERE account_id = ? AND script = ? AND name = ?", (account_id, script, name)
+            )
+            if deleted.rowcount == 0:
+                return False
+            _touch(conn, account_id, script, modified_on)
+            return True
+
+        return await self._write(write)
+
+    async def list_secret_names(self, account_id: str, script: str) -> list[str]:
+        def read(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT name FROM secrets WHERE account_id = ? AND script = ? ORDER BY name", (account_id, script)
+            ).fetchall()
+            return [row["name"] for row in rows]
+
+        return await self._read(read)
+
+    async def secrets_for(self, account_id: str, script: str) -> dict[str, str]:
+        def read(conn: sqlite3.Connection) -> dict[str, str]:
+            rows = conn.execute(
+                "SELECT name, text FROM secrets WHERE account_id = ? AND script = ? ORDER BY name", (account_id, script)
+            ).fetchall()
+            return {row["name"]: row["text"] for row in rows}
+
+        return await self._read(read)
+
+    # -- routes -----------------------------------------------------------------------------
+
+    async def create_route(self, account_id: str, pattern: str, script: str) -> Route:
+        try:
+            normalised = str(parse_route(pattern))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(str(exc)) from None
+        route = Route(id=uuid.uuid4().hex, account_id=account_id, pattern=normalised, script=script)
+
+        def write(conn: sqlite3.Connection) -> Route:
+            _require_script(conn, account_id, script)
+            # Hostnames are global: one pattern, one owner, whichever account that is.
+            if conn.execute("SELECT 1 FROM routes WHERE pattern = ?", (normalised,)).fetchone():
+                raise Conflict(f"the route {normalised!r} already exists")
+            conn.execute(
+                "INSERT INTO routes (id, account_id, pattern, script) VALUES (?, ?, ?, ?)",
+                (route.id, account_id, normalised, script),
+            )
+            return route
+
+        return await self._write(write)
+
+    async def list_routes(self, account_id: str) -> list[Route]:
+        def read(conn: sqlite3.Connection) -> list[Route]:
+            rows = conn.execute("SELECT * FROM routes WHERE account_id = ? ORDER BY seq", (account_id,)).fetchall()
+            return [_row_route(row) for row in rows]
+
+        return await self._read(read)
+
+    async def delete_route(self, account_id: str, route_id: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute("DELETE FROM routes WHERE account_id = ? AND id = ?", (account_id, route_id))
+            return deleted.rowcount > 0
+
+        return await self._write(write)
+
+    # -- KV namespaces ----------------------------------------------------------------------
+
+    async def create_kv_namespace(self, account_id: str, title: str) -> KVNamespace:
+        title = validation.kv_title(title)
+        namespace = KVNamespace(id=uuid.uuid4().hex, account_id=account_id, title=title)
+
+        def write(conn: sqlite3.Connection) -> KVNamespace:
+            _require_account(conn, account_id)
+            if conn.execute(
+                "SELECT 1 FROM kv_namespaces WHERE account_id = ? AND title = ?", (account_id, title)
+            ).fetchone():
+                raise Conflict(f"a namespace titled {title!r} already exists")
+            conn.execute(
+                "INSERT INTO kv_namespaces (id, account_id, title) VALUES (?, ?, ?)", (namespace.id, account_id, title)
+            )
+            return namespace
+
+        return await self._write(write)
+
+    async def list_kv_namespaces(self, account_id: str) -> list[KVNamespace]:
+        def read(conn: sqlite3.Connection) -> list[KVNamespace]:
+            rows = conn.execute(
+                "SELECT * FROM kv_namespaces WHERE account_id = ? ORDER BY title, id", (account_id,)
+            ).fetchall()
+            return [KVNamespace(id=row["id"], account_id=row["account_id"], title=row["title"]) for row in rows]
+
+        return await self._read(read)
+
+    async def delete_kv_namespace(self, account_id: str, namespace_id: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute(
+                "DELETE FROM kv_namespaces WHERE account_id = ? AND id = ?", (account_id, namespace_id)
+            )
+            return deleted.rowcount > 0
+
+        return await self._write(write)
+
+    # -- edge -------------------------------------------------------------------------------
+
+    async def revision(self) -> int:
+        return await self._read(_revision)
+
+    async def edge_state(self) -> EdgeState:
+        def read(conn: sqlite3.Connection) -> EdgeState:
+            accounts = {row["id"]: _row_account(row) for row in conn.execute("SELECT * FROM accounts")}
+            routes = [_row_route(row) for row in conn.execute("SELECT * FROM routes ORDER BY seq")]
+            deployments: dict[tuple[str, str], Deployment] = {}
+            for row in conn.execute(
+                "SELECT d.* FROM deployments d JOIN ("
+                "  SELECT MAX(d2.seq) AS seq FROM deployments d2 JOIN scripts s"
+                "  ON s.account_id = d2.account_id AND s.name = d2.script GROUP BY d2.account_id, d2.script"
+                ") latest ON d.seq = latest.seq"
+            ):
+                deployment = _row_deployment(row)
+                deployments[(deployment.account_id, deployment.script)] = deployment
+            wanted = {version_id for d in deployments.values() for version_id, _ in d.versions}
+            versions: dict[str, Version] = {}
+            for version_id in sorted(wanted):
+                row = conn.execute("SELECT * FROM versions WHERE id = ?", (version_id,)).fetchone()
+                if row is not None:
+                    versions[version_id] = _row_version(row)
+            secret_map: dict[tuple[str, str], dict[str, str]] = {}
+            for row in conn.execute("SELECT * FROM secrets ORDER BY account_id, script, name"):
+                secret_map.setdefault((row["account_id"], row["script"]), {})[row["name"]] = row["text"]
+            return EdgeState(
+                revision=_revision(conn),
+                routes=routes,
+                accounts=accounts,
+                deployments=deployments,
+                versions=versions,
+                secrets=secret_map,
+            )
+
+        return await self._read(read)
+
+
+# -- row helpers (called with the store's lock held, inside a transaction) --------------------
+
+
+def _revision(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+
+
+def _row_account(row: sqlite3.Row) -> Account:
+    return Account(id=row["id"], name=row["name"], created_on=row["created_on"])
+
+
+def _account(conn: sqlite3.Connection, account_id: str) -> Account | None:
+    row = conn.execute("SELECT * FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    return _row_account(row) if row else None
+
+
+def _require_account(conn: sqlite3.Connection, account_id: str) -> None:
+    if _account(conn, account_id) is None:
+        raise NotFound(f"account {account_id!r} does not exist")
+
+
+def _require_script(conn: sqlite3.Connection, account_id: str, script: str) -> None:
+    if not conn.execute("SELECT 1 FROM scripts WHERE account_id = ? AND name = ?", (account_id, script)).fetchone():
+        raise NotFound(f"script {script!r} does not exist")
+
+
+def _touch(conn: sqlite3.Connection, account_id: str, script: str, modified_on: str) -> None:
+    conn.execute(
+        "UPDATE scripts SET modified_on = ? WHERE account_id = ? AND name = ?", (modified_on, account_id, script)
+    )
+
+
+def _row_version(row: sqlite3.Row) -> Version:
+    return Version(
+        id=row["id"],
+        account_id=row["account_id"],
+        script=row["script"],
+        number=row["number"],
+        main_module=row["main_module"],
+        modules=tuple(
+            ModuleRef(name=name, content_type=media, sha256=sha, size=size)
+            for name, media, sha, size in json.loads(row["modules"])
+        ),
+        compatibility_date=row["compatibility_date"],
+        bindings=tuple(json.loads(row["bindings"])),
+        limits=json.loads(row["limits"]),
+        content_hash=row["content_hash"],
+        created_on=row["created_on"],
+        author_token_id=row["author_token_id"],
+        message=row["message"],
+    )
+
+
+def _find_version(conn: sqlite3.Connection, account_id: str, script: str, version_id: str) -> Version | None:
+    """By id, or by number when ``version_id`` is a positive decimal integer."""
+    if _NUMBER.fullmatch(version_id):
+        row = conn.execute(
+            "SELECT * FROM versions WHERE account_id = ? AND script = ? AND number = ?",
+            (account_id, script, int(version_id)),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT * FROM versions WHERE account_id = ? AND script = ? AND id = ?", (account_id, script, version_id)
+        ).fetchone()
+    return _row_version(row) if row else None
+
+
+def _row_deployment(row: sqlite3.Row) -> Deployment:
+    return Deployment(
+        id=row["id"],
+        account_id=row["account_id"],
+        script=row["script"],
+        versions=tuple((str(version_id), int(share)) for version_id, share in json.loads(row["versions"])),
+        created_on=row["created_on"],
+        author_token_id=row["author_token_id"],
+        message=row["message"],
+    )
+
+
+def _insert_deployment(
+    conn: sqlite3.Connection,
+    account_id: str,
+    script: str,
+    versions: tuple[tuple[str, int], ...],
+    author_token_id: str,
+    message: str,
+    created_on: str,
+) -> Deployment:
+    deployment = Deployment(
+        id=str(uuid.uuid4()),
+        account_id=account_id,
+        script=script,
+        versions=versions,
+        created_on=created_on,
+        author_token_id=author_token_id,
+        message=message,
+    )
+    conn.execute(
+        "INSERT INTO deployments (id, account_id, script, versions, created_on, author_token_id, message)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (deployment.id, account_id, script, json.dumps(versions), created_on, author_token_id, message),
+    )
+    _touch(conn, account_id, script, created_on)
+    return deployment
+
+
+def _current_deployment(conn: sqlite3.Connection, account_id: str, script: str) -> Deployment | None:
+    row = conn.execute(
+        "SELECT * FROM deployments WHERE account_id = ? AND script = ? ORDER BY seq DESC LIMIT 1", (account_id, script)
+    ).fetchone()
+    return _row_deployment(row) if row else None
+
+
+def _script_info(conn: sqlite3.Connection, row: sqlite3.Row) -> ScriptInfo:
+    deployment = _current_deployment(conn, row["account_id"], row["name"])
+    etag = None
+    if deployment is not None:
+        found = conn.execute("SELECT content_hash FROM versions WHERE id = ?", (deployment.main_version_id,)).fetchone()
+        etag = found["content_hash"] if found else None
+    return ScriptInfo(
+        account_id=row["account_id"],
+        name=row["name"],
+        created_on=row["created_on"],
+        modified_on=row["modified_on"],
+        etag=etag,
+    )
+
+
+def _row_route(row: sqlite3.Row) -> Route:
+    return Route(id=row["id"], account_id=row["account_id"], pattern=row["pattern"], script=row["script"])

@@ -1,0 +1,229 @@
+"""Checks on everything the store accepts, shared with the HTTP API.
+
+Each function returns the value in its normalised form or raises ``InvalidInput``
+with a message fit for the client. Pure functions: no storage, no HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+from warren.store.errors import InvalidInput
+from warren.store.model import canonical_json
+
+MAX_SCRIPT_BYTES = 10 * 1024 * 1024  # all modules of a version together, as `warren dev`'s limit
+MAX_CPU_MS = 300_000
+MAX_MODULE_NAME = 256
+MAX_MESSAGE = 1024
+MAX_TOKEN_NAME = 128
+MAX_KV_TITLE = 512
+MAX_IDENTIFIER = 128
+
+MODULE_CONTENT_TYPES = (
+    "application/javascript+module",
+    "text/javascript",
+    "application/json",
+    "text/plain",
+    "application/wasm",
+    "application/octet-stream",
+)
+# What an isolate can start from: an ES module, or a service-worker script.
+MAIN_MODULE_CONTENT_TYPES = ("application/javascript+module", "text/javascript")
+BINDING_TYPES = ("plain_text", "json", "kv_namespace")
+
+_ACCOUNT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_SCRIPT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_MODULE_NAME = re.compile(r"[A-Za-z0-9._/-]+")
+_IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string")
+    return value
+
+
+def account_name(name: object) -> str:
+    name = _text(name, "account name")
+    if not _ACCOUNT_NAME.fullmatch(name):
+        raise InvalidInput(
+            f"invalid account name {name!r}: it is a DNS label (1-63 of a-z, 0-9 and '-', "
+            "not starting or ending with '-')"
+        )
+    return name
+
+
+def script_name(name: object) -> str:
+    name = _text(name, "script name")
+    if not _SCRIPT_NAME.fullmatch(name):
+        raise InvalidInput(
+            f"invalid script name {name!r}: 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def token_name(name: object) -> str:
+    name = _text(name, "token name")
+    if not name or len(name) > MAX_TOKEN_NAME or not name.isprintable():
+        raise InvalidInput(f"a token name is 1-{MAX_TOKEN_NAME} printable characters")
+    return name
+
+
+def module_name(name: object) -> str:
+    name = _text(name, "module name")
+    if not name or len(name) > MAX_MODULE_NAME:
+        raise InvalidInput(f"invalid module name {name!r}: 1-{MAX_MODULE_NAME} characters")
+    if not _MODULE_NAME.fullmatch(name):
+        raise InvalidInput(f"invalid module name {name!r}: only A-Z, a-z, 0-9, '.', '_', '-' and '/' are allowed")
+    if name.startswith("/"):
+        raise InvalidInput(f"invalid module name {name!r}: it must be a relative path")
+    # "." and empty segments would give one file two names; ".." would leave the script's tree.
+    for segment in name.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidInput(f"invalid module name {name!r}: no empty, '.' or '..' path segments")
+    return name
+
+
+def content_type(value: object, module: str) -> str:
+    """The media type without parameters (``; charset=…``), lower case."""
+    value = _text(value, f"content type of module {module!r}")
+    media_type = value.split(";", 1)[0].strip().lower()
+    if media_type not in MODULE_CONTENT_TYPES:
+        raise InvalidInput(f"module {module!r} has content type {value!r}; allowed: " + ", ".join(MODULE_CONTENT_TYPES))
+    return media_type
+
+
+def compatibility_date(value: object) -> str:
+    """A ``YYYY-MM-DD`` date, or "" for none (as ``warren dev`` allows)."""
+    value = _text(value, "compatibility_date")
+    if value == "":
+        return value
+    try:
+        if not _DATE.fullmatch(value):
+            raise ValueError
+        date.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"compatibility_date {value!r} is not a date of the form YYYY-MM-DD") from None
+    return value
+
+
+def identifier(name: object, what: str) -> str:
+    name = _text(name, what)
+    if len(name) > MAX_IDENTIFIER or not _IDENTIFIER.fullmatch(name):
+        raise InvalidInput(f"invalid {what} {name!r}: it must be a JavaScript identifier (A-Z, a-z, 0-9, _, $)")
+    return name
+
+
+def message(value: object) -> str:
+    value = _text(value, "message")
+    if len(value) > MAX_MESSAGE:
+        raise InvalidInput(f"a message is at most {MAX_MESSAGE} characters")
+    return value
+
+
+def kv_title(value: object) -> str:
+    value = _text(value, "title")
+    if not value.strip() or len(value) > MAX_KV_TITLE or not value.isprintable():
+        raise InvalidInput(f"a namespace title is 1-{MAX_KV_TITLE} printable characters")
+    return value
+
+
+def bindings(values: object) -> tuple[dict[str, Any], ...]:
+    """The bindings in canonical form (only the keys of their type). Namespaces are checked by the store."""
+    if not isinstance(values, list | tuple):
+        raise InvalidInput("bindings must be a list")
+    result: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for index, binding in enumerate(values):
+        if not isinstance(binding, dict):
+            raise InvalidInput(f"binding #{index + 1} must be an object")
+        name = identifier(binding.get("name"), "binding name")
+        if name in seen:
+            raise InvalidInput(f"binding name {name!r} is used twice")
+        seen.add(name)
+        kind = binding.get("type")
+        if kind == "plain_text":
+            result.append({"type": kind, "name": name, "text": _text(binding.get("text"), f"binding {name!r}'s text")})
+        elif kind == "json":
+            if "json" not in binding:
+                raise InvalidInput(f"binding {name!r} of type json needs a 'json' value")
+            try:
+                canonical_json(binding["json"])
+            except (TypeError, ValueError):
+                raise InvalidInput(f"binding {name!r}'s json value is not plain JSON") from None
+            result.append({"type": kind, "name": name, "json": binding["json"]})
+        elif kind == "kv_namespace":
+            namespace_id = _text(binding.get("namespace_id"), f"binding {name!r}'s namespace_id")
+            result.append({"type": kind, "name": name, "namespace_id": namespace_id})
+        elif kind == "secret_text":
+            raise InvalidInput(f"binding {name!r}: secrets are set with the secrets endpoint, not in an upload")
+        else:
+            raise InvalidInput(f"binding {name!r} has type {kind!r}; allowed: " + ", ".join(BINDING_TYPES))
+    return tuple(result)
+
+
+def limits(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput("limits must be an object")
+    unknown = sorted(set(value) - {"cpu_ms"})
+    if unknown:
+        raise InvalidInput(f"unknown limit(s) {', '.join(map(repr, unknown))}; supported: 'cpu_ms'")
+    result: dict[str, Any] = {}
+    if "cpu_ms" in value:
+        cpu_ms = value["cpu_ms"]
+        if isinstance(cpu_ms, bool) or not isinstance(cpu_ms, int) or not 1 <= cpu_ms <= MAX_CPU_MS:
+            raise InvalidInput(f"limits.cpu_ms must be a whole number from 1 to {MAX_CPU_MS}")
+        result["cpu_ms"] = cpu_ms
+    return result
+
+
+def modules(main_module: object, values: object) -> dict[str, tuple[str, bytes]]:
+    """Names, content types and total size of an upload's modules; ``main_module`` must be one of them."""
+    if not isinstance(values, dict) or not values:
+        raise InvalidInput("an upload needs at least one module")
+    result: dict[str, tuple[str, bytes]] = {}
+    total = 0
+    for name, entry in values.items():
+        name = module_name(name)
+        if not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[1], bytes | bytearray):
+            raise InvalidInput(f"module {name!r} must be given as (content_type, bytes)")
+        media_type = content_type(entry[0], name)
+        total += len(entry[1])
+        result[name] = (media_type, bytes(entry[1]))
+    if total > MAX_SCRIPT_BYTES:
+        raise InvalidInput(f"the modules add up to {total} bytes; the limit is {MAX_SCRIPT_BYTES}")
+    main = _text(main_module, "main_module")
+    if main not in result:
+        raise InvalidInput(f"main_module {main!r} is not one of the uploaded modules: " + ", ".join(sorted(result)))
+    if result[main][0] not in MAIN_MODULE_CONTENT_TYPES:
+        raise InvalidInput(
+            f"main_module {main!r} has content type {result[main][0]!r}; it must be one of "
+            + ", ".join(MAIN_MODULE_CONTENT_TYPES)
+        )
+    return result
+
+
+def split(versions: object) -> tuple[tuple[str, int], ...]:
+    """A deployment's (version id, percentage) pairs: one or two distinct versions, whole percentages summing to 100."""
+    if not isinstance(versions, Sequence) or isinstance(versions, str) or not 1 <= len(versions) <= 2:
+        raise InvalidInput("a deployment names one or two versions")
+    result: list[tuple[str, int]] = []
+    for entry in versions:
+        if not isinstance(entry, tuple | list) or len(entry) != 2:
+            raise InvalidInput("each deployment entry is (version_id, percentage)")
+        version_id = _text(entry[0], "version_id")
+        percentage = entry[1]
+        if isinstance(percentage, float) and percentage.is_integer():
+            percentage = int(percentage)
+        if isinstance(percentage, bool) or not isinstance(percentage, int) or not 1 <= percentage <= 100:
+            raise InvalidInput(
+                f"percentage {entry[1]!r} of version {version_id!r} must be a whole number from 1 to 100"
+            )
+        result.append((version_id, percentage))
+    if sum(share for _, share in result) != 100:
+        raise InvalidInput("the percentages of a deployment must add up to 100")
+    return tuple(result)
