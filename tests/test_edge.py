@@ -229,3 +229,31 @@ def test_deleting_a_script_stops_serving_it_and_keeps_its_archive(platform: Plat
     assert platform.get(HOST).status_code == 404
     module = platform.api.get(platform.scripts(f"/hello/versions/{v1['version_id']}/modules/index.js"))
     assert module.status_code == 200 and "v1" in module.text
+
+
+def test_serve_can_host_the_control_api_itself(tmp_path: Path, spawn: Any) -> None:
+    store = tmp_path / "one.db"
+    created = subprocess.run(
+        [sys.executable, "-m", "warren.cli", "control", "--store", str(store), "account", "create", "solo", "--json"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    account = json.loads(created.stdout)
+    node = spawn(["serve", "--store", str(store), "--workers-domain", DOMAIN, "--control-port", "0"])
+    api_url = re.search(r"Control-plane API on (http://\S+)", node.output).group(1)  # type: ignore[union-attr]
+    files = {
+        "metadata": (None, json.dumps({"main_module": "index.js"}), "application/json"),
+        "index.js": ("index.js", version_source("solo"), "application/javascript+module"),
+    }
+    uploaded = httpx.put(
+        f"{api_url}{API}/accounts/{account['account_id']}/workers/scripts/one",
+        files=files,
+        headers={"authorization": f"Bearer {account['token']}"},
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        response = httpx.get(node.url + "/", headers={"host": f"one.solo.{DOMAIN}"})
+        if response.text == "solo":
+            break
+        time.sleep(0.05)
+    assert response.text == "solo"

@@ -43,7 +43,13 @@ def _store_option(function: Any) -> Any:
     show_default=True,
     help="Every script also answers on <script>.<account>.<workers domain>.",
 )
-def serve(store_path: Path, port: int, ip: str, workers_domain: str) -> None:
+@click.option(
+    "--control-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the control-plane API from this process, on this port (single-machine use).",
+)
+def serve(store_path: Path, port: int, ip: str, workers_domain: str, control_port: int | None) -> None:
     """Run an edge node: serve what the control plane has deployed, following changes live."""
     from warren.server.serve import serve as serve_edge
     from warren.store import SQLiteStore
@@ -52,7 +58,7 @@ def serve(store_path: Path, port: int, ip: str, workers_domain: str) -> None:
         store = SQLiteStore(str(store_path))
         await store.open()
         try:
-            return await serve_edge(store, ip, port, workers_domain)
+            return await serve_edge(store, ip, port, workers_domain, control_port)
         finally:
             await store.close()
 
@@ -79,7 +85,12 @@ def control(context: click.Context, store_path: Path, port: int, ip: str) -> Non
         await store.open()
         try:
             config = uvicorn.Config(
-                create_app(store), host=ip, port=port, lifespan="off", log_level="warning", server_header=False
+                create_app(store, manage_store=False),
+                host=ip,
+                port=port,
+                lifespan="off",
+                log_level="warning",
+                server_header=False,
             )
             server = uvicorn.Server(config)
             serving = asyncio.get_running_loop().create_task(server.serve())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -163,12 +164,12 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return validation.json_object(await _body(request))
 
 
+@dataclass(frozen=True)
 class Upload:
-    """An upload's parsed metadata and modules."""
+    """An upload's parsed metadata and modules (name -> (content type, bytes))."""
 
-    def __init__(self, metadata: validation.UploadMetadata, modules: dict[str, tuple[str, bytes]]) -> None:
-        self.metadata = metadata
-        self.modules = modules
+    metadata: validation.UploadMetadata
+    modules: dict[str, tuple[str, bytes]]
 
 
 async def _read_upload(request: Request) -> Upload:

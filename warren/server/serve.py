@@ -227,16 +227,40 @@ class EdgeNode:
         )
 
 
+async def _start_server(app: Any, host: str, port: int) -> tuple[Any, asyncio.Task[None], int]:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        server_header=False,
+        access_log=False,
+        proxy_headers=False,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.01)
+    if serving.done():
+        serving.result()
+        raise RuntimeError(f"could not listen on {host}:{port}")
+    bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+    return server, serving, int(bound)
+
+
 async def serve(
     store: Store,
     host: str,
     port: int,
     workers_domain: str = DEFAULT_WORKERS_DOMAIN,
+    control_port: int | None = None,
     echo: Echo = _echo,
 ) -> int:
-    """Run an edge node until interrupted."""
-    import uvicorn
-
+    """Run an edge node until interrupted; with ``control_port``, the control API too."""
     from warren.server.app import EdgeApp
 
     def log(script: str, level: str, message: str) -> None:
@@ -248,27 +272,21 @@ async def serve(
     node = EdgeNode(store, supervisor, workers_domain, echo=echo)
     try:
         await node.start()
-        config = uvicorn.Config(
-            EdgeApp(supervisor, node.resolve),
-            host=host,
-            port=port,
-            http="httptools",
-            lifespan="off",
-            log_level="warning",
-            server_header=False,
-            access_log=False,
-            proxy_headers=False,
-        )
-        server = uvicorn.Server(config)
-        serving = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.01)
-        if serving.done():
-            serving.result()
-            return 1
-        bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
-        echo(f"Ready on http://{host}:{bound} (workers domain {workers_domain}, store revision {node.revision})")
-        await serving
+        servers = []
+        if control_port is not None:
+            from warren.control import create_app
+
+            control = await _start_server(create_app(store, manage_store=False), host, control_port)
+            servers.append(control)
+            echo(f"Control-plane API on http://{host}:{control[2]}")
+        edge = await _start_server(EdgeApp(supervisor, node.resolve), host, port)
+        servers.append(edge)
+        echo(f"Ready on http://{host}:{edge[2]} (workers domain {workers_domain}, store revision {node.revision})")
+        # Either server stopping (a signal reaches both) ends the node.
+        await asyncio.wait([serving for _, serving, _ in servers], return_when=asyncio.FIRST_COMPLETED)
+        for server, serving, _ in servers:
+            server.should_exit = True
+            await serving
         return 0
     finally:
         await node.stop()

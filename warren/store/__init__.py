@@ -22,7 +22,7 @@ bumps the revision; a failure raises a ``ValueError`` (``InvalidInput``,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from warren.store.errors import Conflict, InvalidInput, NotFound, StoreError
 from warren.store.model import (
@@ -101,6 +101,12 @@ class Store(Protocol):
 
     async def revision(self) -> int: ...
     async def edge_state(self) -> EdgeState: ...
+
+
+if TYPE_CHECKING:
+
+    def _sqlite_store_is_a_store(store: SQLiteStore) -> Store:
+        return store  # mypy checks SQLiteStore against the protocol here
 
 
 __all__ = [
