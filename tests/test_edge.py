@@ -63,11 +63,13 @@ class Platform:
     def get(self, host: str, path: str = "/") -> httpx.Response:
         return httpx.get(self.edge.url + path, headers={"host": host}, timeout=30)
 
-    def wait_until_served(self, host: str, text: str, timeout: float = 5) -> float:
+    def wait_until_served(self, host: str, text: str, timeout: float = 5, in_a_row: int = 1) -> float:
         started = time.monotonic()
+        streak = 0
         while time.monotonic() - started < timeout:
             response = self.get(host)
-            if response.status_code == 200 and response.text == text:
+            streak = streak + 1 if response.status_code == 200 and response.text == text else 0
+            if streak >= in_a_row:
                 return time.monotonic() - started
             time.sleep(0.02)
         raise AssertionError(f"{host} never served {text!r}; last: {response.status_code} {response.text!r}")
@@ -144,7 +146,7 @@ def test_gradual_rollout_and_rollback(platform: Platform) -> None:
         platform.scripts("/hello/deployments"), json={"versions": [{"version_id": v1["version_id"], "percentage": 100}]}
     )
     assert rollback.status_code == 200
-    platform.wait_until_served(HOST, "v1")
+    platform.wait_until_served(HOST, "v1", in_a_row=20)  # a 50/50 split gives 20 in a row once in a million
     assert {platform.get(HOST).text for _ in range(30)} == {"v1"}
     deployments = platform.api.get(platform.scripts("/hello/deployments")).json()["result"]
     assert len(deployments) == 3
@@ -177,6 +179,13 @@ def test_routes_with_the_most_specific_winning(platform: Platform) -> None:
     assert platform.get("shop.example.test", "/api/users").text == "site"
     bad = platform.api.post(f"/accounts/{platform.account_id}/workers/routes", json={"pattern": "http://x/*", "script": "site"})
     assert bad.status_code == 400
+    # A route cannot take over a script's own hostname under the workers domain.
+    hijack = platform.api.post(
+        f"/accounts/{platform.account_id}/workers/routes", json={"pattern": f"*.{DOMAIN}/*", "script": "site"}
+    )
+    assert hijack.status_code == 200
+    platform.wait_until_served(f"api.demo.{DOMAIN}", "api")
+    assert platform.get(f"nothing.demo.{DOMAIN}").status_code == 404
 
 
 def test_refused_uploads_change_nothing(platform: Platform) -> None:

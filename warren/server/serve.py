@@ -91,20 +91,20 @@ class EdgeNode:
 
     def resolve(self, host: str, path: str) -> str | Unavailable | None:
         """The version key to serve a request with, Unavailable, or None (no route)."""
-        route = self._routes.match(host, path)
-        if route is not None:
-            target = self._targets.get((route.account_id, route.script))
+        host = normalise_host(host)
+        # Hosts under the workers domain belong to their accounts' scripts: no
+        # route, whoever created it, can claim one.
+        if host == self.workers_domain or host.endswith("." + self.workers_domain):
+            target = self._default_hostname_target(host)
         else:
-            target = self._default_hostname_target(normalise_host(host))
+            route = self._routes.match(host, path)
+            target = self._targets.get((route.account_id, route.script)) if route is not None else None
         if target is None or isinstance(target, Unavailable):
             return target
         return target.pick()
 
     def _default_hostname_target(self, host: str) -> _Target | Unavailable | None:
-        suffix = "." + self.workers_domain
-        if not host.endswith(suffix):
-            return None
-        labels = host[: -len(suffix)].split(".")
+        labels = host[: -len(self.workers_domain) - 1].split(".")
         if len(labels) != 2:
             return None
         script, account_name = labels
