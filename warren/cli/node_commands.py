@@ -75,33 +75,17 @@ def control(context: click.Context, store_path: Path, port: int, ip: str) -> Non
     context.obj = store_path
     if context.invoked_subcommand is not None:
         return
-    import uvicorn
-
     from warren.control import create_app
+    from warren.server.app import listen
     from warren.store import SQLiteStore
 
     async def main() -> int:
         store = SQLiteStore(str(store_path))
         await store.open()
         try:
-            config = uvicorn.Config(
-                create_app(store, manage_store=False),
-                host=ip,
-                port=port,
-                lifespan="off",
-                log_level="warning",
-                server_header=False,
-            )
-            server = uvicorn.Server(config)
-            serving = asyncio.get_running_loop().create_task(server.serve())
-            while not server.started and not serving.done():
-                await asyncio.sleep(0.01)
-            if serving.done():
-                serving.result()
-                return 1
-            bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
-            click.echo(f"Ready on http://{ip}:{bound} (control-plane API, store {store_path})")
-            await serving
+            listening = await listen(create_app(store, manage_store=False), ip, port)
+            click.echo(f"Ready on http://{ip}:{listening.port} (control-plane API, store {store_path})")
+            await listening.task
             return 0
         finally:
             await store.close()

@@ -160,3 +160,42 @@ class EdgeApp:
                 return
             else:  # the runtime failed mid-response: dropping the connection is all that is left
                 raise RuntimeError(f"response aborted: {event}")
+
+
+@dataclass
+class Listening:
+    """An ASGI app being served by uvicorn on a bound port."""
+
+    server: Any
+    task: asyncio.Task[None]
+    port: int
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+async def listen(app: Any, host: str, port: int) -> Listening:
+    """Serve ``app`` with uvicorn (httptools) on host:port (0 picks a free port)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        server_header=False,
+        access_log=False,
+        proxy_headers=False,  # warren is the edge: there is no proxy in front to trust
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()
+        raise OSError(f"could not listen on {host}:{port}")
+    bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+    return Listening(server, task, int(bound))

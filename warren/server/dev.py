@@ -7,14 +7,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import uvicorn
 from watchfiles import awatch
 
 from warren.config import ConfigError, Project, load_project
 from warren.runtime import ScriptLoadError
-from warren.server.app import EdgeApp, Unavailable
+from warren.server.app import EdgeApp, Unavailable, listen
 from warren.server.supervisor import Exchange, Supervisor
 
 Echo = Callable[[str], None]
@@ -112,39 +110,18 @@ class DevServer:
             stop = asyncio.Event()
             watcher = asyncio.get_running_loop().create_task(self._watch(stop)) if self.watch else None
             app = EdgeApp(self.supervisor, self._resolve)
-            config = uvicorn.Config(
-                app,
-                host=self.host,
-                port=self.port,
-                http="httptools",
-                lifespan="off",
-                log_level="warning",
-                server_header=False,
-                access_log=False,
-                proxy_headers=False,  # warren is the edge: no proxy in front to trust
-            )
-            server = uvicorn.Server(config)
-            serving = asyncio.get_running_loop().create_task(server.serve())
-            while not server.started and not serving.done():
-                await asyncio.sleep(0.01)
-            if serving.done():
+            try:
+                listening = await listen(app, self.host, self.port)
+            except OSError as exc:
                 stop.set()
-                serving.result()
+                self.echo_error(f"✘ {exc}")
                 return 1
-            port = _bound_port(server) or self.port
+            port = listening.port
             self.echo(f"Ready on http://{self.host}:{port}")
-            await serving
+            await listening.task
             stop.set()
             if watcher is not None:
                 watcher.cancel()
             return 0
         finally:
             await self.supervisor.stop()
-
-
-def _bound_port(server: uvicorn.Server) -> int | None:
-    servers: list[Any] = getattr(server, "servers", [])
-    for listener in servers:
-        for sock in listener.sockets:
-            return int(sock.getsockname()[1])
-    return None

@@ -227,31 +227,6 @@ class EdgeNode:
         )
 
 
-async def _start_server(app: Any, host: str, port: int) -> tuple[Any, asyncio.Task[None], int]:
-    import uvicorn
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        server_header=False,
-        access_log=False,
-        proxy_headers=False,
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.get_running_loop().create_task(server.serve())
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.01)
-    if serving.done():
-        serving.result()
-        raise RuntimeError(f"could not listen on {host}:{port}")
-    bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
-    return server, serving, int(bound)
-
-
 async def serve(
     store: Store,
     host: str,
@@ -261,7 +236,7 @@ async def serve(
     echo: Echo = _echo,
 ) -> int:
     """Run an edge node until interrupted; with ``control_port``, the control API too."""
-    from warren.server.app import EdgeApp
+    from warren.server.app import EdgeApp, listen
 
     def log(script: str, level: str, message: str) -> None:
         stream = sys.stderr if level == "error" else sys.stdout
@@ -276,17 +251,16 @@ async def serve(
         if control_port is not None:
             from warren.control import create_app
 
-            control = await _start_server(create_app(store, manage_store=False), host, control_port)
+            control = await listen(create_app(store, manage_store=False), host, control_port)
             servers.append(control)
-            echo(f"Control-plane API on http://{host}:{control[2]}")
-        edge = await _start_server(EdgeApp(supervisor, node.resolve), host, port)
+            echo(f"Control-plane API on http://{host}:{control.port}")
+        edge = await listen(EdgeApp(supervisor, node.resolve), host, port)
         servers.append(edge)
-        echo(f"Ready on http://{host}:{edge[2]} (workers domain {workers_domain}, store revision {node.revision})")
+        echo(f"Ready on http://{host}:{edge.port} (workers domain {workers_domain}, store revision {node.revision})")
         # Either server stopping (a signal reaches both) ends the node.
-        await asyncio.wait([serving for _, serving, _ in servers], return_when=asyncio.FIRST_COMPLETED)
-        for server, serving, _ in servers:
-            server.should_exit = True
-            await serving
+        await asyncio.wait([server.task for server in servers], return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            await server.stop()
         return 0
     finally:
         await node.stop()
