@@ -8,6 +8,7 @@ split by percentage, rolled back, with write-only secrets and routes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -266,3 +267,50 @@ def test_serve_can_host_the_control_api_itself(tmp_path: Path, spawn: Any) -> No
             break
         time.sleep(0.05)
     assert response.text == "solo"
+
+
+ESBUILD = Path(__file__).resolve().parent.parent / "scripts" / "vendor" / "node_modules" / ".bin" / "esbuild"
+
+
+def _cli(platform: Platform, project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "warren.cli", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "WARREN_API_URL": platform.control.url,
+            "WARREN_API_TOKEN": platform.token,
+            "WARREN_CONFIG_DIR": str(project / ".warren"),
+            **env,
+        },
+    )
+
+
+def test_warren_deploy_with_esbuild_bundles_npm_packages(platform: Platform, tmp_path: Path) -> None:
+    if not ESBUILD.is_file():
+        pytest.skip("esbuild is not installed: run `npm ci --prefix scripts/vendor` (as .ci/run does)")
+    project = tmp_path / "project"
+    (project / "node_modules" / "greeting").mkdir(parents=True)
+    (project / "node_modules" / "greeting" / "package.json").write_text('{"name": "greeting", "main": "index.js"}')
+    (project / "node_modules" / "greeting" / "index.js").write_text("exports.greet = (who) => `hello ${who} from npm`;")
+    (project / "wrangler.toml").write_text('name = "bundled"\nmain = "src/index.js"\n')
+    (project / "src").mkdir()
+    (project / "src" / "index.js").write_text(
+        'import { greet } from "greeting";\n'
+        'import { suffix } from "./suffix.js";\n'
+        "export default { fetch() { return new Response(greet('edge') + suffix); } };\n"
+    )
+    (project / "src" / "suffix.js").write_text('export const suffix = "!";\n')
+
+    unbundled = _cli(platform, project, "deploy", "--no-bundle", WARREN_ESBUILD=str(ESBUILD))
+    assert unbundled.returncode == 0, unbundled.stderr
+    platform.edge.wait_for("bundled.*failed to load.*No such module \"greeting\"")
+
+    deployed = _cli(platform, project, "deploy", "--json", WARREN_ESBUILD=str(ESBUILD))
+    assert deployed.returncode == 0, deployed.stderr
+    platform.wait_until_served(f"bundled.demo.{DOMAIN}", "hello edge from npm!")
+    version = platform.api.get(platform.scripts(f"/bundled/versions/{json.loads(deployed.stdout)['version_id']}"))
+    assert [module["name"] for module in version.json()["result"]["modules"]] == ["index.js"]

@@ -6,7 +6,9 @@ Only turns files into a ``WorkerScript``; knows nothing of servers or isolates.
 
 from __future__ import annotations
 
+import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,13 @@ SUPPORTED_KEYS = {"name", "main", "compatibility_date", "vars", "limits"}
 SUPPORTED_LIMITS = {"cpu_ms"}
 MAX_CPU_MS = 300_000  # Workers' own ceiling for [limits] cpu_ms
 MAX_SCRIPT_BYTES = 10 * 1024 * 1024
+# wrangler's default module rules: file suffix -> the runtime's module kind
 MODULE_RULES = {".js": "esm", ".mjs": "esm", ".json": "json", ".txt": "text", ".html": "text", ".wasm": "wasm"}
+# what the runtime treats as module syntax: a line starting with import/export
+_MODULE_SYNTAX = re.compile(r"^[ \t]*(?:import[\s{*'\"]|export[\s{*])", re.M)
+# a relative specifier after `from` (import/export … from) or `import` (side effect, dynamic import())
+_RELATIVE_IMPORT = re.compile(r"""(?:\bfrom|\bimport)\s*\(?\s*(["'])(\.\.?/[^"'\n]+)\1""")
+_LINE_COMMENT = re.compile(r"^[ \t]*//.*$", re.M)  # whole-line comments only: `//` in strings is common
 
 
 class ConfigError(Exception):
@@ -49,24 +57,13 @@ class Project:
         return paths
 
     def script(self, memory_mb: int = DEFAULT_MEMORY_MB) -> WorkerScript:
-        """Read the script file now; raises ConfigError if it cannot be read."""
-        try:
-            data = self.script_path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {self.script_path}: {exc.strerror}") from None
-        if len(data) > MAX_SCRIPT_BYTES:
-            raise ConfigError(f"{self.script_path} is {len(data)} bytes; the limit is {MAX_SCRIPT_BYTES}")
-        try:
-            source = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{self.script_path} is not UTF-8: {exc}") from None
-        probe = WorkerScript(name=self.name, source=source, filename=self.script_path.name)
-        modules = self.other_modules(len(data)) if probe.is_module else ()
+        """Read the script and the modules it imports now; raises ConfigError if it cannot."""
+        main, *others = collect_modules(self.script_path)
         return WorkerScript(
             name=self.name,
-            source=source,
-            modules=modules,
-            filename=self.script_path.name,
+            source=_text(main),
+            filename=main.name,
+            modules=tuple(Module(file.name, file.kind, _text(file)) for file in others),
             compatibility_date=self.compatibility_date,
             vars=dict(self.vars),
             cpu_ms=self.cpu_ms,
@@ -74,33 +71,87 @@ class Project:
         )
 
 
-    def other_modules(self, budget_used: int = 0) -> tuple[Module, ...]:
-        """Every other module file under the main script's directory, named by relative path.
+def _text(file: ModuleFile) -> str:
+    # Binary modules cross to the runtime as latin-1 text, one character per byte.
+    if file.kind in ("wasm", "data"):
+        return file.data.decode("latin-1")
+    try:
+        return file.data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file.name} is not UTF-8: {exc}") from None
 
-        As wrangler's default module rules: .js/.mjs are ES modules, .txt/.html
-        text, .json JSON, .wasm WebAssembly. Hidden directories and node_modules
-        are skipped; the total stays within the script size limit.
-        """
-        root = self.script_path.parent
-        modules = []
-        total = budget_used
-        for path in sorted(root.rglob("*")):
-            relative = path.relative_to(root)
-            if path == self.script_path or not path.is_file() or path.suffix not in MODULE_RULES:
-                continue
-            if any(part.startswith(".") or part == "node_modules" for part in relative.parts):
-                continue
+
+@dataclass(frozen=True)
+class ModuleFile:
+    """A module on disk: its name (path relative to the entry's directory), kind and bytes.
+
+    ``kind`` is one of the runtime's module kinds, or ``script`` for an entry
+    without module syntax (a service-worker script).
+    """
+
+    name: str
+    kind: str
+    data: bytes
+
+
+def _resolve_import(importer: Path, specifier: str) -> Path | None:
+    base = (importer.parent / specifier).resolve()
+    candidates = [base]
+    if base.suffix not in MODULE_RULES:
+        candidates += [base.with_name(base.name + suffix) for suffix in (".js", ".mjs")]
+        candidates += [base / "index.js", base / "index.mjs"]
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
+def collect_modules(entry: Path, warn: Callable[[str], None] | None = None) -> list[ModuleFile]:
+    """The entry module and what it imports by relative path, recursively; the entry first.
+
+    Imports are found by a regular expression, not a parser (no bundling): a
+    bare specifier (an npm package) is not followed. Raises ConfigError for a
+    module outside the entry's directory, of an unknown type, or unreadable,
+    and when the total passes the script size limit.
+    """
+    entry = entry.resolve()
+    root = entry.parent
+    files: list[ModuleFile] = []
+    seen: set[Path] = set()
+    pending = [entry]
+    total = 0
+    while pending:
+        path = pending.pop(0)
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            name = path.relative_to(root).as_posix()
+        except ValueError:
+            raise ConfigError(f"{path} is outside {root}, the entry module's directory") from None
+        kind = MODULE_RULES.get(path.suffix)
+        if kind is None:
+            raise ConfigError(f"{name}: modules may be {', '.join(MODULE_RULES)} files")
+        try:
             data = path.read_bytes()
-            total += len(data)
-            if total > MAX_SCRIPT_BYTES:
-                raise ConfigError(f"the worker's modules add up to more than {MAX_SCRIPT_BYTES} bytes")
-            kind = MODULE_RULES[path.suffix]
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        total += len(data)
+        if total > MAX_SCRIPT_BYTES:
+            raise ConfigError(f"the worker is {total} bytes or more; the limit is {MAX_SCRIPT_BYTES}")
+        if kind == "esm":
             try:
-                text = data.decode("latin-1") if kind == "wasm" else data.decode("utf-8")
+                source = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise ConfigError(f"{path} is not UTF-8: {exc}") from None
-            modules.append(Module(relative.as_posix(), kind, text))
-        return tuple(modules)
+                raise ConfigError(f"{name} is not UTF-8: {exc}") from None
+            if path == entry and not _MODULE_SYNTAX.search(source):
+                return [ModuleFile(name, "script", data)]  # a service-worker script imports nothing
+            for match in _RELATIVE_IMPORT.finditer(_LINE_COMMENT.sub("", source)):
+                found = _resolve_import(path, match.group(2))
+                if found is None:
+                    if warn is not None:
+                        warn(f"{name} imports {match.group(2)!r}, which does not exist")
+                elif found not in seen:
+                    pending.append(found)
+        files.append(ModuleFile(name, kind, data))
+    return files
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -9,13 +9,9 @@ Settings: ``WARREN_API_URL``, ``WARREN_API_TOKEN`` and ``WARREN_ACCOUNT_ID``
 override ``config.json`` (written by ``warren login``, mode 0600) in
 ``$WARREN_CONFIG_DIR`` (default ``~/.warren``).
 
-Uploads: the entry module plus every ``.js``/``.mjs``/``.json``/``.wasm``/``.txt``/``.html``
-file it imports with a relative specifier (``import … from "./x.js"``,
-``export … from``, ``import("./x.js")``, found by a regular expression,
-recursively through JavaScript modules), each named by its path relative to the
-entry's directory. Nothing is bundled or transformed, so bare specifiers (npm
-packages) are not resolved; bundling with esbuild when it is installed is future
-work.
+Uploads: the entry module plus every module it imports by relative path, as
+``warren.config.collect_modules`` finds them (the same modules ``warren dev``
+runs), each named by its path relative to the entry's directory.
 
 Owns: parsing these command lines, the config file, and printing for people.
 Talks to the API only through ``warren.cli.client``; reads projects only through
@@ -45,20 +41,15 @@ if TYPE_CHECKING:
 DEFAULT_API_URL = "http://127.0.0.1:8788"
 CONFIG_FILE = "config.json"
 
+# the runtime's module kinds (warren.config.ModuleFile.kind) -> upload content types
 CONTENT_TYPES = {
-    ".js": "application/javascript+module",
-    ".mjs": "application/javascript+module",
-    ".json": "application/json",
-    ".wasm": "application/wasm",
-    ".txt": "text/plain",
-    ".html": "text/plain",
+    "script": "text/javascript",  # a service-worker script
+    "esm": "application/javascript+module",
+    "json": "application/json",
+    "text": "text/plain",
+    "wasm": "application/wasm",
+    "data": "application/octet-stream",
 }
-JS_SUFFIXES = (".js", ".mjs")
-# what the runtime treats as module syntax (warren.runtime.script): a line starting with import/export
-_MODULE_SYNTAX = re.compile(r"^[ \t]*(?:import[\s{*'\"]|export[\s{*])", re.M)
-# a relative specifier after `from` (import/export … from) or `import` (side effect, dynamic import())
-_RELATIVE_IMPORT = re.compile(r"""(?:\bfrom|\bimport)\s*\(?\s*(["'])(\.\.?/[^"'\n]+)\1""")
-_LINE_COMMENT = re.compile(r"^[ \t]*//.*$", re.M)  # whole-line comments only: `//` in strings is common
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 P = ParamSpec("P")
@@ -280,54 +271,16 @@ def _load_project(target: str) -> Project:
     return project
 
 
-def _resolve_import(importer: Path, specifier: str) -> Path | None:
-    base = (importer.parent / specifier).resolve()
-    candidates = [base]
-    if base.suffix not in CONTENT_TYPES:
-        candidates += [base.with_name(base.name + suffix) for suffix in JS_SUFFIXES]
-        candidates += [base / "index.js", base / "index.mjs"]
-    return next((candidate for candidate in candidates if candidate.is_file()), None)
-
-
 def collect_modules(entry: Path) -> list[Module]:
-    """The entry module and what it imports relatively, recursively; the entry first."""
-    entry = entry.resolve()
-    root = entry.parent
-    modules: list[Module] = []
-    seen: set[Path] = set()
-    pending = [entry]
-    while pending:
-        path = pending.pop(0)
-        if path in seen:
-            continue
-        seen.add(path)
-        try:
-            name = path.relative_to(root).as_posix()
-        except ValueError:
-            raise Failure(f"{path} is outside {root}, the entry module's directory; warren cannot upload it") from None
-        content_type = CONTENT_TYPES.get(path.suffix)
-        if content_type is None:
-            raise Failure(f"{name}: warren uploads only {', '.join(CONTENT_TYPES)} modules")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise Failure(f"cannot read {path}: {exc.strerror}") from None
-        if path.suffix in JS_SUFFIXES:
-            try:
-                source = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise Failure(f"{name} is not UTF-8: {exc}") from None
-            if path == entry and not _MODULE_SYNTAX.search(source):
-                content_type = "text/javascript"  # a service-worker script
-            for match in _RELATIVE_IMPORT.finditer(_LINE_COMMENT.sub("", source)):
-                specifier = match.group(2)
-                found = _resolve_import(path, specifier)
-                if found is None:
-                    _warn(f"{name} imports {specifier!r}, which does not exist; it is not uploaded")
-                elif found not in seen:
-                    pending.append(found)
-        modules.append(Module(name=name, content_type=content_type, data=data))
-    return modules
+    """The entry module and what it imports by relative path (warren.config), as upload parts."""
+    from warren.config import ConfigError
+    from warren.config import collect_modules as module_files
+
+    try:
+        files = module_files(entry, warn=_warn)
+    except ConfigError as exc:
+        raise Failure(str(exc)) from None
+    return [Module(name=file.name, content_type=CONTENT_TYPES[file.kind], data=file.data) for file in files]
 
 
 def _bindings(variables: dict[str, Any]) -> list[dict[str, Any]]:
@@ -340,11 +293,28 @@ def _bindings(variables: dict[str, Any]) -> list[dict[str, Any]]:
     return bindings
 
 
-def build_upload(project: Project, message: str | None) -> tuple[dict[str, Any], list[Module]]:
-    """The ``metadata`` part and the modules of an upload of ``project``."""
+def build_upload(
+    project: Project, message: str | None, bundle: bool = True
+) -> tuple[dict[str, Any], list[Module]]:
+    """The ``metadata`` part and the modules of an upload of ``project``.
+
+    Bundled with esbuild where it is installed (``warren.cli.bundle``), unless
+    ``bundle`` is false; otherwise the modules as ``warren dev`` runs them.
+    """
+    from warren.cli.bundle import bundle as bundle_with
+    from warren.cli.bundle import find_esbuild
+    from warren.config import ConfigError
     from warren.runtime.script import DEFAULT_CPU_MS
 
-    modules = collect_modules(project.script_path)
+    esbuild = find_esbuild(project.script_path.parent) if bundle else None
+    if esbuild is None:
+        modules = collect_modules(project.script_path)
+    else:
+        try:
+            files = bundle_with(project.script_path, esbuild)
+        except ConfigError as exc:
+            raise Failure(str(exc)) from None
+        modules = [Module(name=file.name, content_type=CONTENT_TYPES[file.kind], data=file.data) for file in files]
     metadata: dict[str, Any] = {"main_module": modules[0].name, "bindings": _bindings(project.vars)}
     if project.compatibility_date:
         metadata["compatibility_date"] = project.compatibility_date
@@ -499,13 +469,14 @@ def whoami(as_json: bool) -> None:
 @click.argument("target", default=".", metavar="[DIR_OR_SCRIPT]", type=click.Path())
 @name_option
 @click.option("--message", default=None, help="A note kept with the version and the deployment.")
+@click.option("--no-bundle", is_flag=True, help="Upload the modules as they are, even where esbuild is installed.")
 @json_option
 @_reports_errors
-def deploy(target: str, script: str | None, message: str | None, as_json: bool) -> None:
+def deploy(target: str, script: str | None, message: str | None, no_bundle: bool, as_json: bool) -> None:
     """Upload a new version of a worker and deploy it at 100%."""
     project = _load_project(target)
     name = script or project.name
-    metadata, modules = build_upload(project, message)
+    metadata, modules = build_upload(project, message, bundle=not no_bundle)
     with session() as current:
         if not as_json:
             _describe_upload(name, modules)
@@ -676,13 +647,14 @@ def versions_view(version: str, script: str | None, as_json: bool) -> None:
 @click.argument("target", default=".", metavar="[DIR_OR_SCRIPT]", type=click.Path())
 @name_option
 @click.option("--message", default=None, help="A note kept with the version.")
+@click.option("--no-bundle", is_flag=True, help="Upload the modules as they are, even where esbuild is installed.")
 @json_option
 @_reports_errors
-def versions_upload(target: str, script: str | None, message: str | None, as_json: bool) -> None:
+def versions_upload(target: str, script: str | None, message: str | None, no_bundle: bool, as_json: bool) -> None:
     """Upload a new version without deploying it."""
     project = _load_project(target)
     name = script or project.name
-    metadata, modules = build_upload(project, message)
+    metadata, modules = build_upload(project, message, bundle=not no_bundle)
     with session() as current:
         if not as_json:
             _describe_upload(name, modules)
