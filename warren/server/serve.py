@@ -27,7 +27,7 @@ from warren.store.model import Account, Version
 from warren.store.routes import RouteTable, normalise_host
 
 DEFAULT_WORKERS_DOMAIN = "workers.localhost"
-POLL_INTERVAL_S = 0.1
+POLL_INTERVAL_S = 1.0  # the longest one wait for a store change lasts before asking again
 
 # Upload content types (docs/control-plane.md) -> the runtime's module kinds.
 MODULE_KINDS = {
@@ -125,12 +125,12 @@ class EdgeNode:
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval)
             try:
-                if await self.store.revision() != self.revision:
+                if await self.store.wait_for_change(self.revision, timeout=self.poll_interval) != self.revision:
                     await self.refresh()
-            except Exception as exc:
+            except Exception as exc:  # a bad read must not stop the node: it keeps serving what it has
                 self.echo(f"✘ reading the store failed: {exc!r}")
+                await asyncio.sleep(self.poll_interval)
 
     async def refresh(self, initial: bool = False) -> None:
         """Apply the store's current state. New versions load before traffic moves."""

@@ -101,6 +101,13 @@ class Store(Protocol):
 
     async def revision(self) -> int: ...
     async def edge_state(self) -> EdgeState: ...
+    async def wait_for_change(self, after_revision: int, timeout: float) -> int:
+        """The revision once it differs from ``after_revision``, or the current one after ``timeout`` s.
+
+        Edge nodes follow the store through this: SQLite polls, a store with
+        change notifications (NATS KV watch) wakes as soon as one arrives.
+        """
+        ...
 
 
 if TYPE_CHECKING:

@@ -86,6 +86,10 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+# how often wait_for_change looks at the revision: the floor of an edge node's deploy latency
+POLL_INTERVAL_S = 0.05
+
+
 class SQLiteStore:
     """The ``Store`` over one SQLite file (``":memory:"`` works for a single object)."""
 
@@ -573,6 +577,16 @@ class SQLiteStore:
 
     async def revision(self) -> int:
         return await self._read(_revision)
+
+    async def wait_for_change(self, after_revision: int, timeout: float) -> int:
+        # SQLite has no change notification across processes: poll the revision.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            current = await self.revision()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if current != after_revision or remaining <= 0:
+                return current
+            await asyncio.sleep(min(POLL_INTERVAL_S, remaining))
 
     async def edge_state(self) -> EdgeState:
         def read(conn: sqlite3.Connection) -> EdgeState:
