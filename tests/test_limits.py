@@ -246,27 +246,30 @@ def test_request_body_over_100_mb_is_413(dev: Any) -> None:
 
 
 def test_large_bodies_do_not_count_their_transfer_against_the_cpu_limit(dev: Any) -> None:
-    # Moving 40 MB in and 20 MB out of the isolate costs the runtime ~200 ms of
-    # CPU here; the script itself (copying the bodies once) stays within its 50 ms.
+    # Moving 60 MB in and 30 MB out of the isolate costs the runtime ~300 ms of
+    # CPU here, three times the worker's limit; the script's own work (copying
+    # each body once) is a third of it.
     server = dev(
         {
+            "wrangler.toml": 'name = "bodies"\nmain = "worker.js"\n[limits]\ncpu_ms = 100\n',
             "worker.js": """
             export default {
               async fetch(request) {
                 const size = (await request.arrayBuffer()).byteLength;
-                const out = new Uint8Array(20 * 1024 * 1024);
+                const out = new Uint8Array(30 * 1024 * 1024);
                 out[0] = 1; out[out.length - 1] = 2;
                 return new Response(out, { headers: { "x-received": String(size) } });
               },
             };
-            """
-        }
+            """,
+        },
+        ".",
     )
-    response = httpx.post(server.url + "/", content=b"y" * (40 * 1024 * 1024), timeout=120)
-    assert response.status_code == 200
-    assert response.headers["x-received"] == str(40 * 1024 * 1024)
-    assert response.headers["content-length"] == str(20 * 1024 * 1024)
-    assert len(response.content) == 20 * 1024 * 1024
+    response = httpx.post(server.url + "/", content=b"y" * (60 * 1024 * 1024), timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-received"] == str(60 * 1024 * 1024)
+    assert response.headers["content-length"] == str(30 * 1024 * 1024)
+    assert len(response.content) == 30 * 1024 * 1024
     assert response.content[0] == 1 and response.content[-1] == 2
 
 
