@@ -643,6 +643,9 @@ def versions_view(version: str, script: str | None, as_json: bool) -> None:
         click.echo("  limits        " + ", ".join(f"{key}={value}" for key, value in limits.items()))
 
 
+versions.add_command(versions_view, "show")  # the archive's word for it
+
+
 @versions.command("upload")
 @click.argument("target", default=".", metavar="[DIR_OR_SCRIPT]", type=click.Path())
 @name_option
