@@ -7,6 +7,7 @@ in an isolate of its own, so the engine only ever runs classic scripts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -155,6 +156,7 @@ def escape_astral(source: str) -> str:
     return _ASTRAL.sub(escape, source)
 
 
+@functools.cache
 def runtime_js(name: str) -> str:
     """Text of a file of the runtime's own JavaScript (js/ or vendor/)."""
     return resources.files("warren.runtime").joinpath(name).read_text("utf-8")

@@ -26,16 +26,18 @@ from warren.engine import (
     MemoryLimitExceeded,
     ScriptError,
 )
+from warren.runtime.pool import ENTRY_POINT as _ENTER
+from warren.runtime.pool import IsolatePool, PreparedIsolate, prepare_isolate
 from warren.runtime.script import (
     STARTUP_CPU_MS,
     CompiledModule,
     Compiler,
     ScriptLoadError,
     WorkerScript,
-    runtime_js,
 )
 
 WAIT_UNTIL_LIMIT_S = 30.0
+REFILL_DELAY_S = 0.1
 # Bodies cross into and out of the isolate as latin-1 strings (stpyv8 has no
 # way to share bytes). Small ones ride along with the event; larger ones move
 # in chunks, each in a slice of its own that is not charged to the request's
@@ -49,7 +51,6 @@ MAX_PENDING_OPS = 10_000  # timers and other host operations waiting at once
 LOG_BYTES_PER_INVOCATION = 256 * 1024  # of console output, per request (per slice outside one)
 LOG_LINE_BYTES = 16 * 1024
 LOG_LIMIT_NOTICE = "Log limit reached: further console output of this invocation is dropped."
-_ENTER = "__warrenEnter"
 
 NEVER_RESPONDS = "The script will never generate a response."
 EXCEEDED_CPU = "Worker exceeded its CPU time limit."
@@ -119,8 +120,11 @@ class Worker:
         log_sink: LogSink,
         activity: Activity | None = None,
         key: str = "",
+        pool: IsolatePool | None = None,
     ) -> None:
         self.script = script
+        self._pool = pool
+        self.cold_start_pooled = False
         self.key = key or script.name
         self._activity = activity
         self._executor = executor
@@ -147,46 +151,36 @@ class Worker:
         """Create the isolate and run the script's top level; raises ScriptLoadError."""
         async with self._turn:
             modules = await self._loop.run_in_executor(self._executor, self._compiler.compile, self.script)
+            prepared = self._pool.take(self.script.memory_mb) if self._pool is not None else None
+            self.cold_start_pooled = prepared is not None
             try:
-                await self._loop.run_in_executor(self._executor, self._load, modules)
+                await self._loop.run_in_executor(self._executor, self._load, modules, prepared)
             finally:
                 self._apply_effects()
+                if self._pool is not None:
+                    # Later, not now: a new worker's first request usually follows at
+                    # once, and preparing an isolate would compete with it for the GIL.
+                    self._loop.call_later(REFILL_DELAY_S, self._pool.refill)
             # Any crash or incident then maps to exact bytes in the archive.
             self._log_sink("info", f"started {self.key} running code sha256 {self.script.code_hash}")
 
-    def _load(self, modules: list[CompiledModule]) -> None:
+    def _load(self, modules: list[CompiledModule], prepared: PreparedIsolate | None) -> None:
         if self._activity is not None:
             self._activity(self.key, None)
         try:
-            self._load_in_isolate(modules)
+            self._load_in_isolate(modules, prepared)
         finally:
             if self._activity is not None:
                 self._activity(None, None)
 
-    def _load_in_isolate(self, modules: list[CompiledModule]) -> None:
-        isolate = Isolate(self.script.memory_mb)
-        self._isolate = isolate
-        isolate.expose_host_functions(
-            "__warrenHost",
-            {
-                "log": self._host_log,
-                "exception": self._host_exception,
-                "op": self._host_op,
-                "cancelOp": self._host_cancel_op,
-                "respond": self._host_respond,
-                "chunk": self._host_chunk,
-                "fail": self._host_fail,
-                "done": self._host_done,
-            },
-        )
+    def _load_in_isolate(self, modules: list[CompiledModule], prepared: PreparedIsolate | None) -> None:
         try:
-            for name in ("js/webapi.js", "js/bootstrap.js"):
-                isolate.run_script(runtime_js(name), f"warren:{name}", cpu_budget_ms=STARTUP_CPU_MS)
-            isolate.take_entry_point(_ENTER)
+            if prepared is None:
+                prepared = prepare_isolate(self.script.memory_mb)
+            prepared.router.target = self
+            isolate = self._isolate = prepared.isolate
             config = json.dumps({"env": self.script.vars, "compatibilityDate": self.script.compatibility_date})
-            isolate.call(_ENTER, _now_ms(), "init", config, cpu_budget_ms=STARTUP_CPU_MS)
-            isolate.run_script(runtime_js("vendor/web.js"), "warren:vendor/web.js", cpu_budget_ms=STARTUP_CPU_MS)
-            isolate.call(_ENTER, _now_ms(), "linkVendor", cpu_budget_ms=STARTUP_CPU_MS)
+            isolate.call(_ENTER, _now_ms(), "configure", config, cpu_budget_ms=STARTUP_CPU_MS)
             for module in modules:
                 if module.kind in ("script", "esm"):
                     isolate.run_script(module.text, module.name, cpu_budget_ms=STARTUP_CPU_MS)

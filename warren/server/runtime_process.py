@@ -23,6 +23,7 @@ from typing import Any
 
 from warren.engine import configure
 from warren.runtime import Compiler, IncomingRequest, ScriptLoadError, Worker, WorkerScript
+from warren.runtime.pool import DEFAULT_POOL_SIZE, IsolatePool
 from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
 
 ACTIVITY_SLOTS = 16
@@ -128,11 +129,18 @@ class _FrameReply:
 
 
 class RuntimeServer:
-    def __init__(self, writer: asyncio.StreamWriter, board: ActivityBoard | None, js_threads: int) -> None:
+    def __init__(
+        self, writer: asyncio.StreamWriter, board: ActivityBoard | None, js_threads: int, pool_size: int
+    ) -> None:
         self._writer = writer
         self._board = board
         self._executor = ThreadPoolExecutor(js_threads, thread_name_prefix="warren-js")
         self._compiler = Compiler()
+        # Its own thread: preparing an isolate (~16 ms) must never queue a request's slice behind it.
+        self._pool = IsolatePool(ThreadPoolExecutor(1, thread_name_prefix="warren-pool"), pool_size)
+        self._pool.refill()
+        # The compiler's first transform compiles sucrase itself (~20 ms): not on a tenant's time.
+        self._executor.submit(self._compiler.compile, WorkerScript(name="warm-up", source="export default {};"))
         self._scripts: dict[str, WorkerScript] = {}
         self._workers: dict[str, asyncio.Future[Worker]] = {}
         self._retired: set[str] = set()
@@ -178,6 +186,7 @@ class RuntimeServer:
             lambda level, message: self.send_log(script.name, level, message),
             self._board.mark if self._board is not None else None,
             key,
+            self._pool,
         )
         await worker.start()
         return worker
@@ -264,11 +273,11 @@ class RuntimeServer:
         worker.fetch(IncomingRequest(stream, head["method"], head["url"], headers, body), reply)
 
 
-async def _serve(fd: int, slots: str | None, js_threads: int) -> None:
+async def _serve(fd: int, slots: str | None, js_threads: int, pool_size: int) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     board = ActivityBoard(slots) if slots else None
-    server = RuntimeServer(writer, board, js_threads)
+    server = RuntimeServer(writer, board, js_threads, pool_size)
     while True:
         frame = await read_frame(reader)
         if frame is None:
@@ -284,15 +293,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots")
     parser.add_argument("--heap-mb", type=int, default=128)
     parser.add_argument("--js-threads", type=int, default=max(1, os.cpu_count() or 1))
+    parser.add_argument("--isolate-pool", type=int, default=DEFAULT_POOL_SIZE, help="isolates kept prepared")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     configure(args.heap_mb)
     try:
         import uvloop
 
-        uvloop.run(_serve(args.fd, args.slots, args.js_threads))
+        uvloop.run(_serve(args.fd, args.slots, args.js_threads, args.isolate_pool))
     except ImportError:
-        asyncio.run(_serve(args.fd, args.slots, args.js_threads))
+        asyncio.run(_serve(args.fd, args.slots, args.js_threads, args.isolate_pool))
     sys.stdout.flush()
     # Isolates may still be entered by executor threads; V8 aborts if they are
     # torn down at interpreter exit, and there is nothing left to save.

@@ -280,11 +280,15 @@
 
   // The vendored bundle needs TextEncoder/TextDecoder as it loads, so the host
   // runs it between init() and linkVendor().
-  function init(configJSON) {
-    const config = JSON.parse(configJSON);
+  // Pooled isolates are prepared (init, the vendored bundle, linkVendor)
+  // before anyone owns them; configure() makes one a given worker's.
+  function init() {
     installWebAPIs(globalThis, internals);
     internals.reportError = (error) => reportException(error, "microtask");
-    env = config.env;
+  }
+
+  function configure(configJSON) {
+    env = JSON.parse(configJSON).env;
   }
 
   function linkVendor() {
@@ -353,6 +357,21 @@
     return joined;
   }
 
+  // Runs a request through the Web APIs once while the isolate is being
+  // prepared, so that V8 has compiled those paths before a tenant's first
+  // request needs them (V8 compiles functions lazily, on first call).
+  function warm() {
+    const request = internals.requestFromHost("POST", "https://warm.invalid/a/b?c=d",
+      [["host", "warm.invalid"], ["content-type", "text/plain"]], null);
+    const url = new URL(request.url);
+    url.searchParams.get("c");
+    request.headers.get("host");
+    const response = new Response("warm " + url.pathname, { headers: { "content-type": "text/plain" } });
+    Response.json({ warm: true });
+    internals.responseToHost(response).then((out) => internals.bytesToLatin1(out.body));
+    internals.formatLogArgs(["warm", 1, { a: [1] }]);
+  }
+
   function complete(opId, ok, value) {
     const onComplete = pendingOps.get(opId);
     const chunks = stashed.get(opId);
@@ -369,8 +388,10 @@
       case "stash": return stash(a, b, c);
       case "pull": return pull(a, b, c);
       case "fetch": return dispatchFetch(a, b, c, d, e);
-      case "init": return init(a);
+      case "init": return init();
+      case "configure": return configure(a);
       case "linkVendor": return linkVendor();
+      case "warm": return warm();
       case "loaded": return loaded(a);
       case "defineData": return defineData(a, b, c);
       default: throw new Error("unknown entry " + kind);

@@ -1,0 +1,69 @@
+"""The pool of prepared isolates: each tenant gets a fresh one, configured for it alone."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
+from warren.runtime.pool import IsolatePool
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.received = b""
+        self.finished = asyncio.get_running_loop().create_future()
+
+    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+
+    def body(self, chunk: bytes) -> None:
+        self.received += chunk
+
+    def end(self) -> None:
+        pass
+
+    def error(self, status: int, message: str) -> None:
+        self.status = status
+
+    def log(self, level: str, message: str) -> None:
+        pass
+
+    def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
+        self.finished.set_result(outcome)
+
+
+def test_pooled_isolates_serve_one_tenant_each_with_its_own_env() -> None:
+    async def scenario() -> None:
+        executor = ThreadPoolExecutor(2)
+        pool = IsolatePool(ThreadPoolExecutor(1), size=2)
+        pool.refill()
+        for _ in range(200):  # until both are prepared
+            if len(pool._ready) == 2:
+                break
+            await asyncio.sleep(0.02)
+        compiler = Compiler()
+        source = "globalThis.seen = (globalThis.seen ?? 0) + 1;\nexport default { fetch: (r, env) => new Response(env.WHO + ' ' + globalThis.seen) };"
+        workers = []
+        for who in ("alice", "bob"):
+            worker = Worker(WorkerScript(name=who, source=source, vars={"WHO": who}), executor, compiler, lambda *a: None, pool=pool)
+            await worker.start()
+            workers.append(worker)
+        assert [worker.cold_start_pooled for worker in workers] == [True, True]
+        assert pool.taken == 2
+        for index, worker in enumerate(workers):
+            reply = Collect()
+            worker.fetch(IncomingRequest(index + 1, "GET", "http://x/", []), reply)  # type: ignore[arg-type]
+            assert await asyncio.wait_for(reply.finished, 10) == "ok"
+            # a fresh global scope each: `seen` is 1 for both tenants
+            assert reply.received == f"{['alice', 'bob'][index]} 1".encode()
+        third = Worker(WorkerScript(name="carol", source=source, vars={"WHO": "carol"}), executor, compiler, lambda *a: None, pool=pool)
+        await third.start()  # the pool refills later: this one prepared its own
+        assert third.cold_start_pooled is False
+        for worker in [*workers, third]:
+            await worker.close()
+        pool.close()
+        compiler.close()
+        executor.shutdown()
+
+    asyncio.run(scenario())
