@@ -173,7 +173,7 @@ def test_console_output_is_printed_by_dev(dev: Any) -> None:
     assert server.get("/").status_code == 200
     server.wait_for(r"plain 42 \{ nested: \[ 1, 2 \] \}")
     server.wait_for("error: bad thing")
-    server.wait_for(r"GET / 200 \(cpu")
+    server.wait_for(r"GET / 200 ok cpu=")
 
 
 def test_uncaught_exception_is_500_and_logged_not_leaked(dev: Any) -> None:

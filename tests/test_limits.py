@@ -392,3 +392,18 @@ def test_a_script_that_subverts_the_runtime_cannot_split_a_response(dev: Any) ->
     assert split.status_code == 500
     assert "set-cookie" not in split.headers
     assert server.get("/garbage").status_code == 500
+
+
+def test_a_script_that_keeps_crashing_the_runtime_is_quarantined_until_redeployed(edge: Any) -> None:
+    crasher = "export default { fetch() { return new Response(String(new Array(60000000).fill(1.5).length)); } };"
+    harness = edge({"crash": crasher, "hello": "export default { fetch() { return new Response('hello'); } };"}, heap_mb=32)
+    for _ in range(3):
+        response = harness.get("/crash")
+        assert response.status_code == 503 and "crashed" in response.text
+        assert harness.get("/hello").text == "hello"
+    quarantined = harness.get("/crash")
+    assert quarantined.status_code == 503
+    assert "quarantined" in quarantined.text
+    assert len(harness.supervisor.crashes) == 3  # refused without running: no fourth crash
+    harness.deploy("crash", "export default { fetch() { return new Response('fixed'); } };")
+    assert harness.get("/crash").text == "fixed"

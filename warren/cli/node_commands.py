@@ -49,7 +49,10 @@ def _store_option(function: Any) -> Any:
     default=None,
     help="Also serve the control-plane API from this process, on this port (single-machine use).",
 )
-def serve(store_path: Path, port: int, ip: str, workers_domain: str, control_port: int | None) -> None:
+@click.option("--admin-port", type=click.IntRange(0, 65535), default=None, help="Serve Prometheus /metrics here.")
+def serve(
+    store_path: Path, port: int, ip: str, workers_domain: str, control_port: int | None, admin_port: int | None
+) -> None:
     """Run an edge node: serve what the control plane has deployed, following changes live."""
     from warren.server.serve import serve as serve_edge
     from warren.store import SQLiteStore
@@ -58,7 +61,7 @@ def serve(store_path: Path, port: int, ip: str, workers_domain: str, control_por
         store = SQLiteStore(str(store_path))
         await store.open()
         try:
-            return await serve_edge(store, ip, port, workers_domain, control_port)
+            return await serve_edge(store, ip, port, workers_domain, control_port, admin_port)
         finally:
             await store.close()
 

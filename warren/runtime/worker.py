@@ -274,22 +274,25 @@ class Worker:
                     budget = max(0.0, self.script.cpu_ms - invocation.cpu_seconds * 1000.0)
                 self._current = request_id
                 self._log_bytes.pop(None, None)
+                failure: BaseException | None = None
                 try:
                     await self._loop.run_in_executor(self._executor, self._enter, budget, args)
-                except IsolateTerminated as exc:
+                except (IsolateTerminated, ScriptError, EngineError) as exc:
+                    failure = exc
+                # Charged before anything reports the invocation's cost.
+                used = self._isolate.last_cpu_seconds if self._isolate is not None else 0.0
+                self.cpu_seconds_total += used
+                if invocation is not None and charged:
+                    invocation.cpu_seconds += used
+                self._current = None
+                if isinstance(failure, IsolateTerminated):
                     # What the terminated slice did is void, except what it logged.
                     self._effects = [effect for effect in self._effects if effect[0] == "log"]
                     self._apply_effects()
-                    await self._terminated(request_id, exc)
+                    await self._terminated(request_id, failure)
                     return
-                except (ScriptError, EngineError) as exc:
-                    self._log_sink("error", f"warren runtime error: {exc}")
-                finally:
-                    used = self._isolate.last_cpu_seconds if self._isolate is not None else 0.0
-                    self.cpu_seconds_total += used
-                    if invocation is not None and charged:
-                        invocation.cpu_seconds += used
-                    self._current = None
+                if failure is not None:
+                    self._log_sink("error", f"warren runtime error: {failure}")
                 self._apply_effects()
         finally:
             self._queued_slices -= 1

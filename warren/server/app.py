@@ -94,6 +94,10 @@ class EdgeApp:
         if isinstance(target, Unavailable):
             await _plain(send, 503, target.message)
             return
+        quarantined = self.supervisor.quarantine_message(target)
+        if quarantined is not None:
+            await _plain(send, 503, quarantined)
+            return
 
         exchange = await self.supervisor.open_exchange(target, scope["method"], url, headers, has_body)
         pump = asyncio.get_running_loop().create_task(self._pump_body(receive, exchange)) if has_body else None

@@ -13,6 +13,7 @@ from watchfiles import awatch
 from warren.config import ConfigError, Project, load_project
 from warren.runtime import ScriptLoadError
 from warren.server.app import EdgeApp, Unavailable, listen
+from warren.server.metrics import Metrics, log_line
 from warren.server.supervisor import Exchange, Supervisor
 
 Echo = Callable[[str], None]
@@ -34,6 +35,7 @@ class DevServer:
         port: int = 8787,
         extra_vars: dict[str, str] | None = None,
         watch: bool = True,
+        admin_port: int | None = None,
         echo: Echo = _echo,
         echo_error: Echo = _echo_error,
     ) -> None:
@@ -46,16 +48,16 @@ class DevServer:
         self.echo_error = echo_error
         self.project: Project | None = None
         self.supervisor = Supervisor(on_log=self._log, on_done=self._done)
+        self.metrics = Metrics(self.supervisor)
+        self.admin_port = admin_port
 
     def _log(self, script: str, level: str, message: str) -> None:
         line = f"[{script}] {level}: {message}" if level != "log" else f"[{script}] {message}"
         (self.echo_error if level == "error" else self.echo)(line)
 
     def _done(self, name: str, exchange: Exchange, outcome: str, cpu_ms: float, wall_ms: float) -> None:
-        head = exchange.head
-        path = head["url"].split("/", 3)[-1] if head["url"].count("/") >= 3 else ""
-        note = "" if outcome == "ok" else f" {outcome}"
-        self.echo(f"{head['method']} /{path} {exchange.status}{note} (cpu {cpu_ms:.1f} ms, wall {wall_ms:.0f} ms)")
+        self.metrics.observe(name, exchange, outcome, cpu_ms, wall_ms)
+        self.echo(log_line(exchange, outcome, cpu_ms, wall_ms))
 
     def _read_project(self) -> Project:
         project = load_project(self.target)
@@ -117,6 +119,9 @@ class DevServer:
                 self.echo_error(f"✘ {exc}")
                 return 1
             port = listening.port
+            if self.admin_port is not None:
+                admin = await listen(self.metrics.asgi_app(), self.host, self.admin_port)
+                self.echo(f"Metrics on http://{self.host}:{admin.port}/metrics")
             self.echo(f"Ready on http://{self.host}:{port}")
             await listening.task
             stop.set()

@@ -104,11 +104,16 @@ class _FrameReply:
     def __init__(self, runtime: RuntimeServer, stream: int) -> None:
         self._runtime = runtime
         self._stream = stream
+        # metering, reported with DONE
+        self.bytes_out = 0
+        self.cold = False  # the request waited for its worker's isolate to start
+        self.worker: Worker | None = None
 
     def head(self, status: int, headers: list[tuple[str, str]]) -> None:
         self._runtime.send(encode_json(Kind.HEAD, self._stream, {"status": status, "headers": headers}))
 
     def body(self, chunk: bytes) -> None:
+        self.bytes_out += len(chunk)
         for start in range(0, len(chunk), BODY_CHUNK):
             self._runtime.send(encode(Kind.RBODY, self._stream, chunk[start : start + BODY_CHUNK]))
 
@@ -123,9 +128,15 @@ class _FrameReply:
 
     def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
         self._runtime.finished(self._stream)
-        self._runtime.send(
-            encode_json(Kind.DONE, self._stream, {"outcome": outcome, "cpu_ms": cpu_ms, "wall_ms": wall_ms})
-        )
+        metering = {
+            "outcome": outcome,
+            "cpu_ms": cpu_ms,
+            "wall_ms": wall_ms,
+            "bytes_out": self.bytes_out,
+            "cold": self.cold,
+            "memory": self.worker.memory_bytes if self.worker is not None else 0,
+        }
+        self._runtime.send(encode_json(Kind.DONE, self._stream, metering))
 
 
 class RuntimeServer:
@@ -261,14 +272,17 @@ class RuntimeServer:
     async def _dispatch(
         self, stream: int, key: str, head: dict[str, Any], body: _RequestBody | None, reply: _FrameReply
     ) -> None:
+        starting = self._worker(key)
+        reply.cold = not starting.done()
         try:
-            worker = await self._worker(key)
+            worker = await starting
         except ScriptLoadError as exc:
             self._workers.pop(key, None)
             reply.log("error", f"Worker failed to start: {exc}")
             reply.error(500, "Worker failed to start")
             reply.done("exception", 0.0, 0.0)
             return
+        reply.worker = worker
         headers = [(str(name), str(value)) for name, value in head["headers"]]
         worker.fetch(IncomingRequest(stream, head["method"], head["url"], headers, body), reply)
 

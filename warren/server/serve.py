@@ -21,7 +21,7 @@ from typing import Any
 from warren.runtime import Module, ScriptLoadError, WorkerScript
 from warren.runtime.script import DEFAULT_CPU_MS
 from warren.server.app import Unavailable
-from warren.server.supervisor import Supervisor
+from warren.server.supervisor import Exchange, Supervisor
 from warren.store import Store
 from warren.store.model import Account, Version
 from warren.store.routes import RouteTable, normalise_host
@@ -233,16 +233,26 @@ async def serve(
     port: int,
     workers_domain: str = DEFAULT_WORKERS_DOMAIN,
     control_port: int | None = None,
+    admin_port: int | None = None,
     echo: Echo = _echo,
 ) -> int:
     """Run an edge node until interrupted; with ``control_port``, the control API too."""
     from warren.server.app import EdgeApp, listen
+    from warren.server.metrics import Metrics, log_line
 
     def log(script: str, level: str, message: str) -> None:
         stream = sys.stderr if level == "error" else sys.stdout
         print(f"[{script}] {level}: {message}", file=stream, flush=True)
 
-    supervisor = Supervisor(on_log=log)
+    metrics: Metrics | None = None
+
+    def done(name: str, exchange: Exchange, outcome: str, cpu_ms: float, wall_ms: float) -> None:
+        if metrics is not None:
+            metrics.observe(name, exchange, outcome, cpu_ms, wall_ms)
+        print(f"[{name}] {log_line(exchange, outcome, cpu_ms, wall_ms)}", flush=True)
+
+    supervisor = Supervisor(on_log=log, on_done=done)
+    metrics = Metrics(supervisor)
     await supervisor.start()
     node = EdgeNode(store, supervisor, workers_domain, echo=echo)
     try:
@@ -254,6 +264,10 @@ async def serve(
             control = await listen(create_app(store, manage_store=False), host, control_port)
             servers.append(control)
             echo(f"Control-plane API on http://{host}:{control.port}")
+        if admin_port is not None:
+            admin = await listen(metrics.asgi_app(), host, admin_port)
+            servers.append(admin)
+            echo(f"Metrics on http://{host}:{admin.port}/metrics")
         edge = await listen(EdgeApp(supervisor, node.resolve), host, port)
         servers.append(edge)
         echo(f"Ready on http://{host}:{edge.port} (workers domain {workers_domain}, store revision {node.revision})")

@@ -24,9 +24,14 @@ from warren.runtime import ScriptLoadError, WorkerScript
 from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
 from warren.server.runtime_process import ACTIVITY_SLOT_SIZE, ACTIVITY_SLOTS, read_activity
 
-REPLAY_BODY_LIMIT = 1024 * 1024  # request bodies up to this size can be replayed after a crash
+REPLAY_BODY_LIMIT = 1024 * 1024
+QUARANTINE_AFTER_CRASHES = 3  # request bodies up to this size can be replayed after a crash
 CRASHED = "The worker's runtime process crashed while handling this request."
 CRASHED_ELSEWHERE = "The worker's runtime process crashed; the request could not be retried."
+QUARANTINED = (
+    "This worker is quarantined: it was running when the runtime crashed {count} times. "
+    "Deploy a new version to lift the quarantine."
+)
 
 LogHandler = Callable[[str, str, str], None]  # script name, level, message
 DoneHandler = Callable[[str, "Exchange", str, float, float], None]  # name, exchange, outcome, cpu, wall
@@ -58,8 +63,12 @@ class Exchange:
         self.replay_size = 0
         self.retried = False
         self.finished = False
+        self.bytes_in = 0
+        # filled from the runtime's DONE: bytes_out, cold, memory (see runtime_process._FrameReply.done)
+        self.metering: dict[str, Any] = {}
 
     async def send_body(self, chunk: bytes) -> None:
+        self.bytes_in += len(chunk)
         if self.replay is not None:
             self.replay_size += len(chunk)
             if self.replay_size > REPLAY_BODY_LIMIT:
@@ -202,6 +211,7 @@ class RuntimeProcess:
             message = json.loads(payload)
             self.exchanges.pop(stream, None)
             exchange.finished = True
+            exchange.metering = message
             self.supervisor.on_done(exchange.name, exchange, message["outcome"], message["cpu_ms"], message["wall_ms"])
 
     async def close_channel(self) -> None:
@@ -255,6 +265,10 @@ class Supervisor:
         self.scripts: dict[str, WorkerScript] = {}
         self.deployments: dict[str, str] = {}  # worker name -> key of the version serving it
         self.crashes: list[CrashRecord] = []
+        # Crashes a version was running during; past QUARANTINE_AFTER_CRASHES it is
+        # quarantined: refused with 503 until a new version (a new key) replaces it.
+        self.crash_counts: dict[str, int] = {}
+        self.quarantined: set[str] = set()
         self._process: RuntimeProcess | None = None
         self._stream = 0
         self._restarting: asyncio.Future[RuntimeProcess] | None = None
@@ -296,9 +310,17 @@ class Supervisor:
             process.loaded.discard(key)
             raise ScriptLoadError.from_dict(error)
 
+    def quarantine_message(self, key: str) -> str | None:
+        """Why ``key`` is refused, if it is quarantined."""
+        if key not in self.quarantined:
+            return None
+        return QUARANTINED.format(count=self.crash_counts.get(key, 0))
+
     async def retire(self, key: str) -> None:
         """Forget a version; its isolate goes once its in-flight requests finish."""
         self.scripts.pop(key, None)
+        self.quarantined.discard(key)
+        self.crash_counts.pop(key, None)
         process = await self._live_process()
         process.unload(key)
 
@@ -306,6 +328,9 @@ class Supervisor:
         """Load a script version and route its name to it; raises ScriptLoadError."""
         key = f"{script.name}@{script.version_id}"
         if self.deployments.get(script.name) == key:
+            # Deploying the same version again is how a quarantine is lifted.
+            self.quarantined.discard(key)
+            self.crash_counts.pop(key, None)
             return key
         await self.load(key, script)
         previous = self.deployments.get(script.name)
@@ -333,6 +358,15 @@ class Supervisor:
         self.crashes.append(CrashRecord(time.time(), returncode, names))
         cause = ", ".join(names) if names else "no script was running"
         self.on_log("warren", "error", f"runtime process died (exit status {returncode}); running: {cause}")
+        for key in culprit_keys:
+            self.crash_counts[key] = self.crash_counts.get(key, 0) + 1
+            if self.crash_counts[key] >= QUARANTINE_AFTER_CRASHES and key not in self.quarantined:
+                self.quarantined.add(key)
+                self.on_log(
+                    key.split("@", 1)[0],
+                    "error",
+                    f"{key} is quarantined after {self.crash_counts[key]} runtime crashes; redeploy it to lift this",
+                )
         try:
             os.unlink(dead.slots_path)
         except OSError:
