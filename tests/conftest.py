@@ -135,13 +135,16 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
 class Edge:
     """Several workers behind one real server, routed by the first path segment."""
 
-    def __init__(self, scripts: dict[str, str], heap_mb: int = 128, cpu_ms: float = 50) -> None:
+    def __init__(
+        self, scripts: dict[str, str], heap_mb: int = 128, cpu_ms: float = 50, **supervisor: Any
+    ) -> None:
         self.logs: list[tuple[str, str, str]] = []
         self.done: list[tuple[str, str]] = []
+        self.metering: list[tuple[str, dict[str, Any]]] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self.supervisor = Supervisor(heap_mb=heap_mb, on_log=self._on_log, on_done=self._on_done)
+        self.supervisor = Supervisor(heap_mb=heap_mb, on_log=self._on_log, on_done=self._on_done, **supervisor)
         self._server: uvicorn.Server | None = None
         self.url = self._run(self._start(scripts, cpu_ms))
 
@@ -150,6 +153,7 @@ class Edge:
 
     def _on_done(self, name: str, exchange: Exchange, outcome: str, cpu_ms: float, wall_ms: float) -> None:
         self.done.append((name, outcome))
+        self.metering.append((name, dict(exchange.metering)))
 
     def _run(self, coroutine: Any, timeout: float = 60) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)

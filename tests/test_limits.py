@@ -407,3 +407,18 @@ def test_a_script_that_keeps_crashing_the_runtime_is_quarantined_until_redeploye
     assert len(harness.supervisor.crashes) == 3  # refused without running: no fourth crash
     harness.deploy("crash", "export default { fetch() { return new Response('fixed'); } };")
     assert harness.get("/crash").text == "fixed"
+
+
+def test_idle_isolates_are_evicted_and_start_again_on_demand(edge: Any) -> None:
+    harness = edge(
+        {"counter": "let n = 0;\nexport default { fetch() { n++; return new Response(String(n)); } };"},
+        idle_timeout=0.5,
+    )
+    assert harness.get("/counter").text == "1"
+    assert harness.get("/counter").text == "2"  # the same isolate: its state is kept while used
+    deadline = time.monotonic() + 10
+    while not any("evicted" in message for _, _, message in harness.logs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any("evicted" in message for _, _, message in harness.logs), harness.logs
+    assert harness.get("/counter").text == "1"  # a new isolate, started on demand
+    assert harness.metering[-1][1]["cold"] is True

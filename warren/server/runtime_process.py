@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -139,6 +140,23 @@ class _FrameReply:
         self._runtime.send(encode_json(Kind.DONE, self._stream, metering))
 
 
+EVICTION_INTERVAL_S = 5.0
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+# Of the memory a runtime process may use (the machine's, divided among its
+# runtime processes), the share past which idle isolates are evicted.
+MEMORY_BUDGET_SHARE = 0.7
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_memory_budget(processes: int = 1) -> int:
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(total / max(1, processes) * MEMORY_BUDGET_SHARE)
+
+
 class RuntimeServer:
     def __init__(
         self, writer: asyncio.StreamWriter, board: ActivityBoard | None, js_threads: int, pool_size: int
@@ -187,6 +205,39 @@ class RuntimeServer:
             future = asyncio.get_running_loop().create_task(self._start_worker(key))
             self._workers[key] = future
         return future
+
+    async def evict(self, idle_timeout: float, memory_budget: int) -> list[str]:
+        """Dispose of isolates idle past ``idle_timeout``, then least recently used idle ones
+        while the process is over ``memory_budget`` bytes. Never one that is serving.
+
+        The script stays registered: its next request starts a new isolate.
+        """
+        idle = []
+        for key, future in self._workers.items():
+            if future.done() and future.exception() is None and future.result().idle:
+                idle.append((future.result().last_used, key))
+        idle.sort()
+        now = time.monotonic()
+        evicted = [key for last_used, key in idle if now - last_used > idle_timeout]
+        over = _rss_bytes() > memory_budget
+        for _, key in idle:
+            if not over:
+                break
+            if key not in evicted:
+                evicted.append(key)
+                over = _rss_bytes() - sum(self._workers[k].result().memory_bytes for k in evicted) > memory_budget
+        # Taken out of service all at once, before any await lets a request in.
+        victims = [self._workers.pop(key).result() for key in evicted]
+        for worker in victims:
+            await worker.close()
+        return evicted
+
+    async def evict_forever(self, idle_timeout: float, memory_budget: int) -> None:
+        while True:
+            await asyncio.sleep(min(EVICTION_INTERVAL_S, idle_timeout / 2))
+            evicted = await self.evict(idle_timeout, memory_budget)
+            if evicted:
+                self.send_log("warren", "info", f"evicted {len(evicted)} idle isolate(s): {', '.join(evicted[:5])}")
 
     async def _start_worker(self, key: str) -> Worker:
         script = self._scripts[key]
@@ -287,11 +338,14 @@ class RuntimeServer:
         worker.fetch(IncomingRequest(stream, head["method"], head["url"], headers, body), reply)
 
 
-async def _serve(fd: int, slots: str | None, js_threads: int, pool_size: int) -> None:
+async def _serve(
+    fd: int, slots: str | None, js_threads: int, pool_size: int, idle_timeout: float, memory_budget: int
+) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     board = ActivityBoard(slots) if slots else None
     server = RuntimeServer(writer, board, js_threads, pool_size)
+    eviction = asyncio.get_running_loop().create_task(server.evict_forever(idle_timeout, memory_budget))
     while True:
         frame = await read_frame(reader)
         if frame is None:
@@ -299,6 +353,7 @@ async def _serve(fd: int, slots: str | None, js_threads: int, pool_size: int) ->
         await server.handle(*frame)
         if writer.transport.get_write_buffer_size() > 4 * BODY_CHUNK:
             await writer.drain()
+    eviction.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -308,15 +363,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heap-mb", type=int, default=128)
     parser.add_argument("--js-threads", type=int, default=max(1, os.cpu_count() or 1))
     parser.add_argument("--isolate-pool", type=int, default=DEFAULT_POOL_SIZE, help="isolates kept prepared")
+    parser.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S, help="seconds before eviction")
+    parser.add_argument("--memory-budget-mb", type=int, default=0, help="evict idle isolates past this RSS")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     configure(args.heap_mb)
+    budget = args.memory_budget_mb * 1024 * 1024 or default_memory_budget()
+    serving = _serve(args.fd, args.slots, args.js_threads, args.isolate_pool, args.idle_timeout, budget)
     try:
         import uvloop
 
-        uvloop.run(_serve(args.fd, args.slots, args.js_threads, args.isolate_pool))
+        uvloop.run(serving)
     except ImportError:
-        asyncio.run(_serve(args.fd, args.slots, args.js_threads, args.isolate_pool))
+        asyncio.run(serving)
     sys.stdout.flush()
     # Isolates may still be entered by executor threads; V8 aborts if they are
     # torn down at interpreter exit, and there is nothing left to save.

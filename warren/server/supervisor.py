@@ -123,6 +123,10 @@ class RuntimeProcess:
             str(self.supervisor.heap_mb),
             "--js-threads",
             str(self.supervisor.js_threads),
+            "--idle-timeout",
+            str(self.supervisor.idle_timeout),
+            "--memory-budget-mb",
+            str(self.supervisor.memory_budget_mb),
             pass_fds=[theirs.fileno()],
             stdin=asyncio.subprocess.DEVNULL,
         )
@@ -255,10 +259,14 @@ class Supervisor:
         *,
         heap_mb: int = 128,
         js_threads: int | None = None,
+        idle_timeout: float = 300.0,
+        memory_budget_mb: int = 0,  # 0: 70% of the machine's memory
         on_log: LogHandler = _ignore_log,
         on_done: DoneHandler = _ignore_done,
     ) -> None:
         self.heap_mb = heap_mb
+        self.idle_timeout = idle_timeout
+        self.memory_budget_mb = memory_budget_mb
         self.js_threads = js_threads or max(1, os.cpu_count() or 1)
         self.on_log = on_log
         self.on_done = on_done
