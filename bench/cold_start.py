@@ -160,8 +160,8 @@ class Edge:
 
     @property
     def runtime_pid(self) -> int:
-        process = self.supervisor._process
-        assert process is not None and process.process is not None
+        [process] = self.supervisor.processes()
+        assert process.process is not None
         return process.process.pid
 
     async def _stop(self) -> None:

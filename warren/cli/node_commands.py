@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,29 @@ def _store_option(function: Any) -> Any:
     help="Also serve the control-plane API from this process, on this port (single-machine use).",
 )
 @click.option("--admin-port", type=click.IntRange(0, 65535), default=None, help="Serve Prometheus /metrics here.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=max(1, os.cpu_count() or 1),
+    show_default=True,
+    help="Runtime processes per trust level.",
+)
+@click.option(
+    "--trusted-account",
+    "trusted_accounts",
+    multiple=True,
+    metavar="NAME",
+    help="An account whose scripts may ask for trust_level 'trusted' (repeatable).",
+)
 def serve(
-    store_path: Path, port: int, ip: str, workers_domain: str, control_port: int | None, admin_port: int | None
+    store_path: Path,
+    port: int,
+    ip: str,
+    workers_domain: str,
+    control_port: int | None,
+    admin_port: int | None,
+    processes: int,
+    trusted_accounts: tuple[str, ...],
 ) -> None:
     """Run an edge node: serve what the control plane has deployed, following changes live."""
     from warren.server.serve import serve as serve_edge
@@ -61,7 +83,9 @@ def serve(
         store = SQLiteStore(str(store_path))
         await store.open()
         try:
-            return await serve_edge(store, ip, port, workers_domain, control_port, admin_port)
+            return await serve_edge(
+                store, ip, port, workers_domain, control_port, admin_port, processes, frozenset(trusted_accounts)
+            )
         finally:
             await store.close()
 

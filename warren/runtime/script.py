@@ -77,6 +77,7 @@ class WorkerScript:
     memory_mb: int = DEFAULT_MEMORY_MB
     modules: tuple[Module, ...] = ()
     archive_hash: str = ""  # the control plane's content hash of this version, when it has one
+    trust_level: str = "standard"  # runtime processes are shared only within a level
 
     @property
     def code_hash(self) -> str:
@@ -116,6 +117,7 @@ class WorkerScript:
             "memory_mb": self.memory_mb,
             "modules": [[module.name, module.kind, module.text] for module in self.modules],
             "archive_hash": self.archive_hash,
+            "trust_level": self.trust_level,
         }
 
     @classmethod
@@ -130,6 +132,7 @@ class WorkerScript:
             memory_mb=int(data.get("memory_mb", DEFAULT_MEMORY_MB)),
             modules=tuple(Module(str(n), str(k), str(t)) for n, k, t in data.get("modules", [])),
             archive_hash=str(data.get("archive_hash", "")),
+            trust_level=str(data.get("trust_level", "standard")),
         )
 
 

@@ -365,10 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--isolate-pool", type=int, default=DEFAULT_POOL_SIZE, help="isolates kept prepared")
     parser.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S, help="seconds before eviction")
     parser.add_argument("--memory-budget-mb", type=int, default=0, help="evict idle isolates past this RSS")
+    parser.add_argument("--processes", type=int, default=1, help="runtime processes sharing the default budget")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     configure(args.heap_mb)
-    budget = args.memory_budget_mb * 1024 * 1024 or default_memory_budget()
+    budget = args.memory_budget_mb * 1024 * 1024 or default_memory_budget(args.processes)
     serving = _serve(args.fd, args.slots, args.js_threads, args.isolate_pool, args.idle_timeout, budget)
     try:
         import uvloop

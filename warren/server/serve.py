@@ -74,8 +74,10 @@ class EdgeNode:
         workers_domain: str = DEFAULT_WORKERS_DOMAIN,
         poll_interval: float = POLL_INTERVAL_S,
         echo: Echo = _echo,
+        trusted_accounts: frozenset[str] = frozenset(),
     ) -> None:
         self.store = store
+        self.trusted_accounts = trusted_accounts
         self.supervisor = supervisor
         self.workers_domain = workers_domain.lower().strip(".")
         self.poll_interval = poll_interval
@@ -148,7 +150,7 @@ class EdgeNode:
                 version = state.versions[version_id]
                 key = self._key(account, version, secrets)
                 if key not in self._loaded and key not in wanted:
-                    failed = await self._load(key, version, secrets, start=not initial)
+                    failed = await self._load(key, account, version, secrets, start=not initial)
                     if failed is not None:
                         break
                 keys.append((key, share))
@@ -180,10 +182,12 @@ class EdgeNode:
         owner = account.name if account is not None else version.account_id[:8]
         return f"{owner}/{version.script}@v{version.number}-{fingerprint}"
 
-    async def _load(self, key: str, version: Version, secrets: dict[str, str], start: bool) -> str | None:
+    async def _load(
+        self, key: str, account: Account | None, version: Version, secrets: dict[str, str], start: bool
+    ) -> str | None:
         """Load one version; returns why it failed, or None."""
         try:
-            script = await self._worker_script(key, version, secrets)
+            script = await self._worker_script(key, account, version, secrets)
             await self.supervisor.load(key, script, start=start)
         except ScriptLoadError as exc:
             self.echo(f"✘ {key} ({version.content_hash[:12]}) failed to load: {exc}")
@@ -195,7 +199,9 @@ class EdgeNode:
         self.echo(f"⎔ serving {key} (version {version.id}, sha256 {version.content_hash})")
         return None
 
-    async def _worker_script(self, key: str, version: Version, secrets: dict[str, str]) -> WorkerScript:
+    async def _worker_script(
+        self, key: str, account: Account | None, version: Version, secrets: dict[str, str]
+    ) -> WorkerScript:
         main_source = ""
         modules = []
         for ref in version.modules:
@@ -215,7 +221,11 @@ class EdgeNode:
             elif binding.get("type") == "json":
                 variables[binding["name"]] = binding["json"]
         variables.update(secrets)
+        trust_level = str(version.limits.get("trust_level", "standard"))
+        if trust_level == "trusted" and (account is None or account.name not in self.trusted_accounts):
+            trust_level = "standard"  # only the operator grants trust
         return WorkerScript(
+            trust_level=trust_level,
             name=key.split("@", 1)[0],
             source=main_source,
             filename=version.main_module,
@@ -234,6 +244,8 @@ async def serve(
     workers_domain: str = DEFAULT_WORKERS_DOMAIN,
     control_port: int | None = None,
     admin_port: int | None = None,
+    processes: int = 1,
+    trusted_accounts: frozenset[str] = frozenset(),
     echo: Echo = _echo,
 ) -> int:
     """Run an edge node until interrupted; with ``control_port``, the control API too."""
@@ -251,10 +263,10 @@ async def serve(
             metrics.observe(name, exchange, outcome, cpu_ms, wall_ms)
         print(f"[{name}] {log_line(exchange, outcome, cpu_ms, wall_ms)}", flush=True)
 
-    supervisor = Supervisor(on_log=log, on_done=done)
+    supervisor = Supervisor(on_log=log, on_done=done, processes=processes)
     metrics = Metrics(supervisor)
     await supervisor.start()
-    node = EdgeNode(store, supervisor, workers_domain, echo=echo)
+    node = EdgeNode(store, supervisor, workers_domain, echo=echo, trusted_accounts=trusted_accounts)
     try:
         await node.start()
         servers = []

@@ -10,6 +10,7 @@ keeps serving.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import socket
@@ -97,6 +98,7 @@ class Exchange:
 class RuntimeProcess:
     supervisor: Supervisor
     index: int
+    cordon: str = "standard"
     process: asyncio.subprocess.Process | None = None
     writer: asyncio.StreamWriter | None = None
     slots_path: str = ""
@@ -127,6 +129,8 @@ class RuntimeProcess:
             str(self.supervisor.idle_timeout),
             "--memory-budget-mb",
             str(self.supervisor.memory_budget_mb),
+            "--processes",
+            str(self.supervisor.processes_per_cordon),
             pass_fds=[theirs.fileno()],
             stdin=asyncio.subprocess.DEVNULL,
         )
@@ -243,6 +247,16 @@ class RuntimeProcess:
             pass
 
 
+@dataclass
+class _Slot:
+    """One place in a cordon's set of runtime processes; survives the process in it."""
+
+    cordon: str
+    index: int
+    process: RuntimeProcess | None = None
+    starting: asyncio.Task[RuntimeProcess] | None = None
+
+
 def _ignore_log(name: str, level: str, message: str) -> None:
     pass
 
@@ -260,7 +274,8 @@ class Supervisor:
         heap_mb: int = 128,
         js_threads: int | None = None,
         idle_timeout: float = 300.0,
-        memory_budget_mb: int = 0,  # 0: 70% of the machine's memory
+        memory_budget_mb: int = 0,  # 0: 70% of the machine's memory, shared by the processes
+        processes: int = 1,  # runtime processes per trust level
         on_log: LogHandler = _ignore_log,
         on_done: DoneHandler = _ignore_done,
     ) -> None:
@@ -277,28 +292,60 @@ class Supervisor:
         # quarantined: refused with 503 until a new version (a new key) replaces it.
         self.crash_counts: dict[str, int] = {}
         self.quarantined: set[str] = set()
-        self._process: RuntimeProcess | None = None
+        self.processes_per_cordon = max(1, processes)
+        # trust level -> its runtime processes; a level's processes start with its first script
+        self._cordons: dict[str, list[_Slot]] = {}
+        self._started = False
         self._stream = 0
-        self._restarting: asyncio.Future[RuntimeProcess] | None = None
 
     def next_stream(self) -> int:
         self._stream = self._stream % 0xFFFFFFF0 + 1
         return self._stream
 
     async def start(self) -> None:
-        self._process = RuntimeProcess(self, 0)
-        await self._process.start()
+        self._started = True
+        await self._cordon("standard")  # the common case starts with the supervisor
 
     async def stop(self) -> None:
-        if self._process is not None:
-            await self._process.stop()
-            self._process = None
+        self._started = False
+        for slots in self._cordons.values():
+            for slot in slots:
+                if slot.process is not None:
+                    await slot.process.stop()
+        self._cordons.clear()
 
-    async def _live_process(self) -> RuntimeProcess:
-        if self._restarting is not None:
-            return await self._restarting
-        assert self._process is not None, "supervisor not started"
-        return self._process
+    async def _cordon(self, level: str) -> list[_Slot]:
+        slots = self._cordons.get(level)
+        if slots is None:
+            assert self._started, "supervisor not started"
+            slots = self._cordons[level] = [_Slot(level, index) for index in range(self.processes_per_cordon)]
+            for slot in slots:
+                slot.starting = asyncio.get_running_loop().create_task(self._start_process(slot))
+        return slots
+
+    async def _start_process(self, slot: _Slot) -> RuntimeProcess:
+        process = RuntimeProcess(self, slot.index, slot.cordon)
+        await process.start()
+        slot.process = process
+        return process
+
+    async def _process_for(self, key: str) -> RuntimeProcess:
+        """The runtime process that serves ``key``: always the same one of its cordon.
+
+        Rendezvous hashing on the version key keeps a worker's isolate in one
+        process (not one per process), and moves only 1/N of the keys if N changes.
+        """
+        script = self.scripts.get(key)
+        slots = await self._cordon(script.trust_level if script is not None else "standard")
+        slot = max(slots, key=lambda slot: hashlib.sha256(f"{slot.index}/{key}".encode()).digest())
+        if slot.starting is not None and not slot.starting.done():
+            return await slot.starting
+        assert slot.process is not None
+        return slot.process
+
+    def processes(self) -> list[RuntimeProcess]:
+        """The runtime processes running now, of every cordon."""
+        return [slot.process for slots in self._cordons.values() for slot in slots if slot.process is not None]
 
     async def load(self, key: str, script: WorkerScript, start: bool = True) -> None:
         """Make a script version available under ``key``.
@@ -308,7 +355,7 @@ class Supervisor:
         its first request.
         """
         self.scripts[key] = script
-        process = await self._live_process()
+        process = await self._process_for(key)
         if not start:
             process.ensure_loaded(key)
             return
@@ -326,10 +373,10 @@ class Supervisor:
 
     async def retire(self, key: str) -> None:
         """Forget a version; its isolate goes once its in-flight requests finish."""
+        process = await self._process_for(key)
         self.scripts.pop(key, None)
         self.quarantined.discard(key)
         self.crash_counts.pop(key, None)
-        process = await self._live_process()
         process.unload(key)
 
     async def deploy(self, script: WorkerScript) -> str:
@@ -353,7 +400,7 @@ class Supervisor:
         """Send a request to the version ``key`` (which must be loaded)."""
         head = {"key": key, "method": method, "url": url, "headers": headers, "has_body": has_body}
         exchange = Exchange(self.next_stream(), self.scripts[key].name, key, head)
-        process = await self._live_process()
+        process = await self._process_for(key)
         process.start_exchange(exchange)
         return exchange
 
@@ -383,17 +430,14 @@ class Supervisor:
             if not future.done():
                 future.set_result({"message": CRASHED, "filename": "", "line": 0, "column": 0})
 
-        loop = asyncio.get_running_loop()
-        self._restarting = loop.create_future()
-        fresh = RuntimeProcess(self, dead.index)
-        try:
-            await fresh.start()
-        except Exception as exc:
-            self._restarting.set_exception(exc)
-            raise
-        self._process = fresh
-        self._restarting.set_result(fresh)
-        self._restarting = None
+        slot = next(
+            (slot for slot in self._cordons.get(dead.cordon, []) if slot.process is dead), None
+        )
+        if slot is None:
+            return  # the supervisor is stopping
+        slot.process = None
+        slot.starting = asyncio.get_running_loop().create_task(self._start_process(slot))
+        fresh = await slot.starting
 
         for exchange in list(dead.exchanges.values()):
             replayable = exchange.replay is not None and not exchange.retried and not exchange.head_received

@@ -166,13 +166,22 @@ def bindings(values: object) -> tuple[dict[str, Any], ...]:
     return tuple(result)
 
 
+# Runtime processes are shared only within a level ("cordons"); an edge node
+# honours "trusted" only for accounts its operator names.
+TRUST_LEVELS = ("trusted", "standard", "untrusted")
+
+
 def limits(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput("limits must be an object")
-    unknown = sorted(set(value) - {"cpu_ms"})
+    unknown = sorted(set(value) - {"cpu_ms", "trust_level"})
     if unknown:
-        raise InvalidInput(f"unknown limit(s) {', '.join(map(repr, unknown))}; supported: 'cpu_ms'")
+        raise InvalidInput(f"unknown limit(s) {', '.join(map(repr, unknown))}; supported: 'cpu_ms', 'trust_level'")
     result: dict[str, Any] = {}
+    if "trust_level" in value:
+        if value["trust_level"] not in TRUST_LEVELS:
+            raise InvalidInput(f"limits.trust_level must be one of {', '.join(TRUST_LEVELS)}")
+        result["trust_level"] = value["trust_level"]
     if "cpu_ms" in value:
         cpu_ms = value["cpu_ms"]
         if isinstance(cpu_ms, bool) or not isinstance(cpu_ms, int) or not 1 <= cpu_ms <= MAX_CPU_MS:
