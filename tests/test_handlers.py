@@ -354,3 +354,27 @@ def test_multiple_modules_with_relative_imports_json_text_and_wasm(dev: Any, tmp
 def test_a_missing_module_is_a_load_error(dev: Any) -> None:
     server = dev({"worker.js": 'import { x } from "./nowhere.js";\nexport default { fetch() { return new Response(x); } };'})
     server.wait_for('No such module "./nowhere.js"')
+
+
+def test_crypto_random(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              fetch() {
+                const a = crypto.getRandomValues(new Uint8Array(32));
+                const b = crypto.getRandomValues(new Uint32Array(4));
+                let tooBig = "allowed";
+                try { crypto.getRandomValues(new Uint8Array(65537)); } catch (e) { tooBig = e.name; }
+                return Response.json({ distinct: a.some((x) => x !== 0) && b.some((x) => x !== 0), uuid: crypto.randomUUID(), tooBig });
+              },
+            };
+            """
+        }
+    )
+    first, second = server.get("/").json(), server.get("/").json()
+    assert first["distinct"] and first["tooBig"] == "QuotaExceededError"
+    import re
+
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", first["uuid"])
+    assert first["uuid"] != second["uuid"]

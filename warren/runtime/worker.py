@@ -26,6 +26,7 @@ from warren.engine import (
     MemoryLimitExceeded,
     ScriptError,
 )
+from warren.runtime.crypto import CryptoHost
 from warren.runtime.pool import ENTRY_POINT as _ENTER
 from warren.runtime.pool import IsolatePool, PreparedIsolate, prepare_isolate
 from warren.runtime.script import (
@@ -124,6 +125,7 @@ class Worker:
     ) -> None:
         self.script = script
         self._pool = pool
+        self._crypto = CryptoHost()  # this worker's keys: never shared with another isolate
         self.cold_start_pooled = False
         self.key = key or script.name
         self._activity = activity
@@ -373,6 +375,10 @@ class Worker:
 
     def _host_fail(self, request_id: int, name: str, message: str, stack: str) -> None:
         self._effects.append(("fail", int(request_id), str(stack)))
+
+    def _host_crypto(self, operation: str, arguments: str, data: str | None) -> str:
+        """WebCrypto, computed here on the JS thread (it is the script's CPU time)."""
+        return self._crypto.call(str(operation), str(arguments), data)
 
     def _host_done(self, request_id: int) -> None:
         self._effects.append(("done", int(request_id)))

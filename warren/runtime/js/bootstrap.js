@@ -9,8 +9,10 @@
 
   const host = globalThis.__warrenHost;
   const installWebAPIs = globalThis.__warrenWebAPI;
+  const installCrypto = globalThis.__warrenCrypto;
   delete globalThis.__warrenHost;
   delete globalThis.__warrenWebAPI;
+  delete globalThis.__warrenCrypto;
 
   const internals = Object.create(null);
   const defineGlobal = (name, value) =>
@@ -284,6 +286,7 @@
   // before anyone owns them; configure() makes one a given worker's.
   function init() {
     installWebAPIs(globalThis, internals);
+    installCrypto(globalThis, internals, (operation, args, data) => host.crypto(operation, args, data));
     internals.reportError = (error) => reportException(error, "microtask");
   }
 
