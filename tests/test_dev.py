@@ -95,3 +95,49 @@ def test_bad_cpu_limit_in_config_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "w.js").write_text("export default { fetch() { return new Response('x'); } };")
     result = _dev_that_refuses_to_start(tmp_path)
     assert "limits.cpu_ms must be a number" in result.stderr
+
+
+def test_scheduled_handler_runs_with_test_scheduled(dev: Any) -> None:
+    server = dev(
+        {
+            "wrangler.toml": 'name = "cron"\nmain = "worker.js"\n[triggers]\ncrons = ["*/5 * * * *"]\n',
+            "worker.js": """
+            let runs = [];
+            export default {
+              async scheduled(controller, env, ctx) {
+                runs.push(controller.cron);
+                ctx.waitUntil(Promise.resolve().then(() => console.log("scheduled ran for", controller.cron)));
+                if (controller.cron === "0 0 * * *") throw new Error("midnight job failed");
+              },
+              fetch() { return Response.json(runs); },
+            };
+            """,
+        },
+        ".",
+        "--test-scheduled",
+    )
+    ran = server.get("/__scheduled", params={"cron": "*/5 * * * *"})
+    assert (ran.status_code, ran.text) == (200, "Ran scheduled event")
+    server.wait_for(r"scheduled ran for \*/5 \* \* \* \*")
+    failed = server.get("/__scheduled", params={"cron": "0 0 * * *"})
+    assert failed.status_code == 500
+    server.wait_for("midnight job failed")
+    assert server.get("/").json() == ["*/5 * * * *", "0 0 * * *"]
+
+
+def test_a_scheduled_only_service_worker_loads(dev: Any) -> None:
+    server = dev(
+        {"worker.js": "addEventListener('scheduled', (event) => event.waitUntil(Promise.resolve(console.log('tick', event.cron))));"},
+        "worker.js",
+        "--test-scheduled",
+    )
+    assert server.get("/__scheduled").text == "Ran scheduled event"
+    server.wait_for(r"tick \* \* \* \* \*")
+    assert server.get("/").status_code == 500  # no fetch handler
+
+
+def test_a_bad_cron_expression_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "wrangler.toml").write_text('name = "x"\nmain = "w.js"\n[triggers]\ncrons = ["every minute"]\n')
+    (tmp_path / "w.js").write_text("export default { scheduled() {} };")
+    result = _dev_that_refuses_to_start(tmp_path)
+    assert "is not a cron expression" in result.stderr

@@ -19,7 +19,7 @@ from warren.runtime import Module, WorkerScript
 from warren.runtime.script import DEFAULT_CPU_MS, DEFAULT_MEMORY_MB
 
 CONFIG_NAMES = ("wrangler.toml", "wrangler.json", "wrangler.jsonc")
-SUPPORTED_KEYS = {"name", "main", "compatibility_date", "vars", "limits"}
+SUPPORTED_KEYS = {"name", "main", "compatibility_date", "vars", "limits", "triggers"}
 SUPPORTED_LIMITS = {"cpu_ms"}
 MAX_CPU_MS = 300_000  # Workers' own ceiling for [limits] cpu_ms
 MAX_SCRIPT_BYTES = 10 * 1024 * 1024
@@ -47,6 +47,7 @@ class Project:
     vars: dict[str, Any] = field(default_factory=dict)
     cpu_ms: float = DEFAULT_CPU_MS
     warnings: list[str] = field(default_factory=list)
+    crons: list[str] = field(default_factory=list)  # [triggers] crons
 
     @property
     def watch_paths(self) -> list[Path]:
@@ -176,6 +177,20 @@ def _find_config(directory: Path) -> Path | None:
     return None
 
 
+def _crons(triggers: Any, config_path: Path | None) -> list[str]:
+    """``[triggers] crons``, each checked to be a cron expression (as wrangler's, five fields)."""
+    from croniter import croniter
+
+    if not isinstance(triggers, dict) or not isinstance(triggers.get("crons", []), list):
+        raise ConfigError(f"{config_path}: [triggers] crons must be a list of cron expressions")
+    crons = []
+    for expression in triggers.get("crons", []):
+        if not isinstance(expression, str) or len(expression.split()) != 5 or not croniter.is_valid(expression):
+            raise ConfigError(f"{config_path}: {expression!r} is not a cron expression like \"*/5 * * * *\"")
+        crons.append(expression)
+    return crons
+
+
 def load_project(target: str | Path) -> Project:
     """A project from a script file (looking for a config beside it) or a directory."""
     path = Path(target).resolve()
@@ -229,7 +244,10 @@ def load_project(target: str | Path) -> Project:
             raise ConfigError(f"{config_path}: limits.cpu_ms must be a number of milliseconds, 1 to {MAX_CPU_MS}")
         cpu_ms = float(value)
 
+    crons = _crons(config.get("triggers", {}), config_path)
+
     return Project(
+        crons=crons,
         script_path=script_path,
         config_path=config_path,
         name=name,

@@ -38,12 +38,27 @@ def _parse_var(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--var", "variables", multiple=True, metavar="KEY:VALUE", help="Add an environment variable.")
 @click.option("--no-watch", is_flag=True, help="Do not reload when files change.")
 @click.option("--admin-port", type=click.IntRange(0, 65535), default=None, help="Serve Prometheus /metrics here.")
-def dev(target: str, port: int, ip: str, variables: tuple[str, ...], no_watch: bool, admin_port: int | None) -> None:
+@click.option("--test-scheduled", is_flag=True, help="Run the scheduled() handler on GET /__scheduled?cron=….")
+def dev(
+    target: str,
+    port: int,
+    ip: str,
+    variables: tuple[str, ...],
+    no_watch: bool,
+    admin_port: int | None,
+    test_scheduled: bool,
+) -> None:
     """Serve a worker locally: a script file, or a directory with wrangler.toml."""
     from warren.server.dev import DevServer
 
     server = DevServer(
-        target, host=ip, port=port, extra_vars=_parse_var(variables), watch=not no_watch, admin_port=admin_port
+        target,
+        host=ip,
+        port=port,
+        extra_vars=_parse_var(variables),
+        watch=not no_watch,
+        admin_port=admin_port,
+        test_scheduled=test_scheduled,
     )
     try:
         import uvloop

@@ -82,6 +82,9 @@ class IncomingRequest:
     url: str
     headers: list[tuple[str, str]]
     body: BodySource | None = None
+    event: str = "fetch"  # or "scheduled", with the two fields below
+    cron: str = ""
+    scheduled_time: int = 0  # ms since the epoch
 
 
 @dataclass
@@ -233,13 +236,16 @@ class Worker:
     # --- invocations --------------------------------------------------------------
 
     def fetch(self, request: IncomingRequest, reply: Reply) -> None:
-        """Start an invocation of the fetch handler. Results arrive on ``reply``."""
+        """Start an invocation (fetch, or scheduled). Results arrive on ``reply``."""
         if self.broken:
             reply.error(503, RESTARTED)
             reply.done("canceled", 0.0, 0.0)
             return
         self.last_used = time.monotonic()
         self._invocations[request.request_id] = _Invocation(request, reply)
+        if request.event == "scheduled":
+            self._schedule(request.request_id, "scheduled", request.request_id, request.cron, request.scheduled_time)
+            return
         headers = json.dumps(request.headers)
         self._schedule(
             request.request_id,
@@ -313,11 +319,13 @@ class Worker:
     async def _terminated(self, request_id: int | None, exc: IsolateTerminated) -> None:
         outcome = "exceededCpu" if isinstance(exc, CpuLimitExceeded) else "exceededMemory"
         message = EXCEEDED_CPU if outcome == "exceededCpu" else EXCEEDED_MEMORY
-        self._log_sink("error", f"{self.script.name}: {message} The isolate was discarded.")
+        culprit = self._invocations.get(request_id) if request_id is not None else None
+        if culprit is None:  # outside any request (or it has ended): the worker's own log
+            self._log_sink("error", f"{message} The isolate was discarded.")
         self.broken = True
         for invocation in list(self._invocations.values()):
-            if invocation.request.request_id == request_id:
-                invocation.reply.log("error", message)
+            if invocation is culprit:
+                invocation.reply.log("error", f"{message} The isolate was discarded.")
                 self._fail_invocation(invocation, 503, message, outcome)
             else:
                 self._fail_invocation(invocation, 503, RESTARTED, "canceled")

@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
 
 from watchfiles import awatch
 
@@ -36,6 +38,7 @@ class DevServer:
         extra_vars: dict[str, str] | None = None,
         watch: bool = True,
         admin_port: int | None = None,
+        test_scheduled: bool = False,
         echo: Echo = _echo,
         echo_error: Echo = _echo_error,
     ) -> None:
@@ -50,6 +53,7 @@ class DevServer:
         self.supervisor = Supervisor(on_log=self._log, on_done=self._done)
         self.metrics = Metrics(self.supervisor)
         self.admin_port = admin_port
+        self.test_scheduled = test_scheduled
 
     def _log(self, script: str, level: str, message: str) -> None:
         line = f"[{script}] {level}: {message}" if level != "log" else f"[{script}] {message}"
@@ -58,6 +62,33 @@ class DevServer:
     def _done(self, name: str, exchange: Exchange, outcome: str, cpu_ms: float, wall_ms: float) -> None:
         self.metrics.observe(name, exchange, outcome, cpu_ms, wall_ms)
         self.echo(log_line(exchange, outcome, cpu_ms, wall_ms))
+
+    def _scheduled_endpoint(self, app: Any) -> Any:
+        """``/__scheduled?cron=…`` runs the worker's scheduled() handler, as ``wrangler dev --test-scheduled``."""
+
+        async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http" or scope["path"] != "/__scheduled" or self.project is None:
+                await app(scope, receive, send)
+                return
+            key = self.supervisor.deployments.get(self.project.name)
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            cron = query.get("cron", ["* * * * *"])[0]
+            if key is None:
+                status, text = 503, "The worker is not loaded."
+            else:
+                outcome = await self.supervisor.scheduled(key, cron, int(time.time() * 1000))
+                status, text = (200, "Ran scheduled event") if outcome == "ok" else (500, f"Scheduled event: {outcome}")
+            body = text.encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+        return endpoint
 
     def _read_project(self) -> Project:
         project = load_project(self.target)
@@ -111,7 +142,9 @@ class DevServer:
             await self._deploy(first=True)
             stop = asyncio.Event()
             watcher = asyncio.get_running_loop().create_task(self._watch(stop)) if self.watch else None
-            app = EdgeApp(self.supervisor, self._resolve)
+            app: Any = EdgeApp(self.supervisor, self._resolve)
+            if self.test_scheduled:
+                app = self._scheduled_endpoint(app)
             try:
                 listening = await listen(app, self.host, self.port)
             except OSError as exc:

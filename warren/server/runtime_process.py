@@ -335,7 +335,17 @@ class RuntimeServer:
             return
         reply.worker = worker
         headers = [(str(name), str(value)) for name, value in head["headers"]]
-        worker.fetch(IncomingRequest(stream, head["method"], head["url"], headers, body), reply)
+        request = IncomingRequest(
+            stream,
+            head["method"],
+            head["url"],
+            headers,
+            body,
+            event=str(head.get("event", "fetch")),
+            cron=str(head.get("cron", "")),
+            scheduled_time=int(head.get("scheduled_time", 0)),
+        )
+        worker.fetch(request, reply)
 
 
 async def _serve(

@@ -65,6 +65,7 @@ class Exchange:
         self.retried = False
         self.finished = False
         self.bytes_in = 0
+        self.completed = asyncio.Event()  # set once the runtime reports DONE (or the exchange is lost)
         # filled from the runtime's DONE: bytes_out, cold, memory (see runtime_process._FrameReply.done)
         self.metering: dict[str, Any] = {}
 
@@ -220,6 +221,7 @@ class RuntimeProcess:
             self.exchanges.pop(stream, None)
             exchange.finished = True
             exchange.metering = message
+            exchange.completed.set()
             self.supervisor.on_done(exchange.name, exchange, message["outcome"], message["cpu_ms"], message["wall_ms"])
 
     async def close_channel(self) -> None:
@@ -404,6 +406,24 @@ class Supervisor:
         process.start_exchange(exchange)
         return exchange
 
+    async def scheduled(self, key: str, cron: str, scheduled_time_ms: int) -> str:
+        """Run the version's scheduled() handler once; returns the outcome (ok, exception, …)."""
+        head = {
+            "key": key,
+            "method": "GET",
+            "url": "http://scheduled.invalid/",
+            "headers": [],
+            "has_body": False,
+            "event": "scheduled",
+            "cron": cron,
+            "scheduled_time": scheduled_time_ms,
+        }
+        exchange = Exchange(self.next_stream(), self.scripts[key].name, key, head)
+        process = await self._process_for(key)
+        process.start_exchange(exchange)
+        await exchange.completed.wait()
+        return str(exchange.metering.get("outcome", "exception"))
+
     async def process_died(self, dead: RuntimeProcess) -> None:
         returncode = dead.process.returncode if dead.process is not None else None
         await dead.close_channel()
@@ -449,7 +469,9 @@ class Supervisor:
                 else:
                     exchange.events.put_nowait(("abort",))
                 exchange.finished = True
-                outcome = "exception" if exchange.key in culprit_keys else "canceled"
+                exchange.metering = {"outcome": "exception" if exchange.key in culprit_keys else "canceled"}
+                exchange.completed.set()
+                outcome = exchange.metering["outcome"]
                 self.on_done(exchange.name, exchange, outcome, 0.0, 0.0)
                 continue
             exchange.retried = True

@@ -194,6 +194,7 @@
 
   // --- dispatch -------------------------------------------------------------------
   let fetchHandler = null;  // (request, ctx) -> Promise<Response>
+  let scheduledHandler = null;  // (controller, ctx) -> Promise
   function findHandler() {
     if (moduleExports !== null) {
       const entry = moduleExports.default;
@@ -229,15 +230,43 @@
     return null;
   }
 
-  function dispatchFetch(requestId, method, url, headersJSON, hasBody) {
-    const readBody = hasBody
-      ? () => opPromise("readBody", requestId).then((body) => (typeof body === "string" ? internals.latin1ToBytes(body) : body))
-      : null;
+  function findScheduledHandler() {
+    if (moduleExports !== null) {
+      const entry = moduleExports.default;
+      if (typeof entry === "function" && entry.prototype && typeof entry.prototype.scheduled === "function") {
+        return (controller, ctx) => new entry(ctx, env).scheduled(controller);
+      }
+      if (entry && typeof entry.scheduled === "function") {
+        return (controller, ctx) => entry.scheduled(controller, env, ctx);
+      }
+    }
+    const scheduledListeners = listeners.get("scheduled");
+    if (scheduledListeners && scheduledListeners.length) {
+      return (controller, ctx) => {
+        const event = {
+          type: "scheduled",
+          cron: controller.cron,
+          scheduledTime: controller.scheduledTime,
+          noRetry: () => controller.noRetry(),
+          waitUntil: (promise) => ctx.waitUntil(promise),
+        };
+        for (const listener of scheduledListeners) {
+          if (typeof listener === "function") listener.call(globalThis, event);
+          else listener.handleEvent(event);
+        }
+      };
+    }
+    return null;
+  }
+
+  // The ctx of one invocation; the host hears `done` once it has answered and
+  // every waitUntil promise has settled.
+  function invocation(requestId) {
     let waiting = 0;
-    let responded = false;
+    let answered = false;
     let finished = false;
     const finishIfIdle = () => {
-      if (responded && waiting === 0 && !finished) { finished = true; host.done(requestId); }
+      if (answered && waiting === 0 && !finished) { finished = true; host.done(requestId); }
     };
     const ctx = {
       waitUntil(promise) {
@@ -249,8 +278,37 @@
       passThroughOnException() {},
       props: {},
     };
+    return { ctx, answered: () => { answered = true; finishIfIdle(); } };
+  }
+
+  function failInvocation(requestId, error) {
+    const { name, message, stack } = describeError(error);
+    host.fail(requestId, name, message, stack || `${name}: ${message}`);
+  }
+
+  function dispatchScheduled(requestId, cron, scheduledTime) {
+    const { ctx, answered } = invocation(requestId);
     let result;
     try {
+      if (scheduledHandler === null) throw new Error("The worker has no scheduled() handler.");
+      const controller = { type: "scheduled", cron, scheduledTime, noRetry() {} };
+      result = Promise.resolve(scheduledHandler(controller, ctx));
+    } catch (error) {
+      result = Promise.reject(error);
+    }
+    result
+      .then(() => host.respond(requestId, 200, "", "[]", null, 0), (error) => failInvocation(requestId, error))
+      .finally(answered);
+  }
+
+  function dispatchFetch(requestId, method, url, headersJSON, hasBody) {
+    const readBody = hasBody
+      ? () => opPromise("readBody", requestId).then((body) => (typeof body === "string" ? internals.latin1ToBytes(body) : body))
+      : null;
+    const { ctx, answered } = invocation(requestId);
+    let result;
+    try {
+      if (fetchHandler === null) throw new Error("The worker has no fetch() handler.");
       const request = internals.requestFromHost(method, url, JSON.parse(headersJSON), readBody);
       result = Promise.resolve(fetchHandler(request, ctx));
     } catch (error) {
@@ -272,12 +330,9 @@
           host.respond(requestId, out.status, out.statusText || "", JSON.stringify(out.headers),
             length > INLINE_BODY || body === null ? null : internals.bytesToLatin1(body), length);
         },
-        (error) => {
-          const { name, message, stack } = describeError(error);
-          host.fail(requestId, name, message, stack || `${name}: ${message}`);
-        },
+        (error) => failInvocation(requestId, error),
       )
-      .finally(() => { responded = true; finishIfIdle(); });
+      .finally(answered);
   }
 
   // The vendored bundle needs TextEncoder/TextDecoder as it loads, so the host
@@ -299,6 +354,7 @@
     delete globalThis.__warrenVendor;
     defineGlobal("URL", vendor.URL);
     defineGlobal("URLSearchParams", vendor.URLSearchParams);
+    defineGlobal("URLPattern", vendor.URLPattern);
     const clone = vendor.structuredClone;
     defineGlobal("structuredClone", function structuredClone(value, options) {
       if (arguments.length === 0) throw new TypeError("structuredClone requires a value");
@@ -323,9 +379,10 @@
     delete globalThis.__warrenDefine;
     if (mainModule !== null) moduleExports = instantiate(mainModule);
     fetchHandler = findHandler();
-    if (fetchHandler === null) {
+    scheduledHandler = findScheduledHandler();
+    if (fetchHandler === null && scheduledHandler === null) {
       return moduleExports !== null
-        ? "The worker's default export has no fetch() handler."
+        ? "The worker's default export has no fetch() or scheduled() handler."
         : "No event handlers were registered. This script does nothing.";
     }
     return "";
@@ -391,6 +448,7 @@
       case "stash": return stash(a, b, c);
       case "pull": return pull(a, b, c);
       case "fetch": return dispatchFetch(a, b, c, d, e);
+      case "scheduled": return dispatchScheduled(a, b, c);
       case "init": return init();
       case "configure": return configure(a);
       case "linkVendor": return linkVendor();
