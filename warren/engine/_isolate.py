@@ -549,6 +549,13 @@ class Isolate:
         """Call an entry point with primitive arguments under a CPU budget."""
         return self._trampoline(cpu_budget_ms, "call", entry_point, len(args), *args)
 
+    def compact(self) -> None:
+        """Collect all garbage now (V8's low-memory notification): for an isolate gone idle."""
+        assert _api is not None
+        with self._entered():
+            _api.low_memory_notification(self._ptr)
+            self.memory_bytes = self._measure_memory()
+
     def terminate(self) -> None:
         """Stop whatever JavaScript is running now. Safe from any thread."""
         self._kill("terminated")

@@ -149,6 +149,7 @@ class Worker:
         self.broken = False
         self.cpu_seconds_total = 0.0
         self.last_used = time.monotonic()
+        self._compacted_at = -1.0
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -224,6 +225,15 @@ class Worker:
         async with self._turn:
             if self._isolate is not None:
                 await self._loop.run_in_executor(self._executor, self._discard_isolate)
+
+    async def compact(self) -> None:
+        """Shrink an idle isolate's heap (a full collection); a no-op once done until it runs again."""
+        if self._compacted_at == self.last_used or not self.idle or self._isolate is None:
+            return
+        async with self._turn:
+            if self._isolate is not None and not self.broken:
+                await self._loop.run_in_executor(self._executor, self._isolate.compact)
+                self._compacted_at = self.last_used
 
     @property
     def idle(self) -> bool:
