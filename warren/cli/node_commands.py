@@ -6,10 +6,12 @@ import asyncio
 import json
 import os
 from collections.abc import Coroutine
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from warren.store import Store
 
 DEFAULT_STORE = "warren.db"
 
@@ -29,9 +31,27 @@ def _store_option(function: Any) -> Any:
         "store_path",
         default=DEFAULT_STORE,
         show_default=True,
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="SQLite file shared by `warren control` and `warren serve` on this machine.",
+        help="SQLite file shared by `warren control` and `warren serve` on this machine, or nats://HOST:PORT "
+        "for NATS JetStream shared by many machines (needs $WARREN_SECRETS_KEY).",
     )(function)
+
+
+def _store(url: str) -> Store:
+    """The store ``--store`` names (not yet open); a bad URL or a missing secrets key is a usage error."""
+    from warren.store.nats import SecretsKeyError
+    from warren.store.open import open_store
+
+    try:
+        return open_store(url)
+    except (ValueError, SecretsKeyError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _open(store: Store) -> None:
+    try:
+        await store.open()
+    except ConnectionError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command()
@@ -66,7 +86,7 @@ def _store_option(function: Any) -> Any:
     help="An account whose scripts may ask for trust_level 'trusted' (repeatable).",
 )
 def serve(
-    store_path: Path,
+    store_path: str,
     port: int,
     ip: str,
     workers_domain: str,
@@ -77,11 +97,11 @@ def serve(
 ) -> None:
     """Run an edge node: serve what the control plane has deployed, following changes live."""
     from warren.server.serve import serve as serve_edge
-    from warren.store import SQLiteStore
+
+    store = _store(store_path)
 
     async def main() -> int:
-        store = SQLiteStore(str(store_path))
-        await store.open()
+        await _open(store)
         try:
             return await serve_edge(
                 store, ip, port, workers_domain, control_port, admin_port, processes, frozenset(trusted_accounts)
@@ -97,21 +117,22 @@ def serve(
 @click.option("--port", default=8788, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--ip", default="127.0.0.1", show_default=True)
 @click.pass_context
-def control(context: click.Context, store_path: Path, port: int, ip: str) -> None:
+def control(context: click.Context, store_path: str, port: int, ip: str) -> None:
     """Run the control-plane API (or manage it: `warren control account create NAME`)."""
     context.obj = store_path
     if context.invoked_subcommand is not None:
         return
     from warren.control import create_app
     from warren.server.app import listen
-    from warren.store import SQLiteStore
+    from warren.store.open import describe
+
+    store = _store(store_path)
 
     async def main() -> int:
-        store = SQLiteStore(str(store_path))
-        await store.open()
+        await _open(store)
         try:
             listening = await listen(create_app(store, manage_store=False), ip, port)
-            click.echo(f"Ready on http://{ip}:{listening.port} (control-plane API, store {store_path})")
+            click.echo(f"Ready on http://{ip}:{listening.port} (control-plane API, store {describe(store_path)})")
             await listening.task
             return 0
         finally:
@@ -129,14 +150,14 @@ def account() -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def account_create(store_path: Path, name: str, as_json: bool) -> None:
+def account_create(store_path: str, name: str, as_json: bool) -> None:
     """Create an account and its first API token (shown once)."""
     from warren.control import create_account_with_token
-    from warren.store import SQLiteStore
+
+    store = _store(store_path)
 
     async def main() -> tuple[Any, str]:
-        store = SQLiteStore(str(store_path))
-        await store.open()
+        await _open(store)
         try:
             return await create_account_with_token(store, name)
         finally:

@@ -1,7 +1,7 @@
 """``warren serve``: an edge node serving what the control plane has deployed.
 
 It reads the store's ``EdgeState`` at start and again whenever the store's
-revision moves (polled), turns each deployed version into a ``WorkerScript``,
+revision moves (``Store.wait_for_change``), turns each deployed version into a ``WorkerScript``,
 loads new versions into the supervisor *before* switching traffic to them (so
 no request fails during a deploy), and retires versions no longer deployed,
 whose isolates go once their in-flight requests finish.
