@@ -15,6 +15,7 @@ def test_exported_names() -> None:
         "MemoryLimitExceeded",
         "ScriptError",
         "configure",
+        "set_abort_hook",
     ]
     assert sorted(warren.runtime.__all__) == [
         "Compiler",

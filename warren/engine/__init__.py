@@ -19,6 +19,7 @@ from warren.engine._isolate import (
     MemoryLimitExceeded,
     ScriptError,
     configure,
+    set_abort_hook,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "MemoryLimitExceeded",
     "ScriptError",
     "configure",
+    "set_abort_hook",
 ]

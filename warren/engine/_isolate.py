@@ -143,6 +143,8 @@ class _BindingError(Exception):
         return str(self.impl)
 
 
+_OOMErrorCallback = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_void_p)
+
 _NearHeapLimitCallback = ctypes.CFUNCTYPE(
     ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t
 )
@@ -164,6 +166,8 @@ class _V8Api:
         self.add_near_heap_limit.argtypes = [ctypes.c_void_p, _NearHeapLimitCallback, ctypes.c_void_p]
         self.low_memory_notification = lib._ZN2v87Isolate21LowMemoryNotificationEv
         self.low_memory_notification.argtypes = [ctypes.c_void_p]
+        self.set_oom_handler = lib._ZN2v87Isolate18SetOOMErrorHandlerEPFvPKcRKNS_10OOMDetailsEE
+        self.set_oom_handler.argtypes = [ctypes.c_void_p, _OOMErrorCallback]
         self.heap_statistics = lib._ZN2v87Isolate17GetHeapStatisticsEPNS_14HeapStatisticsE
         self.heap_statistics.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 
@@ -188,6 +192,31 @@ def _on_near_heap_limit(data: int, current_limit: int, initial_limit: int) -> in
 
 # Kept at module level: V8 holds the pointer for as long as any isolate lives.
 _near_heap_limit = _NearHeapLimitCallback(_on_near_heap_limit)
+
+_fatal_hook: Callable[[], None] | None = None
+
+
+def set_abort_hook(hook: Callable[[], None] | None) -> None:
+    """Call ``hook`` on the thread whose isolate is about to abort the process (out of memory).
+
+    The process dies right after; the hook has a moment to record which
+    thread it was (a neighbour running JavaScript at the same time is innocent).
+    """
+    global _fatal_hook
+    _fatal_hook = hook
+
+
+def _on_oom(location: bytes | None, details: int | None) -> None:
+    hook = _fatal_hook
+    if hook is not None:
+        try:
+            hook()
+        except Exception:
+            pass
+    print(f"warren: V8 out of memory in {location.decode(errors='replace') if location else '?'}", file=sys.stderr)
+
+
+_oom_error = _OOMErrorCallback(_on_oom)
 
 
 # --- CPU watchdog -------------------------------------------------------------
@@ -395,6 +424,7 @@ class Isolate:
             self._ctx.enter()
             _isolates_by_pointer[self._ptr] = self
             _api.add_near_heap_limit(self._ptr, _near_heap_limit, self._ptr)
+            _api.set_oom_handler(self._ptr, _oom_error)
             # Takes only primitives and a Python function: stpyv8 keeps a
             # process-wide cache of JS objects handed back into V8, keyed by
             # address, which goes stale when an isolate is disposed.

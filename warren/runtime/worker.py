@@ -496,7 +496,10 @@ class Worker:
         self._invocations.pop(request_id, None)
         self._log_bytes.pop(request_id, None)
         # As on Workers, timers of a finished invocation never fire.
-        self._cancel_ops(lambda op_id: self._ops[op_id].request_id == request_id)
+        cancelled = self._cancel_ops(lambda op_id: self._ops[op_id].request_id == request_id)
+        if cancelled and not self.broken:
+            # The isolate still holds their callbacks (a timer's closure, say): let it drop them.
+            self._schedule(None, "forget", json.dumps(cancelled), charged=False)
         wall_ms = (time.monotonic() - invocation.started) * 1000.0
         invocation.reply.done(invocation.outcome, invocation.cpu_seconds * 1000.0, wall_ms)
         self.last_used = time.monotonic()
@@ -541,12 +544,14 @@ class Worker:
         self._live_ops -= 1
         self._schedule(op.request_id, "complete", op_id, ok, value)
 
-    def _cancel_ops(self, which: Callable[[int], bool]) -> None:
-        for op_id in [op_id for op_id in self._ops if which(op_id)]:
+    def _cancel_ops(self, which: Callable[[int], bool]) -> list[int]:
+        cancelled = [op_id for op_id in self._ops if which(op_id)]
+        for op_id in cancelled:
             op = self._ops.pop(op_id)
             self._live_ops -= 1
             if op.handle is not None:
                 op.handle.cancel()
+        return cancelled
 
 
 _FORBIDDEN_IN_HEADERS = re.compile(r"[\r\n\0]")

@@ -22,14 +22,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from warren.engine import configure
+from warren.engine import configure, set_abort_hook
 from warren.runtime import Compiler, IncomingRequest, ScriptLoadError, Worker, WorkerScript
 from warren.runtime.pool import DEFAULT_POOL_SIZE, IsolatePool
 from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
 
 ACTIVITY_SLOTS = 16
 ACTIVITY_SLOT_SIZE = 128
-_ID = 8  # bytes of request id at the start of a slot; the worker key follows
+# A slot: one flag byte ("!" on the thread whose isolate aborted the process),
+# 8 bytes of request id, then the worker key.
+_FLAG = 1
+_ID = 8
+_ABORTING = b"!"
 
 
 class ActivityBoard:
@@ -60,25 +64,39 @@ class ActivityBoard:
         if key is None:
             self._map[offset : offset + ACTIVITY_SLOT_SIZE] = bytes(ACTIVITY_SLOT_SIZE)
             return
-        encoded = key.encode()[: ACTIVITY_SLOT_SIZE - _ID]
-        record = (request_id or 0).to_bytes(_ID, "big") + encoded
+        encoded = key.encode()[: ACTIVITY_SLOT_SIZE - _FLAG - _ID]
+        record = b"\0" + (request_id or 0).to_bytes(_ID, "big") + encoded
         self._map[offset : offset + ACTIVITY_SLOT_SIZE] = record.ljust(ACTIVITY_SLOT_SIZE, b"\0")
+
+    def mark_aborting(self) -> None:
+        """Called on the thread whose isolate is aborting the process: it, not its neighbours, is the cause."""
+        offset = self._slot_offset()
+        self._map[offset : offset + _FLAG] = _ABORTING
 
 
 def read_activity(path: str) -> list[tuple[str, int]]:
-    """(worker key, request id) of every JS thread that was running, from the board file."""
+    """(worker key, request id) of the JS threads that caused a crash, from the board file.
+
+    The thread whose isolate aborted the process marks itself; if one did, it
+    alone is named. Otherwise (a crash V8 did not report) every thread that was
+    running JavaScript is.
+    """
     try:
         with open(path, "rb") as file:
             data = file.read(ACTIVITY_SLOTS * ACTIVITY_SLOT_SIZE)
     except OSError:
         return []
     running = []
+    aborting = []
     for offset in range(0, len(data), ACTIVITY_SLOT_SIZE):
         slot = data[offset : offset + ACTIVITY_SLOT_SIZE]
-        key = slot[_ID:].rstrip(b"\0").decode(errors="replace")
+        key = slot[_FLAG + _ID :].rstrip(b"\0").decode(errors="replace")
         if key:
-            running.append((key, int.from_bytes(slot[:_ID], "big")))
-    return running
+            entry = (key, int.from_bytes(slot[_FLAG : _FLAG + _ID], "big"))
+            running.append(entry)
+            if slot[:_FLAG] == _ABORTING:
+                aborting.append(entry)
+    return aborting or running
 
 
 class _RequestBody:
@@ -360,6 +378,8 @@ async def _serve(
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     board = ActivityBoard(slots) if slots else None
+    if board is not None:
+        set_abort_hook(board.mark_aborting)
     server = RuntimeServer(writer, board, js_threads, pool_size)
     eviction = asyncio.get_running_loop().create_task(server.evict_forever(idle_timeout, memory_budget))
     while True:

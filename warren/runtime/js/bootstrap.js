@@ -98,6 +98,14 @@
     schedule(id, callback, delay, args, repeat);
     return id;
   }
+  // The host cancelled these operations (their invocation ended): drop what
+  // waits on them, or a long-lived isolate would keep every timer's closure.
+  function forget(opIdsJSON) {
+    const gone = new Set(JSON.parse(opIdsJSON));
+    for (const opId of gone) pendingOps.delete(opId);
+    for (const [timerId, opId] of timers) if (gone.has(opId)) timers.delete(timerId);
+  }
+
   function clearTimer(id) {
     const opId = timers.get(id);
     if (opId === undefined) return;
@@ -449,6 +457,7 @@
       case "pull": return pull(a, b, c);
       case "fetch": return dispatchFetch(a, b, c, d, e);
       case "scheduled": return dispatchScheduled(a, b, c);
+      case "forget": return forget(a);
       case "init": return init();
       case "configure": return configure(a);
       case "linkVendor": return linkVendor();
