@@ -158,7 +158,6 @@ from warren.store.model import (
     ScriptInfo,
     Token,
     Version,
-    content_hash,
     now,
 )
 from warren.store.routes import parse_route
@@ -848,17 +847,9 @@ class NATSStore:
         message: str,
         deploy: bool,
     ) -> tuple[Version, Deployment | None]:
-        script = validation.script_name(script)
-        checked = validation.modules(main_module, modules)
-        compatibility_date = validation.compatibility_date(compatibility_date)
-        binding_list = validation.bindings(bindings)
-        limit_map = validation.limits(limits)
-        message = validation.message(message)
-        blobs = {name: (media, data, hashlib.sha256(data).hexdigest()) for name, (media, data) in checked.items()}
-        refs = tuple(
-            ModuleRef(name=name, content_type=media, sha256=digest, size=len(data))
-            for name, (media, data, digest) in sorted(blobs.items())
-        )
+        upload = validation.upload(script, main_module, modules, compatibility_date, bindings, limits, message)
+        script, compatibility_date, message = upload.script, upload.compatibility_date, upload.message
+        binding_list, limit_map, blobs, refs = upload.bindings, upload.limits, upload.blobs, upload.refs
         created_on = now()
         version = Version(
             id=str(uuid.uuid4()),
@@ -870,7 +861,7 @@ class NATSStore:
             compatibility_date=compatibility_date,
             bindings=binding_list,
             limits=limit_map,
-            content_hash=content_hash(main_module, refs, compatibility_date, binding_list, limit_map),
+            content_hash=upload.content_hash,
             created_on=created_on,
             author_token_id=author_token_id,
             message=message,

@@ -35,7 +35,6 @@ from warren.store.model import (
     ScriptInfo,
     Token,
     Version,
-    content_hash,
     now,
 )
 from warren.store.routes import parse_route
@@ -274,18 +273,10 @@ class SQLiteStore:
         deploy: bool,
     ) -> tuple[Version, Deployment | None]:
         # Everything that needs no database is checked (and hashed) before the lock is taken.
-        script = validation.script_name(script)
-        checked = validation.modules(main_module, modules)
-        compatibility_date = validation.compatibility_date(compatibility_date)
-        binding_list = validation.bindings(bindings)
-        limit_map = validation.limits(limits)
-        message = validation.message(message)
-        blobs = {name: (media, data, hashlib.sha256(data).hexdigest()) for name, (media, data) in checked.items()}
-        refs = tuple(
-            ModuleRef(name=name, content_type=media, sha256=digest, size=len(data))
-            for name, (media, data, digest) in sorted(blobs.items())
-        )
-        digest = content_hash(main_module, refs, compatibility_date, binding_list, limit_map)
+        upload = validation.upload(script, main_module, modules, compatibility_date, bindings, limits, message)
+        script, compatibility_date, message = upload.script, upload.compatibility_date, upload.message
+        binding_list, limit_map, blobs, refs = upload.bindings, upload.limits, upload.blobs, upload.refs
+        digest = upload.content_hash
         created_on = now()
 
         def write(conn: sqlite3.Connection) -> tuple[Version, Deployment | None]:

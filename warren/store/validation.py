@@ -6,13 +6,15 @@ with a message fit for the client. Pure functions: no storage, no HTTP.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from warren.store.errors import InvalidInput
-from warren.store.model import canonical_json
+from warren.store.model import ModuleRef, canonical_json, content_hash
 
 MAX_SCRIPT_BYTES = 10 * 1024 * 1024  # all modules of a version together, as `warren dev`'s limit
 MAX_CPU_MS = 300_000
@@ -236,3 +238,48 @@ def split(versions: object) -> tuple[tuple[str, int], ...]:
     if sum(share for _, share in result) != 100:
         raise InvalidInput("the percentages of a deployment must add up to 100")
     return tuple(result)
+
+
+@dataclass(frozen=True)
+class CheckedUpload:
+    """An upload checked and hashed, before any store is touched: what every store writes."""
+
+    script: str
+    compatibility_date: str
+    bindings: tuple[dict[str, Any], ...]
+    limits: dict[str, Any]
+    message: str
+    blobs: dict[str, tuple[str, bytes, str]]  # module name -> (content type, bytes, sha256)
+    refs: tuple[ModuleRef, ...]
+    content_hash: str
+
+
+def upload(
+    script: str,
+    main_module: str,
+    modules_in: dict[str, tuple[str, bytes]],
+    compatibility_date_in: str,
+    bindings_in: Sequence[dict[str, Any]],
+    limits_in: dict[str, Any],
+    message_in: str,
+) -> CheckedUpload:
+    """Check every part of an upload (raises InvalidInput) and hash its modules and manifest."""
+    checked = modules(main_module, modules_in)
+    date_text = compatibility_date(compatibility_date_in)
+    binding_list = bindings(bindings_in)
+    limit_map = limits(limits_in)
+    blobs = {name: (media, data, hashlib.sha256(data).hexdigest()) for name, (media, data) in checked.items()}
+    refs = tuple(
+        ModuleRef(name=name, content_type=media, sha256=digest, size=len(data))
+        for name, (media, data, digest) in sorted(blobs.items())
+    )
+    return CheckedUpload(
+        script=script_name(script),
+        compatibility_date=date_text,
+        bindings=binding_list,
+        limits=limit_map,
+        message=message(message_in),
+        blobs=blobs,
+        refs=refs,
+        content_hash=content_hash(main_module, refs, date_text, binding_list, limit_map),
+    )
