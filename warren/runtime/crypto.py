@@ -258,6 +258,19 @@ def _load_pkcs8(data: bytes) -> Any:
         raise _data("Invalid PKCS#8 data") from None
 
 
+def _load_der(fmt: str, data: bytes, public_cls: Any, private_cls: Any, what: str) -> tuple[str, Any]:
+    """A DER key, spki (public) or pkcs8 (private), that must be of the algorithm's classes."""
+    if fmt == "spki":
+        obj = _load_spki(data)
+        if not isinstance(obj, public_cls):
+            raise _data(f"The SPKI data is not an {what} public key")
+        return "public", obj
+    obj = _load_pkcs8(data)
+    if not isinstance(obj, private_cls):
+        raise _data(f"The PKCS#8 data is not an {what} private key")
+    return "private", obj
+
+
 def _jwk_checks(jwk: dict[str, Any], kty: str, usages: tuple[str, ...], extractable: bool, use: str) -> None:
     if jwk.get("kty") != kty:
         raise _data(f"The JWK 'kty' member must be {kty!r}")
@@ -604,18 +617,10 @@ class Rsa(Algorithm):
     ) -> Key:
         hash_name = _hash_name(alg)
         obj: Any
-        if fmt == "spki":
-            _check_usages(usages, self.public_usages, self.name)
-            obj = _load_spki(data)
-            if not isinstance(obj, rsa.RSAPublicKey):
-                raise _data("The SPKI data is not an RSA public key")
-            return self._key("public", obj, hash_name, extractable, usages)
-        if fmt == "pkcs8":
-            _check_usages(usages, self.private_usages, self.name)
-            obj = _load_pkcs8(data)
-            if not isinstance(obj, rsa.RSAPrivateKey):
-                raise _data("The PKCS#8 data is not an RSA private key")
-            return self._key("private", obj, hash_name, extractable, usages)
+        if fmt in ("spki", "pkcs8"):
+            _check_usages(usages, self.public_usages if fmt == "spki" else self.private_usages, self.name)
+            type_, obj = _load_der(fmt, data, rsa.RSAPublicKey, rsa.RSAPrivateKey, "RSA")
+            return self._key(type_, obj, hash_name, extractable, usages)
         if fmt != "jwk":
             raise _not_supported(f"{self.name} keys cannot be imported as {fmt}")
         assert jwk is not None
@@ -764,18 +769,10 @@ class Ec(Algorithm):
             except ValueError:
                 raise _data(f"Invalid {curve} point") from None
             return self._key("public", obj, curve, extractable, usages)
-        if fmt == "spki":
-            _check_usages(usages, self.public_usages, self.name)
-            obj = _load_spki(data)
-            if not isinstance(obj, ec.EllipticCurvePublicKey):
-                raise _data("The SPKI data is not an EC public key")
-            return self._key("public", obj, curve, extractable, usages)
-        if fmt == "pkcs8":
-            _check_usages(usages, self.private_usages, self.name)
-            obj = _load_pkcs8(data)
-            if not isinstance(obj, ec.EllipticCurvePrivateKey):
-                raise _data("The PKCS#8 data is not an EC private key")
-            return self._key("private", obj, curve, extractable, usages)
+        if fmt in ("spki", "pkcs8"):
+            _check_usages(usages, self.public_usages if fmt == "spki" else self.private_usages, self.name)
+            type_, obj = _load_der(fmt, data, ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey, "EC")
+            return self._key(type_, obj, curve, extractable, usages)
         if fmt != "jwk":
             raise _not_supported(f"{self.name} keys cannot be imported as {fmt}")
         assert jwk is not None
@@ -921,18 +918,10 @@ class Okp(Algorithm):
             except ValueError:
                 raise _data(f"Invalid {self.crv} public key") from None
             return self._key("public", obj, alg, extractable, usages)
-        if fmt == "spki":
-            _check_usages(usages, self.public_usages, self.name)
-            obj = _load_spki(data)
-            if not isinstance(obj, self.public_cls):
-                raise _data(f"The SPKI data is not an {self.crv} public key")
-            return self._key("public", obj, alg, extractable, usages)
-        if fmt == "pkcs8":
-            _check_usages(usages, self.private_usages, self.name)
-            obj = _load_pkcs8(data)
-            if not isinstance(obj, self.private_cls):
-                raise _data(f"The PKCS#8 data is not an {self.crv} private key")
-            return self._key("private", obj, alg, extractable, usages)
+        if fmt in ("spki", "pkcs8"):
+            _check_usages(usages, self.public_usages if fmt == "spki" else self.private_usages, self.name)
+            type_, obj = _load_der(fmt, data, self.public_cls, self.private_cls, self.crv)
+            return self._key(type_, obj, alg, extractable, usages)
         if fmt != "jwk":
             raise _not_supported(f"{self.name} keys cannot be imported as {fmt}")
         assert jwk is not None

@@ -275,6 +275,14 @@ globalThis.__warrenCrypto = function install(global, internals, hostCrypto) {
     if (!subtles.has(self)) throw new TypeError("Illegal invocation");
   }
 
+  // encrypt, decrypt, sign: an algorithm, a key and some bytes in, bytes out.
+  function keyedBytes(operation, algorithm, key, data) {
+    const handle = handleOf(key, "key");
+    const bytes = bytesOf(data, "data");
+    const normalized = normalize(algorithm, operation);
+    return toArrayBuffer(call(operation, { algorithm: normalized, key: handle }, bytes).bytes);
+  }
+
   class SubtleCrypto {
     constructor() {
       throw new TypeError("Illegal constructor");
@@ -291,28 +299,19 @@ globalThis.__warrenCrypto = function install(global, internals, hostCrypto) {
     async encrypt(algorithm, key, data) {
       checkSubtle(this);
       requireArgs(arguments.length, 3, "encrypt");
-      const handle = handleOf(key, "key");
-      const bytes = bytesOf(data, "data");
-      const normalized = normalize(algorithm, "encrypt");
-      return toArrayBuffer(call("encrypt", { algorithm: normalized, key: handle }, bytes).bytes);
+      return keyedBytes("encrypt", algorithm, key, data);
     }
 
     async decrypt(algorithm, key, data) {
       checkSubtle(this);
       requireArgs(arguments.length, 3, "decrypt");
-      const handle = handleOf(key, "key");
-      const bytes = bytesOf(data, "data");
-      const normalized = normalize(algorithm, "decrypt");
-      return toArrayBuffer(call("decrypt", { algorithm: normalized, key: handle }, bytes).bytes);
+      return keyedBytes("decrypt", algorithm, key, data);
     }
 
     async sign(algorithm, key, data) {
       checkSubtle(this);
       requireArgs(arguments.length, 3, "sign");
-      const handle = handleOf(key, "key");
-      const bytes = bytesOf(data, "data");
-      const normalized = normalize(algorithm, "sign");
-      return toArrayBuffer(call("sign", { algorithm: normalized, key: handle }, bytes).bytes);
+      return keyedBytes("sign", algorithm, key, data);
     }
 
     async verify(algorithm, key, signature, data) {
