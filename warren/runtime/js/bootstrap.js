@@ -363,6 +363,9 @@
     defineGlobal("URL", vendor.URL);
     defineGlobal("URLSearchParams", vendor.URLSearchParams);
     defineGlobal("URLPattern", vendor.URLPattern);
+    for (const [name, value] of Object.entries(vendor.streams)) defineGlobal(name, value);
+    internals.streams = vendor.streams;
+    internals.compression = vendor.compression;
     const clone = vendor.structuredClone;
     defineGlobal("structuredClone", function structuredClone(value, options) {
       if (arguments.length === 0) throw new TypeError("structuredClone requires a value");
