@@ -351,6 +351,9 @@
     installWebAPIs(globalThis, internals);
     installCrypto(globalThis, internals, (operation, args, data) => host.crypto(operation, args, data));
     internals.reportError = (error) => reportException(error, "microtask");
+    // For runtime JavaScript (AbortSignal.timeout, ...): immune to tenants replacing the globals.
+    internals.setTimeout = (callback, delay) => setTimer(callback, delay, [], false);
+    internals.clearTimeout = (id) => clearTimer(id);
   }
 
   function configure(configJSON) {
