@@ -2,6 +2,10 @@
 ``wrangler.toml`` / ``wrangler.json`` / ``wrangler.jsonc``.
 
 Only turns files into a ``WorkerScript``; knows nothing of servers or isolates.
+Which type a module file has follows wrangler's module rules (``[[rules]]``
+before the defaults, with its ``fallthrough`` semantics); service-worker
+scripts get their ``[wasm_modules]``, ``[text_blobs]`` and ``[data_blobs]`` as
+globals (``WorkerScript.module_globals``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import json5
@@ -19,21 +23,141 @@ from warren.runtime import Module, WorkerScript
 from warren.runtime.script import DEFAULT_CPU_MS, DEFAULT_MEMORY_MB
 
 CONFIG_NAMES = ("wrangler.toml", "wrangler.json", "wrangler.jsonc")
-SUPPORTED_KEYS = {"name", "main", "compatibility_date", "vars", "limits", "triggers"}
+SUPPORTED_KEYS = {
+    "name", "main", "compatibility_date", "vars", "limits", "triggers",
+    "rules", "wasm_modules", "text_blobs", "data_blobs",
+}
 SUPPORTED_LIMITS = {"cpu_ms"}
 MAX_CPU_MS = 300_000  # Workers' own ceiling for [limits] cpu_ms
 MAX_SCRIPT_BYTES = 10 * 1024 * 1024
-# wrangler's default module rules: file suffix -> the runtime's module kind
-MODULE_RULES = {".js": "esm", ".mjs": "esm", ".json": "json", ".txt": "text", ".html": "text", ".wasm": "wasm"}
+# wrangler's rule types -> the runtime's module kinds
+RULE_TYPES = {"ESModule": "esm", "CommonJS": "commonjs", "Text": "text", "Data": "data", "CompiledWasm": "wasm"}
+# Service-worker globals: config table -> module kind
+BLOB_TABLES = {"wasm_modules": "wasm", "text_blobs": "text", "data_blobs": "data"}
+# What JavaScript and JSON files are when no rule says otherwise (wrangler's
+# bundler takes them in; warren runs them as modules of their own).
+BUILTIN_KINDS = {".js": "esm", ".mjs": "esm", ".cjs": "commonjs", ".json": "json"}
 # what the runtime treats as module syntax: a line starting with import/export
 _MODULE_SYNTAX = re.compile(r"^[ \t]*(?:import[\s{*'\"]|export[\s{*])", re.M)
 # a relative specifier after `from` (import/export … from) or `import` (side effect, dynamic import())
 _RELATIVE_IMPORT = re.compile(r"""(?:\bfrom|\bimport)\s*\(?\s*(["'])(\.\.?/[^"'\n]+)\1""")
+_RELATIVE_REQUIRE = re.compile(r"""\brequire\s*\(\s*(["'])(\.\.?/[^"'\n]+)\1\s*\)""")
+# wrangler's spelling for "this .wasm file as a WebAssembly.Module" (its default rules match it)
+_WASM_MODULE_SUFFIX = "?module"
 _LINE_COMMENT = re.compile(r"^[ \t]*//.*$", re.M)  # whole-line comments only: `//` in strings is common
 
 
 class ConfigError(Exception):
     """The project cannot be read; the message says which file and why."""
+
+
+def _glob_pattern(glob: str) -> re.Pattern[str]:
+    """A wrangler glob as a regular expression on a module's path: ``**/`` is any
+    number of directories, ``*`` any run of characters but ``/``, ``{a,b}`` either."""
+    glob = glob.removeprefix("./")
+    out: list[str] = []
+    depth = 0
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+            continue
+        char = glob[i]
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 1
+        elif char == "*":
+            out.append("[^/]*")
+        elif char == "{":
+            out.append("(?:")
+            depth += 1
+        elif char == "}" and depth:
+            out.append(")")
+            depth -= 1
+        elif char == "," and depth:
+            out.append("|")
+        else:
+            out.append(re.escape(char))
+        i += 1
+    if depth:
+        raise ValueError("unbalanced '{'")
+    return re.compile("".join(out))
+
+
+@dataclass(frozen=True)
+class ModuleRule:
+    """One of wrangler's ``[[rules]]``: files matching ``globs`` are modules of ``type``."""
+
+    type: str  # a key of RULE_TYPES
+    globs: tuple[str, ...]
+    fallthrough: bool | None = None
+    patterns: tuple[re.Pattern[str], ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Raises ValueError for a malformed glob."""
+        object.__setattr__(self, "patterns", tuple(_glob_pattern(glob) for glob in self.globs))
+
+    def matches(self, name: str) -> bool:
+        return any(pattern.fullmatch(name) for pattern in self.patterns)
+
+    def describe(self) -> str:
+        return f"{{type = {self.type!r}, globs = {list(self.globs)!r}}}"
+
+
+DEFAULT_RULES = (
+    ModuleRule("Text", ("**/*.txt", "**/*.html", "**/*.sql")),
+    ModuleRule("Data", ("**/*.bin",)),
+    ModuleRule("CompiledWasm", ("**/*.wasm", "**/*.wasm?module")),
+)
+
+
+@dataclass(frozen=True)
+class ModuleRules:
+    """The project's rules followed by wrangler's defaults, as wrangler combines them.
+
+    A rule without ``fallthrough = true`` is the last of its type: later rules of
+    that type (defaults included) are removed, and a module only they would
+    match is an error, not silently another type.
+    """
+
+    rules: tuple[ModuleRule, ...] = DEFAULT_RULES
+    removed: tuple[ModuleRule, ...] = ()
+
+    @classmethod
+    def combine(cls, user_rules: tuple[ModuleRule, ...], warn: Callable[[str], None] | None = None) -> ModuleRules:
+        active: list[ModuleRule] = []
+        removed: list[ModuleRule] = []
+        closed_by: dict[str, ModuleRule] = {}
+        for rule in (*user_rules, *DEFAULT_RULES):
+            closer = closed_by.get(rule.type)
+            if closer is not None:
+                removed.append(rule)
+                if closer.fallthrough is None and warn is not None:
+                    default = " (a default rule)" if rule in DEFAULT_RULES else ""
+                    warn(
+                        f"the module rule {closer.describe()} has no `fallthrough = true`, so "
+                        f"{rule.describe()}{default} is ignored; add `fallthrough = true` to use both, "
+                        "or `fallthrough = false` to silence this warning"
+                    )
+                continue
+            active.append(rule)
+            if rule.fallthrough is not True:
+                closed_by[rule.type] = rule
+        return cls(tuple(active), tuple(removed))
+
+    def kind_of(self, name: str) -> str | None:
+        """The module kind of the file ``name`` (relative path), or None if nothing matches it."""
+        for rule in self.rules:
+            if rule.matches(name):
+                return RULE_TYPES[rule.type]
+        for rule in self.removed:
+            if rule.matches(name):
+                raise ConfigError(
+                    f"{name} matches the module rule {rule.describe()}, which is ignored because an "
+                    f"earlier rule of type {rule.type!r} has no `fallthrough = true`"
+                )
+        return BUILTIN_KINDS.get(PurePosixPath(name).suffix)
 
 
 @dataclass
@@ -48,23 +172,67 @@ class Project:
     cpu_ms: float = DEFAULT_CPU_MS
     warnings: list[str] = field(default_factory=list)
     crons: list[str] = field(default_factory=list)  # [triggers] crons
+    rules: ModuleRules = field(default_factory=ModuleRules)
+    # [wasm_modules], [text_blobs], [data_blobs]: global name -> (module kind, file)
+    blobs: dict[str, tuple[str, Path]] = field(default_factory=dict)
 
     @property
     def watch_paths(self) -> list[Path]:
-        """What to watch for changes: the script's directory and the config file."""
+        """What to watch for changes: the script's directory, the config file and blobs elsewhere."""
         paths = [self.script_path.parent]
         if self.config_path is not None and self.config_path.parent != self.script_path.parent:
             paths.append(self.config_path)
+        for _, path in self.blobs.values():
+            if not path.is_relative_to(self.script_path.parent) and path not in paths:
+                paths.append(path)
         return paths
+
+    def modules(self, warn: Callable[[str], None] | None = None) -> list[ModuleFile]:
+        """The entry, then every other module: what it imports, or for a service-worker
+        script its blobs (each named by its path relative to the config's directory)."""
+        files = collect_modules(self.script_path, warn, self.rules)
+        if not self.blobs:
+            return files
+        if files[0].kind != "script":
+            tables = ", ".join(f"[{table}]" for table in BLOB_TABLES)
+            raise ConfigError(
+                f"{files[0].name} is an ES module: {tables} are for service-worker scripts; "
+                "import the files from the module instead (import mod from \"./x.wasm\")"
+            )
+        base = self.config_path.parent if self.config_path is not None else self.script_path.parent
+        total = len(files[0].data)
+        by_name: dict[str, ModuleFile] = {}
+        for kind, path in self.blobs.values():
+            name = path.relative_to(base).as_posix()
+            existing = by_name.get(name)
+            if existing is not None:
+                if existing.kind != kind:
+                    raise ConfigError(f"{name} is bound as both {existing.kind} and {kind}")
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+            total += len(data)
+            if total > MAX_SCRIPT_BYTES:
+                raise ConfigError(f"the worker is {total} bytes or more; the limit is {MAX_SCRIPT_BYTES}")
+            by_name[name] = ModuleFile(name, kind, data)
+        return [files[0], *by_name.values()]
+
+    def module_globals(self) -> dict[str, str]:
+        """Global name -> module name, for a service-worker script's blobs."""
+        base = self.config_path.parent if self.config_path is not None else self.script_path.parent
+        return {name: path.relative_to(base).as_posix() for name, (_, path) in self.blobs.items()}
 
     def script(self, memory_mb: int = DEFAULT_MEMORY_MB) -> WorkerScript:
         """Read the script and the modules it imports now; raises ConfigError if it cannot."""
-        main, *others = collect_modules(self.script_path)
+        main, *others = self.modules()
         return WorkerScript(
             name=self.name,
             source=_text(main),
             filename=main.name,
             modules=tuple(Module(file.name, file.kind, _text(file)) for file in others),
+            module_globals=self.module_globals(),
             compatibility_date=self.compatibility_date,
             vars=dict(self.vars),
             cpu_ms=self.cpu_ms,
@@ -96,22 +264,26 @@ class ModuleFile:
 
 
 def _resolve_import(importer: Path, specifier: str) -> Path | None:
+    if specifier.endswith(".wasm" + _WASM_MODULE_SUFFIX):
+        specifier = specifier.removesuffix(_WASM_MODULE_SUFFIX)
     base = (importer.parent / specifier).resolve()
-    candidates = [base]
-    if base.suffix not in MODULE_RULES:
-        candidates += [base.with_name(base.name + suffix) for suffix in (".js", ".mjs")]
-        candidates += [base / "index.js", base / "index.mjs"]
+    candidates = [base, *(base.with_name(base.name + suffix) for suffix in (".js", ".mjs"))]
+    candidates += [base / "index.js", base / "index.mjs"]
     return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
-def collect_modules(entry: Path, warn: Callable[[str], None] | None = None) -> list[ModuleFile]:
+def collect_modules(
+    entry: Path, warn: Callable[[str], None] | None = None, rules: ModuleRules | None = None
+) -> list[ModuleFile]:
     """The entry module and what it imports by relative path, recursively; the entry first.
 
     Imports are found by a regular expression, not a parser (no bundling): a
-    bare specifier (an npm package) is not followed. Raises ConfigError for a
-    module outside the entry's directory, of an unknown type, or unreadable,
+    bare specifier (an npm package) is not followed. Each module's type comes
+    from ``rules`` (default: wrangler's default rules). Raises ConfigError for
+    a module outside the entry's directory, of no known type, or unreadable,
     and when the total passes the script size limit.
     """
+    rules = rules if rules is not None else ModuleRules()
     entry = entry.resolve()
     root = entry.parent
     files: list[ModuleFile] = []
@@ -127,9 +299,12 @@ def collect_modules(entry: Path, warn: Callable[[str], None] | None = None) -> l
             name = path.relative_to(root).as_posix()
         except ValueError:
             raise ConfigError(f"{path} is outside {root}, the entry module's directory") from None
-        kind = MODULE_RULES.get(path.suffix)
+        kind = "esm" if path == entry else rules.kind_of(name)
         if kind is None:
-            raise ConfigError(f"{name}: modules may be {', '.join(MODULE_RULES)} files")
+            raise ConfigError(
+                f"{name}: no module rule matches it (by default, modules are .js, .mjs, .cjs, .json, "
+                ".txt, .html, .sql, .bin and .wasm files; add a [[rules]] entry for others)"
+            )
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -137,14 +312,15 @@ def collect_modules(entry: Path, warn: Callable[[str], None] | None = None) -> l
         total += len(data)
         if total > MAX_SCRIPT_BYTES:
             raise ConfigError(f"the worker is {total} bytes or more; the limit is {MAX_SCRIPT_BYTES}")
-        if kind == "esm":
+        if kind in ("esm", "commonjs"):
             try:
                 source = data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ConfigError(f"{name} is not UTF-8: {exc}") from None
             if path == entry and not _MODULE_SYNTAX.search(source):
                 return [ModuleFile(name, "script", data)]  # a service-worker script imports nothing
-            for match in _RELATIVE_IMPORT.finditer(_LINE_COMMENT.sub("", source)):
+            imports = _RELATIVE_IMPORT if kind == "esm" else _RELATIVE_REQUIRE
+            for match in imports.finditer(_LINE_COMMENT.sub("", source)):
                 found = _resolve_import(path, match.group(2))
                 if found is None:
                     if warn is not None:
@@ -189,6 +365,59 @@ def _crons(triggers: Any, config_path: Path | None) -> list[str]:
             raise ConfigError(f"{config_path}: {expression!r} is not a cron expression like \"*/5 * * * *\"")
         crons.append(expression)
     return crons
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
+_RULE_KEYS = {"type", "globs", "fallthrough"}
+
+
+def _rules(value: Any, where: str, warnings: list[str]) -> tuple[ModuleRule, ...]:
+    """``[[rules]]``: each ``{type, globs, fallthrough?}``, checked as wrangler checks them."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: 'rules' must be a list of {{type, globs, fallthrough}} tables ([[rules]])")
+    rules = []
+    for index, entry in enumerate(value, 1):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: rule #{index} must be a table with 'type' and 'globs'")
+        kind = entry.get("type")
+        if kind not in RULE_TYPES:
+            raise ConfigError(f"{where}: rule #{index} has type {kind!r}; it must be one of {', '.join(RULE_TYPES)}")
+        globs = entry.get("globs")
+        if not isinstance(globs, list) or not globs or not all(isinstance(glob, str) and glob for glob in globs):
+            raise ConfigError(f"{where}: rule #{index} needs 'globs', a list of patterns like \"**/*.txt\"")
+        fallthrough = entry.get("fallthrough")
+        if fallthrough is not None and not isinstance(fallthrough, bool):
+            raise ConfigError(f"{where}: rule #{index}'s 'fallthrough' must be true or false")
+        for key in sorted(set(entry) - _RULE_KEYS):
+            warnings.append(f"{where}: ignoring '{key}' in rule #{index}")
+        try:
+            rules.append(ModuleRule(kind, tuple(globs), fallthrough))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: rule #{index} has a malformed glob: {exc}") from None
+    return tuple(rules)
+
+
+def _blobs(config: dict[str, Any], base: Path, where: str) -> dict[str, tuple[str, Path]]:
+    """``[wasm_modules]``, ``[text_blobs]`` and ``[data_blobs]``: global name -> (kind, file)."""
+    blobs: dict[str, tuple[str, Path]] = {}
+    for table, kind in BLOB_TABLES.items():
+        entries = config.get(table, {})
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{where}: [{table}] must be a table of global names to file paths")
+        for name, file in entries.items():
+            if not _IDENTIFIER.fullmatch(name):
+                raise ConfigError(f"{where}: [{table}] {name!r} is not a JavaScript identifier")
+            if name in blobs:
+                raise ConfigError(f"{where}: the global {name} is bound twice")
+            if not isinstance(file, str) or not file:
+                raise ConfigError(f"{where}: [{table}] {name} must be the path of a file")
+            path = (base / file).resolve()
+            if not path.is_relative_to(base):
+                raise ConfigError(f"{where}: [{table}] {name}: {file} is outside {base}")
+            if not path.is_file():
+                raise ConfigError(f"{where}: [{table}] {name}: {path} does not exist")
+            blobs[name] = (kind, path)
+    return blobs
 
 
 def load_project(target: str | Path) -> Project:
@@ -246,7 +475,17 @@ def load_project(target: str | Path) -> Project:
 
     crons = _crons(config.get("triggers", {}), config_path)
 
+    where = str(config_path)
+    rules = ModuleRules.combine(
+        _rules(config.get("rules", []), where, warnings),
+        lambda message: warnings.append(f"{config_path.name if config_path else ''}: {message}"),
+    )
+    base = config_path.parent if config_path is not None else script_path.parent
+    blobs = _blobs(config, base, where)
+
     return Project(
+        rules=rules,
+        blobs=blobs,
         crons=crons,
         script_path=script_path,
         config_path=config_path,

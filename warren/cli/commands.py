@@ -36,7 +36,7 @@ import click
 from warren.cli.client import ApiClient, ApiError, Module, api_root
 
 if TYPE_CHECKING:
-    from warren.config import Project
+    from warren.config import ModuleRules, Project
 
 DEFAULT_API_URL = "http://127.0.0.1:8788"
 CONFIG_FILE = "config.json"
@@ -45,6 +45,8 @@ CONFIG_FILE = "config.json"
 CONTENT_TYPES = {
     "script": "text/javascript",  # a service-worker script
     "esm": "application/javascript+module",
+    # Cloudflare's CommonJS type (wrangler sends application/javascript, which the store does not take)
+    "commonjs": "text/javascript",
     "json": "application/json",
     "text": "text/plain",
     "wasm": "application/wasm",
@@ -271,13 +273,13 @@ def _load_project(target: str) -> Project:
     return project
 
 
-def collect_modules(entry: Path) -> list[Module]:
+def collect_modules(entry: Path, rules: ModuleRules | None = None) -> list[Module]:
     """The entry module and what it imports by relative path (warren.config), as upload parts."""
     from warren.config import ConfigError
     from warren.config import collect_modules as module_files
 
     try:
-        files = module_files(entry, warn=_warn)
+        files = module_files(entry, warn=_warn, rules=rules)
     except ConfigError as exc:
         raise Failure(str(exc)) from None
     return [Module(name=file.name, content_type=CONTENT_TYPES[file.kind], data=file.data) for file in files]
@@ -306,9 +308,15 @@ def build_upload(
     from warren.config import ConfigError
     from warren.runtime.script import DEFAULT_CPU_MS
 
+    if project.blobs:
+        # The control plane has no wasm_module/text_blob/data_blob bindings yet.
+        raise Failure(
+            "[wasm_modules], [text_blobs] and [data_blobs] work with `warren dev` only for now; "
+            "to deploy, use module syntax and import the files (import mod from \"./x.wasm\")"
+        )
     esbuild = find_esbuild(project.script_path.parent) if bundle else None
     if esbuild is None:
-        modules = collect_modules(project.script_path)
+        modules = collect_modules(project.script_path, project.rules)
     else:
         try:
             files = bundle_with(project.script_path, esbuild)

@@ -7,6 +7,12 @@ and the stpyv8 extension exports V8's symbols, so this module calls
 ``v8::Isolate::TerminateExecution`` (documented as callable from any thread),
 ``AddNearHeapLimitCallback`` and ``GetHeapStatistics`` through ctypes, on the
 isolate pointer read once while the isolate is entered.
+
+WebAssembly is compiled only where the host allows it, as on Workers: V8 asks
+``SetAllowWasmCodeGenerationCallback``'s callback before every compilation
+from bytes (``WebAssembly.compile``, ``instantiate(bytes)``, ``new
+WebAssembly.Module``), and the answer is no unless the isolate's own private
+``compileWasm`` function has opened its gate for the one call it makes.
 """
 
 from __future__ import annotations
@@ -149,6 +155,9 @@ _NearHeapLimitCallback = ctypes.CFUNCTYPE(
     ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t
 )
 
+# bool (*)(Local<Context>, Local<String>); the arguments are not read.
+_AllowWasmCodeGenerationCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
+
 
 class _V8Api:
     """The few V8 C++ entry points stpyv8 does not expose, called by symbol."""
@@ -170,6 +179,10 @@ class _V8Api:
         self.set_oom_handler.argtypes = [ctypes.c_void_p, _OOMErrorCallback]
         self.heap_statistics = lib._ZN2v87Isolate17GetHeapStatisticsEPNS_14HeapStatisticsE
         self.heap_statistics.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self.set_allow_wasm_codegen = lib[
+            "_ZN2v87Isolate34SetAllowWasmCodeGenerationCallbackEPFbNS_5LocalINS_7ContextEEENS1_INS_6StringEEEE"
+        ]
+        self.set_allow_wasm_codegen.argtypes = [ctypes.c_void_p, _AllowWasmCodeGenerationCallback]
 
 
 # v8::HeapStatistics is a struct of size_t fields; these are the indices we read
@@ -217,6 +230,16 @@ def _on_oom(location: bytes | None, details: int | None) -> None:
 
 
 _oom_error = _OOMErrorCallback(_on_oom)
+
+
+def _on_wasm_codegen(context: int | None, source: int | None) -> bool:
+    # Runs on the thread compiling, inside the isolate: GetCurrent is that isolate.
+    assert _api is not None
+    isolate = _isolates_by_pointer.get(_api.get_current() or 0)
+    return isolate is not None and isolate._wasm_gate_open
+
+
+_allow_wasm_codegen = _AllowWasmCodeGenerationCallback(_on_wasm_codegen)
 
 
 # --- CPU watchdog -------------------------------------------------------------
@@ -374,6 +397,21 @@ _TRAMPOLINE = """(function (next) {
 })"""
 
 
+# The only way to compile WebAssembly in an isolate: opens the gate that
+# _on_wasm_codegen reads for one call of a constructor captured before any
+# other script ran. Nothing between opening and closing runs JavaScript (V8
+# reads the bytes of a buffer source without calling getters). The runtime's
+# bootstrap takes __warrenCompileWasm off the global object before tenant code runs.
+_WASM_COMPILER = """(function (gate) {
+  "use strict";
+  const WasmModule = WebAssembly.Module;
+  Object.defineProperty(globalThis, "__warrenCompileWasm", { configurable: true, value: function compileWasm(bytes) {
+    gate(true);
+    try { return new WasmModule(bytes); } finally { gate(false); }
+  } });
+})"""
+
+
 def _guard_host_function(name: str, function: HostFunction) -> Callable[..., Primitive]:
     # A Python exception or object must never reach tenant code: stpyv8 would
     # wrap it, and a wrapped Python object exposes its class and globals.
@@ -400,6 +438,11 @@ class Isolate:
     taken around each use). ``call`` and ``run_script`` run JavaScript under a
     CPU budget; past it, or past the heap limit, they raise a subclass of
     ``IsolateTerminated`` and the isolate must be disposed.
+
+    WebAssembly cannot be compiled from bytes, except by the function
+    ``globalThis.__warrenCompileWasm(bytes)`` that every new isolate has: code
+    that runs untrusted scripts must take it off the global object first (the
+    runtime's bootstrap does).
     """
 
     def __init__(self, memory_limit_mb: int = _DEFAULT_HEAP_LIMIT_MB) -> None:
@@ -413,6 +456,7 @@ class Isolate:
         self._slice: _Slice | None = None
         self._killed: str | None = None
         self._oom_grants = 0
+        self._wasm_gate_open = False
         self._disposed = False
         self.last_cpu_seconds = 0.0
         self.memory_bytes = 0
@@ -425,6 +469,7 @@ class Isolate:
             _isolates_by_pointer[self._ptr] = self
             _api.add_near_heap_limit(self._ptr, _near_heap_limit, self._ptr)
             _api.set_oom_handler(self._ptr, _oom_error)
+            _api.set_allow_wasm_codegen(self._ptr, _allow_wasm_codegen)
             # Takes only primitives and a Python function: stpyv8 keeps a
             # process-wide cache of JS objects handed back into V8, keyed by
             # address, which goes stale when an isolate is disposed.
@@ -436,8 +481,13 @@ class Isolate:
                 "  {value: function (...args) { return call(...args); }});"
                 "})"
             )
+            # One Python function for both: handing stpyv8 a second one costs a
+            # quarter of a millisecond per isolate.
+            engine = _guard_host_function("engine", self._engine_call)
             install = self._ctx.eval(_TRAMPOLINE)
-            install(_guard_host_function("next", self._next_pending))
+            install(engine)
+            install = self._ctx.eval(_WASM_COMPILER)
+            install(engine)
             del install
             self._ctx.leave()
 
@@ -476,6 +526,8 @@ class Isolate:
             except BaseException as exc:
                 failure = exc
             finally:
+                # A slice terminated inside compileWasm never ran its finally.
+                self._wasm_gate_open = False
                 with self._kill_lock:
                     running.running = False
                     self._slice = None
@@ -556,6 +608,14 @@ class Isolate:
             self._ctx.eval(f"Object.freeze(globalThis[{global_name!r}])")
 
         self._run(1000.0, action)
+
+    def _engine_call(self, gate: Primitive = None) -> Primitive:
+        """The engine's own host function: with no argument, the trampoline's next
+        queued item; with a boolean, opens or closes the wasm gate."""
+        if gate is None:
+            return self._next_pending()
+        self._wasm_gate_open = gate is True
+        return None
 
     def _next_pending(self) -> Primitive:
         return self._pending.popleft() if self._pending else None

@@ -3,6 +3,9 @@
 Module syntax (``export default {...}``) is turned into a function the
 bootstrap calls with ``exports`` and ``require``, by sucrase (vendored) running
 in an isolate of its own, so the engine only ever runs classic scripts.
+CommonJS modules are wrapped in the same function as they are; JSON, text,
+data and wasm modules are handed to the bootstrap as data (wasm is compiled
+there, by the engine's private compiler: tenants cannot compile bytes).
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ class ScriptLoadError(Exception):
         return cls(str(data["message"]), str(data["filename"]), int(data["line"]), int(data["column"]))
 
 
-MODULE_KINDS = ("esm", "json", "text", "wasm", "data")
+MODULE_KINDS = ("esm", "commonjs", "json", "text", "wasm", "data")
+# What a service-worker script's globals ([wasm_modules] etc.) may be bound to.
+GLOBAL_MODULE_KINDS = ("wasm", "text", "data")
+_GLOBAL_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ class WorkerScript:
     modules: tuple[Module, ...] = ()
     archive_hash: str = ""  # the control plane's content hash of this version, when it has one
     trust_level: str = "standard"  # runtime processes are shared only within a level
+    # A service-worker script's [wasm_modules], [text_blobs], [data_blobs]: global name -> module name
+    module_globals: dict[str, str] = field(default_factory=dict)
 
     @property
     def code_hash(self) -> str:
@@ -97,14 +105,20 @@ class WorkerScript:
     def version_id(self) -> str:
         """Changes whenever anything that affects an instance changes."""
         config = json.dumps(
-            [self.name, self.filename, self.compatibility_date, self.vars, self.cpu_ms, self.memory_mb],
+            [
+                self.name, self.filename, self.compatibility_date, self.vars, self.cpu_ms, self.memory_mb,
+                self.module_globals,
+            ],
             sort_keys=True,
         )
         return hashlib.sha256((self.content_hash + config).encode()).hexdigest()[:16]
 
     @property
     def is_module(self) -> bool:
-        return bool(self.modules) or bool(_MODULE_SYNTAX.search(self.source))
+        if _MODULE_SYNTAX.search(self.source):
+            return True
+        # A service-worker script has other modules only as the data behind its globals.
+        return bool(self.modules) and not self.module_globals
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +132,7 @@ class WorkerScript:
             "modules": [[module.name, module.kind, module.text] for module in self.modules],
             "archive_hash": self.archive_hash,
             "trust_level": self.trust_level,
+            "module_globals": dict(self.module_globals),
         }
 
     @classmethod
@@ -133,6 +148,7 @@ class WorkerScript:
             modules=tuple(Module(str(n), str(k), str(t)) for n, k, t in data.get("modules", [])),
             archive_hash=str(data.get("archive_hash", "")),
             trust_level=str(data.get("trust_level", "standard")),
+            module_globals={str(k): str(v) for k, v in dict(data.get("module_globals", {})).items()},
         )
 
 
@@ -141,7 +157,10 @@ class CompiledModule:
     """What the engine runs: ``script`` and ``esm`` are code (run_script); others are data."""
 
     name: str
-    kind: str  # "script" (a service-worker script), "esm", "json", "text" or "wasm"
+    # "script" (a service-worker script), "esm" (a script registering an ES or CommonJS
+    # module), "json", "text", "data", "wasm", or "globals" (JSON: a service-worker
+    # script's global names -> module names, bound before the script runs)
+    kind: str
     text: str
 
 
@@ -202,18 +221,50 @@ class Compiler:
         return self._isolate
 
     def compile(self, script: WorkerScript) -> list[CompiledModule]:
-        """The script's modules, main module first, ready for the engine; raises ScriptLoadError."""
+        """The script's modules, ready for the engine, in the order they are loaded; raises ScriptLoadError.
+
+        A module worker's main module comes first. A service-worker script comes
+        last, after the data of its globals and the ``globals`` entry binding them.
+        """
         if not script.is_module:
-            return [CompiledModule(script.filename, "script", escape_astral(script.source))]
+            main = CompiledModule(script.filename, "script", escape_astral(script.source))
+            if not script.module_globals:
+                return [main]
+            return [*self._global_modules(script), main]
+        if script.module_globals:
+            raise ScriptLoadError(
+                "[wasm_modules], [text_blobs] and [data_blobs] are for service-worker scripts; "
+                "an ES module imports its files instead",
+                script.filename,
+            )
         compiled = [CompiledModule(script.filename, "esm", self._esm(script.filename, script.source))]
-        for module in script.modules:
-            if module.kind == "esm":
-                compiled.append(CompiledModule(module.name, "esm", self._esm(module.name, module.text)))
-            elif module.kind in MODULE_KINDS:
-                text = module.text if module.kind in ("wasm", "data") else escape_astral(module.text)
-                compiled.append(CompiledModule(module.name, module.kind, text))
-            else:
-                raise ScriptLoadError(f"module {module.name} has an unknown type {module.kind!r}")
+        compiled += [self._module(module) for module in script.modules]
+        return compiled
+
+    def _module(self, module: Module) -> CompiledModule:
+        if module.kind == "esm":
+            return CompiledModule(module.name, "esm", self._esm(module.name, module.text))
+        if module.kind == "commonjs":
+            # As Node runs it: not strict unless it says so, never transformed.
+            text = f"__warrenDefine({json.dumps(module.name)}, function (exports, require, module) {{"
+            return CompiledModule(module.name, "esm", f"{text}{escape_astral(module.text)}\n}});")
+        if module.kind in MODULE_KINDS:
+            text = module.text if module.kind in ("wasm", "data") else escape_astral(module.text)
+            return CompiledModule(module.name, module.kind, text)
+        raise ScriptLoadError(f"module {module.name} has an unknown type {module.kind!r}")
+
+    def _global_modules(self, script: WorkerScript) -> list[CompiledModule]:
+        by_name = {module.name: module for module in script.modules}
+        for name, module_name in script.module_globals.items():
+            module = by_name.get(module_name)
+            if not _GLOBAL_NAME.fullmatch(name):
+                raise ScriptLoadError(f"the global {name!r} is not a JavaScript identifier")
+            if module is None or module.kind not in GLOBAL_MODULE_KINDS:
+                raise ScriptLoadError(
+                    f"the global {name} is bound to {module_name!r}, which is not a wasm, text or data module"
+                )
+        compiled = [self._module(module) for module in script.modules if module.kind in GLOBAL_MODULE_KINDS]
+        compiled.append(CompiledModule("warren:globals", "globals", json.dumps(script.module_globals)))
         return compiled
 
     def _esm(self, filename: str, source: str) -> str:

@@ -148,6 +148,7 @@
     definitions.set(name, { factory });
   }
   function defineData(name, kind, data) {
+    if (kind === "globals") return bindModuleGlobals(data);
     definitions.set(name, { kind, data });
   }
   function normalize(path) {
@@ -159,6 +160,7 @@
     return parts.join("/");
   }
   function resolveModule(from, specifier) {
+    specifier = specifier.replace(/\.wasm\?module$/, ".wasm");  // wrangler's spelling of a wasm import
     let base = specifier;
     if (specifier.startsWith("./") || specifier.startsWith("../")) {
       const slash = from.lastIndexOf("/");
@@ -186,9 +188,40 @@
     } else if (definition.kind === "data") {
       module.exports = { __esModule: true, default: internals.latin1ToBytes(definition.data).buffer };
     } else if (definition.kind === "wasm") {
-      module.exports = { __esModule: true, default: new WebAssembly.Module(internals.latin1ToBytes(definition.data)) };
+      module.exports = { __esModule: true, default: compileWasm(internals.latin1ToBytes(definition.data)) };
+      definition.data = null;  // the compiled module is all that is needed now
     }
     return module.exports;
+  }
+
+  // --- WebAssembly ----------------------------------------------------------------
+  // As on Workers, tenant code cannot compile WebAssembly from bytes: the engine
+  // refuses every compilation ("Wasm code generation disallowed by embedder")
+  // except through its private compiler, taken here before any tenant code runs.
+  // A worker's .wasm modules are compiled with it; runtime JavaScript that
+  // needs WebAssembly uses internals.compileWasm.
+  const compileWasm = globalThis.__warrenCompileWasm;
+  delete globalThis.__warrenCompileWasm;
+  internals.compileWasm = (bytes) => compileWasm(bytes);
+  {
+    // V8 here has no streaming compilation; these exist, as on Workers, and refuse likewise.
+    const CompileError = WebAssembly.CompileError;
+    const refuse = (method) => function () {
+      return Promise.reject(new CompileError(`WebAssembly.${method}(): Wasm code generation disallowed by embedder`));
+    };
+    for (const method of ["compileStreaming", "instantiateStreaming"]) {
+      const fn = refuse(method);
+      Object.defineProperty(fn, "name", { value: method });
+      Object.defineProperty(fn, "length", { value: 1 });
+      Object.defineProperty(WebAssembly, method, { value: fn, writable: true, configurable: true, enumerable: false });
+    }
+  }
+  // A service-worker script's [wasm_modules], [text_blobs] and [data_blobs]:
+  // globals bound before the script runs (JSON: global name -> module name).
+  function bindModuleGlobals(json) {
+    for (const [name, moduleName] of Object.entries(JSON.parse(json))) {
+      defineGlobal(name, instantiate(moduleName).default);
+    }
   }
   function requireFrom(from, specifier) {
     specifier = String(specifier);
