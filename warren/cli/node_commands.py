@@ -122,7 +122,7 @@ def control(context: click.Context, store_path: str, port: int, ip: str) -> None
     context.obj = store_path
     if context.invoked_subcommand is not None:
         return
-    from warren.control import create_app
+    from warren.control import create_app, stop_app
     from warren.server.app import listen
     from warren.store.open import describe
 
@@ -130,12 +130,14 @@ def control(context: click.Context, store_path: str, port: int, ip: str) -> None
 
     async def main() -> int:
         await _open(store)
+        app = create_app(store, manage_store=False)
         try:
-            listening = await listen(create_app(store, manage_store=False), ip, port)
+            listening = await listen(app, ip, port)
             click.echo(f"Ready on http://{ip}:{listening.port} (control-plane API, store {describe(store_path)})")
             await listening.task
             return 0
         finally:
+            await stop_app(app)
             await store.close()
 
     raise SystemExit(_run(main()))

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HTTPRoute
 from starlette.types import Message, Receive
 
-from warren.control import validation
+from warren.control import dashboard, validation
 from warren.store import Store
 from warren.store.errors import Conflict, InvalidInput, NotFound
 from warren.store.model import Account, Deployment, KVNamespace, Route, ScriptInfo, Token, Version
@@ -410,6 +410,18 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
         token = await account_token(request)
         return envelope([namespace_json(ns) for ns in await store.list_kv_namespaces(token.account_id)])
 
+    # -- preview (the dashboard's editor): runs edited code once, never deploys it --
+
+    previewer = dashboard.Previewer()
+
+    async def post_preview(request: Request) -> Response:
+        await account_token(request)
+        body = validation.json_object(await _body(request, dashboard.MAX_PREVIEW_REQUEST))
+        try:
+            return envelope(await previewer.run(body))
+        except dashboard.PreviewBusy as exc:
+            raise ApiError(429, str(exc), headers={"Retry-After": "1"}) from None
+
     async def delete_namespace(request: Request) -> Response:
         token = await account_token(request)
         namespace_id = request.path_params["id"]
@@ -434,20 +446,26 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
         _resource(account + "/workers/routes/{id}", DELETE=delete_route),
         _resource(account + "/storage/kv/namespaces", GET=list_namespaces, POST=post_namespace),
         _resource(account + "/storage/kv/namespaces/{id}", DELETE=delete_namespace),
+        _resource(account + "/workers/preview", POST=post_preview),
+        *dashboard.routes(),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not manage_store:
-            yield
+            try:
+                yield
+            finally:
+                await stop_app(app)
             return
         await store.open()
         try:
             yield
         finally:
+            await stop_app(app)
             await store.close()
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -460,6 +478,15 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
             Exception: _internal_error,
         },
     )
+    # What stop_app stops: the servers here run without ASGI lifespan, so their owner calls it.
+    app.state.on_stop = [previewer.stop]
+    return app
+
+
+async def stop_app(app: Starlette) -> None:
+    """Stop what the app started on demand (the preview runtime process); the store is the caller's."""
+    for stop in getattr(app.state, "on_stop", []):
+        await stop()
 
 
 def _resource(path: str, **handlers: Handler) -> HTTPRoute:

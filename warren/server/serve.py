@@ -267,13 +267,15 @@ async def serve(
     metrics = Metrics(supervisor)
     await supervisor.start()
     node = EdgeNode(store, supervisor, workers_domain, echo=echo, trusted_accounts=trusted_accounts)
+    control_app: Any = None
     try:
         await node.start()
         servers = []
         if control_port is not None:
             from warren.control import create_app
 
-            control = await listen(create_app(store, manage_store=False), host, control_port)
+            control_app = create_app(store, manage_store=False)
+            control = await listen(control_app, host, control_port)
             servers.append(control)
             echo(f"Control-plane API on http://{host}:{control.port}")
         if admin_port is not None:
@@ -289,5 +291,9 @@ async def serve(
             await server.stop()
         return 0
     finally:
+        if control_app is not None:
+            from warren.control import stop_app
+
+            await stop_app(control_app)
         await node.stop()
         await supervisor.stop()
