@@ -95,6 +95,9 @@ class ServiceProcess:
             self.process.stdout.close()
 
 
+from tests.origin import origin  # noqa: E402,F401  (a fixture: a real origin server for subrequests)
+
+
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[Any]:
     """Start ``warren dev`` on files written into a temporary directory.

@@ -4,7 +4,7 @@
 // version, declared licence and the full text of its licence file. A package
 // without a licence file fails the build, so a new dependency cannot slip in
 // unlisted.
-import { readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 const [outPath, ...bundleArgs] = process.argv.slice(2);
@@ -40,7 +40,10 @@ for (const name of [...packages.keys()].sort()) {
   const p = packages.get(name);
   const pkg = JSON.parse(readFileSync(join(p.dir, "package.json"), "utf8"));
   const files = readdirSync(p.dir);
-  const licenseFiles = files.filter((f) => LICENSE_RE.test(f)).concat(files.filter((f) => NOTICE_RE.test(f)));
+  let licenseFiles = files.filter((f) => LICENSE_RE.test(f)).concat(files.filter((f) => NOTICE_RE.test(f)));
+  // A package that ships no licence file: its text, written by hand, in licenses/<name>.txt.
+  const byHand = join("licenses", `${name.replace("/", "__")}.txt`);
+  if (licenseFiles.length === 0 && existsSync(byHand)) licenseFiles = [join("..", "..", byHand)];
   if (licenseFiles.length === 0) {
     console.error(`gen-licenses: ${name}@${pkg.version} has no LICENSE file; add its licence text by hand`);
     process.exit(1);

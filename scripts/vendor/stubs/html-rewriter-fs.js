@@ -1,0 +1,1 @@
+export { readFileSync } from "./html-rewriter-host.js";

@@ -1,0 +1,1 @@
+export { join } from "./html-rewriter-host.js";

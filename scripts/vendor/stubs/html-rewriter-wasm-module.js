@@ -1,0 +1,1 @@
+export { WasmModule as __warrenWasmModule } from "./html-rewriter-host.js";
