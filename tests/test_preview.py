@@ -8,6 +8,7 @@ deployed or stored.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -20,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ServiceProcess
+
+from warren.control.dashboard import PreviewBusy, Previewer
 
 API = "/client/v4"
 
@@ -261,10 +264,6 @@ def test_the_preview_runtime_stops_with_the_control_plane(tmp_path: Path) -> Non
 
 
 def test_the_preview_runtime_stops_when_idle_and_starts_again() -> None:
-    import asyncio
-
-    from warren.control.dashboard import Previewer
-
     async def scenario() -> None:
         previewer = Previewer(idle_stop_s=0.3)
         body = {"main": "worker.js", "modules": {"worker.js": 'export default { fetch() { return new Response("a"); } };'}}
@@ -280,5 +279,25 @@ def test_the_preview_runtime_stops_when_idle_and_starts_again() -> None:
         finally:
             await previewer.stop()
         assert not previewer.running
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_preview_times_out_and_a_full_queue_says_busy() -> None:
+    slow = 'export default { async fetch() { await new Promise(r => setTimeout(r, 3000)); return new Response("late"); } };'
+    body = {"main": "worker.js", "modules": {"worker.js": slow}}
+
+    async def scenario() -> None:
+        previewer = Previewer(max_concurrent=1, queue_timeout_s=0.2, response_timeout_s=1.0)
+        try:
+            first = asyncio.ensure_future(previewer.run(body))
+            await asyncio.sleep(0.05)
+            with pytest.raises(PreviewBusy):
+                await previewer.run(body)
+            result = await first
+            assert result["status"] == 504
+            assert result["error"]["message"] == "The worker did not finish its response within 1 s."
+        finally:
+            await previewer.stop()
 
     asyncio.run(scenario())

@@ -183,6 +183,14 @@ try {
   await page.getByLabel("Worker name").fill("made-in-browser");
   await page.locator("[data-testid=preview-body]").filter({ hasText: "Hello from warren!" }).waitFor();
   await shot(page, "laptop-7-new-worker");
+  // An HTML response is shown rendered, in a sandboxed frame (no scripts).
+  await setCode(page, 'export default { fetch() { return new Response("<h1>Rendered heading</h1><script>document.title=1</script>", { headers: { "content-type": "text/html" } }); } };');
+  await page.frameLocator(".preview-frame").getByRole("heading", { name: "Rendered heading" }).waitFor();
+  await page.waitForTimeout(200);
+  const blocked = problems.filter((p) => p.includes("Blocked script execution in 'about:srcdoc'"));
+  if (blocked.length === 0) throw new Error("the script in the previewed HTML was not blocked");
+  problems.splice(0, problems.length, ...problems.filter((p) => !blocked.includes(p)));
+  step("an HTML preview is rendered in a sandboxed frame, its script blocked");
   await laptop.close();
 
   // ---- phone ----

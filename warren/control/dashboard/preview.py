@@ -196,15 +196,22 @@ def _supervisor(on_log: Callable[[str, str, str], None]) -> Supervisor:
 class Previewer:
     """Runs previews in a supervisor of its own, started on first use and stopped when idle or by ``stop``."""
 
-    def __init__(self, idle_stop_s: float = IDLE_STOP_S, max_concurrent: int = MAX_CONCURRENT) -> None:
+    def __init__(
+        self,
+        idle_stop_s: float = IDLE_STOP_S,
+        max_concurrent: int = MAX_CONCURRENT,
+        queue_timeout_s: float = QUEUE_TIMEOUT_S,
+        response_timeout_s: float = RESPONSE_TIMEOUT_S,
+    ) -> None:
         self.idle_stop_s = idle_stop_s
+        self.queue_timeout_s = queue_timeout_s
+        self.response_timeout_s = response_timeout_s
         self._supervisor: Supervisor | None = None
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(max_concurrent)
         self._running = 0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._collectors: dict[str, _Collector] = {}
-        self._stopped = False
 
     @property
     def running(self) -> bool:
@@ -241,13 +248,21 @@ class Previewer:
     def _stop_if_idle(self) -> None:
         self._idle_timer = None
         if self._running == 0 and self._supervisor is not None:
-            asyncio.get_running_loop().create_task(self.stop())
+            asyncio.get_running_loop().create_task(self._stop_idle())
+
+    async def _stop_idle(self) -> None:
+        async with self._lock:
+            # A preview that began since the timer fired counted itself first: it keeps the runtime.
+            if self._running > 0 or self._supervisor is None:
+                return
+            supervisor, self._supervisor = self._supervisor, None
+            await supervisor.stop()
 
     async def run(self, body: dict[str, Any]) -> dict[str, Any]:
         """Validate a preview body, run it once, and return the contract's result."""
         preview = parse(body)
         try:
-            await asyncio.wait_for(self._slots.acquire(), QUEUE_TIMEOUT_S)
+            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
         except TimeoutError:
             raise PreviewBusy("too many previews are running; try again in a moment") from None
         self._running += 1
@@ -286,12 +301,12 @@ class Previewer:
                     await exchange.send_body(preview.body)
                 exchange.end_body()
             try:
-                await asyncio.wait_for(self._collect(exchange, result), RESPONSE_TIMEOUT_S)
+                await asyncio.wait_for(self._collect(exchange, result), self.response_timeout_s)
             except TimeoutError:
                 exchange.cancel()
                 result.update(
                     status=result["status"] or 504,
-                    error=_error(f"The worker did not finish its response within {RESPONSE_TIMEOUT_S:.0f} s."),
+                    error=_error(f"The worker did not finish its response within {self.response_timeout_s:g} s."),
                 )
                 return result
             # Lines logged by ctx.waitUntil work shortly after the response still belong to this preview.
