@@ -19,11 +19,14 @@ export default {
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
-    selector = ",".join(f'{key}="{value}"' for key, value in labels.items())
-    pattern = "^" + re.escape(name) + (r"\{" + re.escape(selector) + r"\}" if selector else "") + r" (\S+)$"
-    match = re.search(pattern, text, re.M)
-    assert match, f"{name} {labels} not in metrics:\n{text}"
-    return float(match.group(1))
+    """The sample of ``name`` carrying these labels (and any others, such as ``node``)."""
+    for line in text.splitlines():
+        match = re.match("^" + re.escape(name) + r"(?:\{(.*)\})? (\S+)$", line)
+        if match:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+            if all(found.get(key) == value for key, value in labels.items()):
+                return float(match.group(2))
+    raise AssertionError(f"{name} {labels} not in metrics:\n{text}")
 
 
 def test_each_request_is_metered_and_exported(dev: Any) -> None:

@@ -191,6 +191,15 @@ try {
   if (blocked.length === 0) throw new Error("the script in the previewed HTML was not blocked");
   problems.splice(0, problems.length, ...problems.filter((p) => !blocked.includes(p)));
   step("an HTML preview is rendered in a sandboxed frame, its script blocked");
+  // Leaving unsaved edits asks first: dismissed, the editor stays; accepted, the list shows.
+  page.once("dialog", (d) => d.dismiss());
+  await page.getByRole("link", { name: "Workers" }).click();
+  await page.waitForTimeout(200);
+  if (!(await page.getByLabel("Worker name").isVisible())) throw new Error("unsaved edits were left without asking");
+  page.once("dialog", (d) => d.accept());
+  await page.getByRole("link", { name: "Workers" }).click();
+  await page.getByRole("heading", { name: "Workers" }).waitFor();
+  step("leaving unsaved edits asks first");
   await laptop.close();
 
   // ---- phone ----

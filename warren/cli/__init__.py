@@ -13,6 +13,7 @@ import click
 from warren import __version__
 from warren.cli.commands import COMMANDS
 from warren.cli.node_commands import control, serve
+from warren.cli.tail import COMMANDS as TAIL_COMMANDS
 
 
 @click.group()
@@ -69,5 +70,5 @@ def dev(
     raise SystemExit(code)
 
 
-for _command in [*COMMANDS, serve, control]:
+for _command in [*COMMANDS, *TAIL_COMMANDS, serve, control]:
     main.add_command(_command)

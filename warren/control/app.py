@@ -12,6 +12,7 @@ error, 10003 method not allowed, 10007 not found, 10009 conflict, 10013 too larg
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HTTPRoute
+from starlette.routing import WebSocketRoute
 from starlette.types import Message, Receive
+from starlette.websockets import WebSocket
 
+from warren import observability
 from warren.control import dashboard, validation
 from warren.store import Store
 from warren.store.errors import Conflict, InvalidInput, NotFound
@@ -429,6 +433,65 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
             raise ApiError(404, f"namespace {namespace_id!r} not found")
         return envelope({"id": namespace_id})
 
+    # -- logs and analytics (warren.observability; docs/control-plane.md, "Logs and analytics") --
+
+    tails = observability.TailRegistry()
+
+    async def post_tail(request: Request) -> Response:
+        token = await account_token(request)
+        name = request.path_params["name"]
+        await script_or_404(token.account_id, name)
+        try:
+            tail = tails.create(token.account_id, name)
+        except ValueError as exc:
+            raise ApiError(429, str(exc)) from None
+        scheme = "wss" if request.url.scheme == "https" else "ws"
+        url = f"{scheme}://{request.url.netloc}{request.url.path.rstrip('/')}/{tail.id}/ws"
+        return envelope({"id": tail.id, "url": url, "expires_at": tail.expires_iso})
+
+    async def delete_tail(request: Request) -> Response:
+        token = await account_token(request)
+        params = request.path_params
+        if not tails.delete(token.account_id, params["name"], params["id"]):
+            raise ApiError(404, f"tail {params['id']!r} not found")
+        return envelope({"id": params["id"]})
+
+    async def tail_socket(websocket: WebSocket) -> None:
+        # No Authorization here (browsers cannot send one): the tail's random id is the capability.
+        params = websocket.path_params
+        tail = tails.get(params["a"], params["name"], params["id"])
+        if tail is None:
+            await websocket.close(code=1008)  # before the handshake: the client sees HTTP 403
+            return
+        since = int(time.time() * 1000)  # before accepting: a client that saw the socket open sees what follows
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(subprotocol="trace-v1" if "trace-v1" in offered else None)  # wrangler's
+
+        async def receive() -> str | None:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return None
+                if message.get("text") is not None:
+                    return str(message["text"])
+                if message.get("bytes") is not None:
+                    return bytes(message["bytes"]).decode("utf-8", "replace")
+
+        code, reason = await observability.stream_tail(store, tail, receive, websocket.send_text, since)
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await websocket.close(code, reason)
+
+    async def get_analytics(request: Request) -> Response:
+        token = await account_token(request)
+        text = request.query_params.get("minutes", "60")
+        if not text.isdigit() or not 1 <= int(text) <= observability.analytics.MAX_MINUTES:
+            raise ApiError(400, f"minutes is a whole number from 1 to {observability.analytics.MAX_MINUTES}")
+        minutes, now_ms = int(text), int(time.time() * 1000)
+        first, _ = observability.analytics.window(minutes, now_ms)
+        rows = await store.event_stats(token.account_id, first)
+        scripts = [info.name for info in await store.list_scripts(token.account_id)]
+        return envelope(observability.analytics_result(rows, scripts, minutes, now_ms))
+
     account = BASE + "/accounts/{a}"
     script = account + "/workers/scripts/{name}"
     routes = [
@@ -447,6 +510,11 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
         _resource(account + "/storage/kv/namespaces", GET=list_namespaces, POST=post_namespace),
         _resource(account + "/storage/kv/namespaces/{id}", DELETE=delete_namespace),
         _resource(account + "/workers/preview", POST=post_preview),
+        # -- logs and analytics (warren.observability) --
+        _resource(script + "/tails", POST=post_tail),
+        _resource(script + "/tails/{id}", DELETE=delete_tail),
+        WebSocketRoute(script + "/tails/{id}/ws", tail_socket),
+        _resource(account + "/workers/analytics", GET=get_analytics),
         *dashboard.routes(),
     ]
 
@@ -480,6 +548,11 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
     )
     # What stop_app stops: the servers here run without ASGI lifespan, so their owner calls it.
     app.state.on_stop = [previewer.stop]
+
+    async def close_tails() -> None:
+        tails.close_all()
+
+    app.state.on_stop.append(close_tails)
     return app
 
 

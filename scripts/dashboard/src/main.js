@@ -58,7 +58,17 @@ session.onExpired = () => {
   go("#/login");
 };
 
-window.addEventListener("hashchange", render);
+let shownHash = location.hash;
+window.addEventListener("hashchange", () => {
+  const where = route();
+  const leaving = workerView && !(where.view === "worker" && where.name === workerView.name && where.name !== null);
+  if (leaving && workerView.dirty() && !window.confirm("Leave this worker? Your edits are not deployed and will be lost.")) {
+    history.replaceState(null, "", shownHash || "#/");
+    return;
+  }
+  shownHash = location.hash;
+  render();
+});
 window.addEventListener("beforeunload", (event) => {
   if (workerView?.dirty()) { event.preventDefault(); event.returnValue = ""; }
 });
@@ -325,11 +335,11 @@ function workerPage(main, name, initialTab) {
     const fileSelect = h("select", { class: "select file-select", "aria-label": "File", hidden: true, onchange: () => editor?.show(fileSelect.value) });
     const dirtyNote = h("span", { class: "dirty-note", hidden: true }, h("span", { class: "dot" }), "Unsaved changes");
     const revertBtn = button("Revert", { disabled: true, onclick: revert, title: "Discard your edits" }, "undo");
-    const deployBtn = button(isNew ? "Create and deploy" : "Deploy", { variant: "primary", onclick: deploy, disabled: true }, "upload");
+    const deployBtn = button(isNew ? "Create and deploy" : "Deploy", { variant: "primary", onclick: deploy, disabled: true, title: "Deploy (Ctrl+S)" }, "upload");
     const method = h("select", { class: "select method", "aria-label": "Method" }, ...["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"].map((m) => h("option", { value: m }, m)));
     const path = h("input", { class: "input path", value: "/", "aria-label": "Path", spellcheck: false, autocomplete: "off" });
     const reqBody = h("textarea", { class: "input req-body", placeholder: "Request body", rows: 3, hidden: true, "aria-label": "Request body" });
-    const runBtn = button("Run", { variant: "dark", type: "submit", onclick: () => runPreview() }, "play");
+    const runBtn = button("Run", { variant: "dark", onclick: () => runPreview(), title: "Run the preview (Ctrl+Enter)" }, "play");
     const status = h("div", { class: "preview-status" }, h("span", { class: "muted" }, "The preview runs your code on every edit, without deploying it."));
     const errorBox = h("div", { class: "preview-error", hidden: true, role: "alert" });
     const outTabs = h("div", { class: "out-tabs", role: "tablist" });
@@ -340,6 +350,13 @@ function workerPage(main, name, initialTab) {
 
     method.addEventListener("change", () => { reqBody.hidden = ["GET", "HEAD"].includes(method.value); schedule(0); });
     path.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); runPreview(); } });
+    // Ctrl/Cmd+S deploys (after the confirmation), Ctrl/Cmd+Enter runs the preview, while the code is shown.
+    const onKey = (e) => {
+      if (panel.hidden || !(e.ctrlKey || e.metaKey) || document.querySelector("dialog[open]")) return;
+      if (e.key === "s") { e.preventDefault(); if (!deployBtn.disabled) deploy(); }
+      if (e.key === "Enter") { e.preventDefault(); runPreview(); }
+    };
+    document.addEventListener("keydown", onKey);
     reqBody.addEventListener("input", () => schedule());
 
     append(panel, h("div", { class: "code-layout" },
@@ -527,7 +544,7 @@ function workerPage(main, name, initialTab) {
     return {
       refresh() { editor?.view.requestMeasure(); },
       dirty: isDirty,
-      destroy() { clearTimeout(timer); controller?.abort(); editor?.destroy(); },
+      destroy() { clearTimeout(timer); controller?.abort(); editor?.destroy(); document.removeEventListener("keydown", onKey); },
     };
   }
 
