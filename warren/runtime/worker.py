@@ -370,6 +370,7 @@ class Worker:
 
     def _host_exception(self, name: str, message: str, stack: str, where: str) -> None:
         self._host_log("error", f"Uncaught (in {where}) {stack}")
+        self._effects.append(("exception", self._current, *_exception_fields(name, message, stack)))
 
     def _host_op(self, kind: str, argument: Any) -> int:
         if self._live_ops >= MAX_PENDING_OPS:
@@ -392,6 +393,7 @@ class Worker:
         self._effects.append(("chunk", int(request_id), data, bool(last)))
 
     def _host_fail(self, request_id: int, name: str, message: str, stack: str) -> None:
+        self._effects.append(("exception", int(request_id), *_exception_fields(name, message, stack)))
         self._effects.append(("fail", int(request_id), str(stack)))
 
     def _host_crypto(self, operation: str, arguments: str, data: str | None) -> str:
@@ -430,6 +432,12 @@ class Worker:
                         invocation.reply.end()
                         if invocation.finish_after_body:
                             self._finish(invocation)
+            elif kind == "exception":
+                # For the invocation's event (warren.observability); a Reply without it only logs.
+                invocation = self._invocations.get(effect[1]) if effect[1] is not None else None
+                report = getattr(invocation.reply, "exception", None) if invocation is not None else None
+                if report is not None:
+                    report(*effect[2:])
             elif kind == "fail":
                 _, request_id, stack = effect
                 invocation = self._invocations.get(request_id)
@@ -578,6 +586,11 @@ def _valid_headers(headers_json: str) -> list[tuple[str, str]] | None:
             return None
         headers.append((name, value))
     return headers
+
+
+def _exception_fields(name: str, message: str, stack: str) -> tuple[str, str, str]:
+    """An uncaught exception's name, message and stack, bounded as log lines are."""
+    return str(name)[:LOG_LINE_BYTES], str(message)[:LOG_LINE_BYTES], str(stack)[:LOG_LINE_BYTES]
 
 
 def _now_ms() -> int:

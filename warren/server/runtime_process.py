@@ -127,6 +127,7 @@ class _FrameReply:
         self.bytes_out = 0
         self.cold = False  # the request waited for its worker's isolate to start
         self.worker: Worker | None = None
+        self.exceptions: list[dict[str, Any]] = []
 
     def head(self, status: int, headers: list[tuple[str, str]]) -> None:
         self._runtime.send(encode_json(Kind.HEAD, self._stream, {"status": status, "headers": headers}))
@@ -143,7 +144,17 @@ class _FrameReply:
         self._runtime.send(encode_json(Kind.ERROR, self._stream, {"status": status, "message": message}))
 
     def log(self, level: str, message: str) -> None:
-        self._runtime.send_log(self._runtime.script_of(self._stream), level, message, self._stream)
+        # Timestamped here, where the slice ended, for the invocation's event (warren.observability).
+        script = self._runtime.script_of(self._stream)
+        record = {"script": script, "level": level, "message": message, "timestamp": int(time.time() * 1000)}
+        self._runtime.send(encode_json(Kind.LOG, self._stream, record))
+
+    def exception(self, name: str, message: str, stack: str) -> None:
+        """An uncaught exception of the invocation, reported with DONE (its event lists it)."""
+        if len(self.exceptions) < MAX_EXCEPTIONS_REPORTED:
+            self.exceptions.append(
+                {"name": name, "message": message, "stack": stack, "timestamp": int(time.time() * 1000)}
+            )
 
     def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
         self._runtime.finished(self._stream)
@@ -154,11 +165,16 @@ class _FrameReply:
             "bytes_out": self.bytes_out,
             "cold": self.cold,
             "memory": self.worker.memory_bytes if self.worker is not None else 0,
+            # the process's isolates now (for the node's metrics)
+            "isolates": self._runtime.isolate_count(),
         }
+        if self.exceptions:
+            metering["exceptions"] = self.exceptions
         self._runtime.send(encode_json(Kind.DONE, self._stream, metering))
 
 
 EVICTION_INTERVAL_S = 5.0
+MAX_EXCEPTIONS_REPORTED = 8  # per invocation; the rest are still in its log
 COMPACT_AFTER_S = 10.0  # idle this long, an isolate's garbage is collected
 DEFAULT_IDLE_TIMEOUT_S = 300.0
 # Of the memory a runtime process may use (the machine's, divided among its
@@ -261,7 +277,18 @@ class RuntimeServer:
             await asyncio.sleep(min(EVICTION_INTERVAL_S, idle_timeout / 2))
             evicted = await self.evict(idle_timeout, memory_budget)
             if evicted:
-                self.send_log("warren", "info", f"evicted {len(evicted)} idle isolate(s): {', '.join(evicted[:5])}")
+                message = f"evicted {len(evicted)} idle isolate(s): {', '.join(evicted[:5])}"
+                # "evicted" and "isolates" feed the node's metrics (Supervisor, LOG frames).
+                record = {"script": "warren", "level": "info", "message": message, "evicted": len(evicted)}
+                self.send(encode_json(Kind.LOG, 0, {**record, "isolates": self.isolate_count()}))
+
+    def isolate_count(self) -> int:
+        """Isolates running now (started and not discarded)."""
+        return sum(
+            1
+            for future in self._workers.values()
+            if future.done() and not future.cancelled() and future.exception() is None and not future.result().broken
+        )
 
     async def _start_worker(self, key: str) -> Worker:
         script = self._scripts[key]

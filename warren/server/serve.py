@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from warren.store.routes import RouteTable, normalise_host
 
 DEFAULT_WORKERS_DOMAIN = "workers.localhost"
 POLL_INTERVAL_S = 1.0  # the longest one wait for a store change lasts before asking again
+MAX_IDENTITIES = 10_000  # version keys remembered for events, retired ones included
 
 # Upload content types (docs/control-plane.md) -> the runtime's module kinds.
 MODULE_KINDS = {
@@ -87,6 +90,7 @@ class EdgeNode:
         self._accounts_by_name: dict[str, Account] = {}
         self._targets: dict[tuple[str, str], _Target | Unavailable] = {}
         self._loaded: dict[str, str] = {}  # version key -> content hash
+        self._identities: dict[str, tuple[str, str, str]] = {}  # version key -> (account id, script, version id)
         self._poller: asyncio.Task[None] | None = None
 
     # --- serving ----------------------------------------------------------------------
@@ -196,8 +200,22 @@ class EdgeNode:
             self.echo(f"✘ {key} ({version.content_hash[:12]}) cannot be served: {exc}")
             return str(exc)
         self._loaded[key] = version.content_hash
+        self._remember(key, account.id if account is not None else version.account_id, version)
         self.echo(f"⎔ serving {key} (version {version.id}, sha256 {version.content_hash})")
         return None
+
+    # --- whose invocation it was (for its event, warren.observability) ---------------------
+
+    def _remember(self, key: str, account_id: str, version: Version) -> None:
+        if len(self._identities) >= MAX_IDENTITIES:
+            # Versions retired long ago: requests still in flight on them are long finished.
+            for stale in [stale for stale in self._identities if stale not in self._loaded]:
+                del self._identities[stale]
+        self._identities[key] = (account_id, version.script, version.id)
+
+    def identity(self, key: str) -> tuple[str, str, str] | None:
+        """(account id, script, version id) of a version key this node has served."""
+        return self._identities.get(key)
 
     async def _worker_script(
         self, key: str, account: Account | None, version: Version, secrets: dict[str, str]
@@ -247,8 +265,15 @@ async def serve(
     processes: int = 1,
     trusted_accounts: frozenset[str] = frozenset(),
     echo: Echo = _echo,
+    node_name: str | None = None,
 ) -> int:
-    """Run an edge node until interrupted; with ``control_port``, the control API too."""
+    """Run an edge node until interrupted; with ``control_port``, the control API too.
+
+    Every invocation's event goes to the store (``Store.publish_events``), batched in
+    the background, for tails and analytics. ``node_name`` (default ``$WARREN_NODE_NAME``,
+    else ``<hostname>:<port>``) names the node in events and metrics.
+    """
+    from warren.observability import EventPublisher, exchange_event
     from warren.server.app import EdgeApp, listen
     from warren.server.metrics import Metrics, log_line
 
@@ -257,15 +282,37 @@ async def serve(
         print(f"[{script}] {level}: {message}", file=stream, flush=True)
 
     metrics: Metrics | None = None
+    node: EdgeNode | None = None
+    publisher = EventPublisher(store, report=echo)
+    named = node_name or os.environ.get("WARREN_NODE_NAME") or ""
 
     def done(name: str, exchange: Exchange, outcome: str, cpu_ms: float, wall_ms: float) -> None:
         if metrics is not None:
             metrics.observe(name, exchange, outcome, cpu_ms, wall_ms)
         print(f"[{name}] {log_line(exchange, outcome, cpu_ms, wall_ms)}", flush=True)
+        identity = node.identity(exchange.key) if node is not None else None
+        if identity is not None and metrics is not None:
+            account_id, script, version_id = identity
+            try:
+                event = exchange_event(
+                    exchange,
+                    script_name=script,
+                    version=version_id,
+                    node=metrics.node,
+                    outcome=outcome,
+                    cpu_ms=cpu_ms,
+                    wall_ms=wall_ms,
+                )
+            except Exception as exc:  # never let one odd exchange stop the supervisor's reader
+                echo(f"✘ building the event of {name} failed: {exc!r}")
+                return
+            publisher.submit(account_id, event)
 
     supervisor = Supervisor(on_log=log, on_done=done, processes=processes)
-    metrics = Metrics(supervisor)
+    metrics = Metrics(supervisor, node=named or socket.gethostname())
+    metrics.publisher = publisher
     await supervisor.start()
+    publisher.start()
     node = EdgeNode(store, supervisor, workers_domain, echo=echo, trusted_accounts=trusted_accounts)
     control_app: Any = None
     try:
@@ -284,6 +331,8 @@ async def serve(
             echo(f"Metrics on http://{host}:{admin.port}/metrics")
         edge = await listen(EdgeApp(supervisor, node.resolve), host, port)
         servers.append(edge)
+        if not named:  # several nodes may share a host: the port tells them apart
+            metrics.node = f"{socket.gethostname()}:{edge.port}"
         echo(f"Ready on http://{host}:{edge.port} (workers domain {workers_domain}, store revision {node.revision})")
         # Either server stopping (a signal reaches both) ends the node.
         await asyncio.wait([server.task for server in servers], return_when=asyncio.FIRST_COMPLETED)
@@ -297,3 +346,4 @@ async def serve(
             await stop_app(control_app)
         await node.stop()
         await supervisor.stop()
+        await publisher.stop()

@@ -34,6 +34,9 @@ QUARANTINED = (
     "Deploy a new version to lift the quarantine."
 )
 
+MAX_EXCHANGE_LOGS = 2000  # console lines kept for an invocation's event; all of them still reach on_log
+TOO_MANY_LOGS = "Too many console lines in this invocation: the rest are not in its event."
+
 LogHandler = Callable[[str, str, str], None]  # script name, level, message
 DoneHandler = Callable[[str, "Exchange", str, float, float], None]  # name, exchange, outcome, cpu, wall
 
@@ -68,6 +71,9 @@ class Exchange:
         self.completed = asyncio.Event()  # set once the runtime reports DONE (or the exchange is lost)
         # filled from the runtime's DONE: bytes_out, cold, memory (see runtime_process._FrameReply.done)
         self.metering: dict[str, Any] = {}
+        # for the invocation's event (warren.observability): its console output, and when it began
+        self.logs: list[dict[str, Any]] = []
+        self.started_ms = int(time.time() * 1000)
 
     async def send_body(self, chunk: bytes) -> None:
         self.bytes_in += len(chunk)
@@ -108,6 +114,8 @@ class RuntimeProcess:
     loads: dict[int, asyncio.Future[dict[str, Any] | None]] = field(default_factory=dict)
     reader_task: asyncio.Task[None] | None = None
     stopping: bool = False
+    isolates: int = 0  # running in the process, as it last reported (DONE, or an eviction)
+    evictions: int = 0  # idle isolates it has evicted
 
     async def start(self) -> None:
         fd, self.slots_path = tempfile.mkstemp(prefix="warren-activity-")
@@ -192,6 +200,16 @@ class RuntimeProcess:
     def _dispatch(self, kind: Kind, stream: int, payload: bytes) -> None:
         if kind == Kind.LOG:
             message = json.loads(payload)
+            if "evicted" in message:
+                self.evictions += int(message["evicted"])
+                self.isolates = int(message.get("isolates", self.isolates))
+            logged = self.exchanges.get(stream) if stream else None
+            if logged is not None and len(logged.logs) <= MAX_EXCHANGE_LOGS:
+                entry = {"level": message["level"], "message": message["message"]}
+                entry["timestamp"] = message.get("timestamp") or int(time.time() * 1000)
+                if len(logged.logs) == MAX_EXCHANGE_LOGS:
+                    entry = {"level": "warn", "message": TOO_MANY_LOGS, "timestamp": entry["timestamp"]}
+                logged.logs.append(entry)
             self.supervisor.on_log(message["script"], message["level"], message["message"])
             return
         if kind == Kind.LOADED:
@@ -221,6 +239,7 @@ class RuntimeProcess:
             self.exchanges.pop(stream, None)
             exchange.finished = True
             exchange.metering = message
+            self.isolates = int(message.get("isolates", self.isolates))
             exchange.completed.set()
             self.supervisor.on_done(exchange.name, exchange, message["outcome"], message["cpu_ms"], message["wall_ms"])
 

@@ -21,7 +21,7 @@ bumps the revision; a failure raises a ``ValueError`` (``InvalidInput``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from warren.store.errors import Conflict, InvalidInput, NotFound, StoreError
@@ -107,6 +107,26 @@ class Store(Protocol):
         Edge nodes follow the store through this: SQLite polls, a store with
         change notifications (NATS KV watch) wakes as soon as one arrives.
         """
+        ...
+
+    # -- invocation events (warren.observability): not configuration, so never the revision --
+    async def publish_events(self, account_id: str, events: Sequence[dict[str, Any]]) -> None:
+        """Append invocation events (``warren.observability.build_event``) of one account.
+
+        Kept at least an hour (bounded in size); counted per script and minute for ``event_stats``.
+        """
+        ...
+
+    def follow_events(
+        self, account_id: str, script: str | None = None, since_ms: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The account's events (of one script, or all), published from ``since_ms`` (ms since
+        the epoch; default: now) on, from every edge node, as they arrive. Never ends by itself:
+        the caller closes it (``aclose``)."""
+        ...
+
+    async def event_stats(self, account_id: str, since_ms: int) -> list[tuple[str, int, int, int, float]]:
+        """``(script, minute start ms, requests, errors, cpu ms)`` of the account from ``since_ms`` on."""
         ...
 
 

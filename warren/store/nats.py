@@ -129,8 +129,9 @@ import json
 import os
 import re
 import secrets
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -173,6 +174,13 @@ MODULES = "modules"  # the object store bucket's kind
 DEPLOYMENT_HISTORY = 10_000  # deployments kept per script (KV history of the script's deployment key)
 WATCH_HEARTBEAT_S = 2.0  # a watch that hears nothing for two of these is re-created
 CAS_ATTEMPTS = 50  # conditional writes retried this often under contention before giving up
+# Invocation events (warren.observability): per-account streams and the per-minute counts' bucket.
+EVENTS_MAX_AGE_S = 3600.0
+EVENTS_MAX_BYTES = 64 * 1024 * 1024  # per account
+EVENT_STATS = "event_stats"  # a KV bucket's kind, outside KINDS
+EVENT_STATS_MAX_AGE_S = 3 * 3600.0
+FOLLOW_QUEUE = 1000  # messages a follower may fall behind before it loses the newest
+_EVENT_ACCOUNT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _KV_OPERATION = "KV-Operation"
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
@@ -1293,6 +1301,182 @@ class NATSStore:
             secrets={key: dict(sorted(found.items())) for key, found in sorted(secret_map.items())},
         )
 
+
+    # == invocation events (warren.observability) ===========================================
+    # Per account, one stream of events: subject <prefix>.logs.<account>.<script>, each message
+    # a JSON array of the events one publish call brought for that script, limited by age
+    # (EVENTS_MAX_AGE_S) and bytes, per account, so that a noisy account cannot push another's
+    # out. Per-minute counts live in a KV bucket of their own (<prefix>_event_stats, key
+    # <account>.<script>.<minute ms>), updated with compare-and-set by every edge node. Neither
+    # is in KINDS: events never move the revision nor wake an edge node.
+
+    def _events_stream(self, account_id: str) -> str:
+        if not _EVENT_ACCOUNT.fullmatch(account_id):
+            raise InvalidInput(f"invalid account id {account_id!r}")
+        return f"{self.prefix}_logs_{account_id}"
+
+    def _events_subject(self, account_id: str, script: str | None) -> str:
+        return f"{self.prefix}.logs.{account_id}." + (_escape(script) if script is not None else ">")
+
+    def _events_replicas(self) -> int:
+        return int(getattr(self, "bucket_replicas", None) or self.replicas or 1)
+
+    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        js = self._jetstream()
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except APIError:
+                await js.stream_info(config.name or "")  # created meanwhile by another node: fine
+
+    async def _ensure_events_stream(self, account_id: str) -> str:
+        name = self._events_stream(account_id)
+        known: set[str] | None = getattr(self, "_event_streams", None)
+        if known is None:
+            known = set()
+            self._event_streams = known
+        if name not in known:
+            await self._ensure_stream(
+                api.StreamConfig(
+                    name=name,
+                    description="warren invocation events of one account",
+                    subjects=[self._events_subject(account_id, None)],
+                    discard=api.DiscardPolicy.OLD,
+                    max_age=EVENTS_MAX_AGE_S,
+                    max_bytes=EVENTS_MAX_BYTES,
+                    max_msgs=-1,
+                    storage=api.StorageType.FILE,
+                    num_replicas=self._events_replicas(),
+                )
+            )
+            known.add(name)
+        return name
+
+    async def _ensure_event_stats(self) -> None:
+        if getattr(self, "_event_stats_ready", False):
+            return
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=self._stream(EVENT_STATS),
+                description="warren invocation counts per account, script and minute",
+                subjects=[f"$KV.{self._bucket(EVENT_STATS)}.>"],
+                allow_rollup_hdrs=True,
+                deny_delete=True,
+                discard=api.DiscardPolicy.NEW,
+                max_age=EVENT_STATS_MAX_AGE_S,
+                max_msgs=-1,
+                max_bytes=-1,
+                max_msgs_per_subject=1,
+                storage=api.StorageType.FILE,
+                num_replicas=self._events_replicas(),
+                allow_direct=False,
+            )
+        )
+        self._event_stats_ready = True
+
+    async def publish_events(self, account_id: str, events: Sequence[dict[str, Any]]) -> None:
+        from warren.observability.analytics import count_events
+
+        js = self._jetstream()
+        stream = await self._ensure_events_stream(account_id)
+        limit = self._max_record()
+        by_script: dict[str, list[bytes]] = {}
+        for event in events:
+            encoded = json.dumps(event, separators=(",", ":")).encode()
+            if len(encoded) + 2 <= limit:  # events are bounded upstream; one that is not is skipped
+                by_script.setdefault(str(event.get("scriptName", "")), []).append(encoded)
+        try:
+            for script, items in by_script.items():
+                subject = self._events_subject(account_id, script)
+                chunk: list[bytes] = []
+                size = 2
+                for item in items:
+                    if chunk and size + len(item) + 1 > limit:
+                        await js.publish(subject, b"[" + b",".join(chunk) + b"]", stream=stream)
+                        chunk, size = [], 2
+                    chunk.append(item)
+                    size += len(item) + 1
+                if chunk:
+                    await js.publish(subject, b"[" + b",".join(chunk) + b"]", stream=stream)
+        except NATSError:
+            self._event_streams.discard(stream)  # deleted under us, perhaps: look again next time
+            raise
+        await self._ensure_event_stats()
+        for (script, minute), (requests, errors, cpu_ms) in count_events(events).items():
+
+            def add(current: Any, n: float = requests, e: float = errors, cpu: float = cpu_ms) -> Any:
+                base = current if isinstance(current, list) and len(current) == 3 else [0, 0, 0.0]
+                return [int(base[0] + n), int(base[1] + e), round(float(base[2]) + cpu, 3)]
+
+            try:
+                await self._update_json(EVENT_STATS, _key(account_id, script, str(minute)), add)
+            except Conflict:
+                pass  # lost to extreme contention: the chart undercounts; the events themselves went out
+
+    async def follow_events(
+        self, account_id: str, script: str | None = None, since_ms: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """As the protocol says, through an ordered push consumer (it resumes by itself after a
+        reconnection). A reader that falls FOLLOW_QUEUE messages behind loses the newest."""
+        import datetime
+
+        js = self._jetstream()
+        stream = await self._ensure_events_stream(account_id)
+        queue: asyncio.Queue[bytes] = asyncio.Queue(FOLLOW_QUEUE)
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                queue.put_nowait(msg.data)
+            except asyncio.QueueFull:
+                pass
+
+        start = time.time() if since_ms is None else since_ms / 1000
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_TIME,
+            opt_start_time=datetime.datetime.fromtimestamp(start, datetime.UTC),
+        )
+        subscription = await js.subscribe(
+            self._events_subject(account_id, script),
+            stream=stream,
+            cb=on_message,
+            ordered_consumer=True,
+            config=config,
+            idle_heartbeat=WATCH_HEARTBEAT_S,
+        )
+        try:
+            while True:
+                data = await queue.get()
+                try:
+                    batch = json.loads(data)
+                except ValueError:
+                    continue
+                for event in batch if isinstance(batch, list) else ():
+                    if isinstance(event, dict):
+                        yield event
+        finally:
+            try:
+                await subscription.unsubscribe()
+            except (NATSError, ConnectionError, TimeoutError):
+                pass
+
+    async def event_stats(self, account_id: str, since_ms: int) -> list[tuple[str, int, int, int, float]]:
+        self._events_stream(account_id)  # checks the id
+        await self._ensure_event_stats()
+        rows = []
+        for entry in await self._scan(EVENT_STATS, _escape(account_id) + ".>"):
+            parts = entry.key.split(".")
+            try:
+                minute = int(_unescape(parts[2]))
+                requests, errors, cpu_ms = entry.json()
+            except (IndexError, ValueError, TypeError):
+                continue
+            if minute >= since_ms:
+                rows.append((_unescape(parts[1]), minute, int(requests), int(errors), float(cpu_ms)))
+        return sorted(rows)
+
+    # == end of invocation events ==============================================================
 
 def _incarnations(scripts: list[_Entry]) -> dict[str, str]:
     """Script key -> incarnation, of the scripts that exist."""

@@ -10,6 +10,7 @@ transaction that also bumps the revision; any exception rolls it back whole.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -18,8 +19,9 @@ import re
 import secrets
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -87,6 +89,27 @@ def _hash_secret(secret: str) -> str:
 
 # how often wait_for_change looks at the revision: the floor of an edge node's deploy latency
 POLL_INTERVAL_S = 0.05
+
+# Invocation events (warren.observability): the ring's bounds, and the per-minute counts'.
+EVENTS_MAX_AGE_MS = 3600 * 1000
+EVENTS_MAX_ROWS = 100_000
+EVENT_STATS_MAX_AGE_MS = 3 * 3600 * 1000
+EVENTS_PRUNE_EVERY_MS = 1000
+EVENTS_READ_BATCH = 500
+_EVENT_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, account_id TEXT NOT NULL, script TEXT NOT NULL,
+        received INTEGER NOT NULL, data TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS events_by_account ON events (account_id, id)",
+    "CREATE INDEX IF NOT EXISTS events_by_received ON events (received)",
+    """CREATE TABLE IF NOT EXISTS event_stats (
+        account_id TEXT NOT NULL, script TEXT NOT NULL, minute INTEGER NOT NULL, requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL, cpu_ms REAL NOT NULL, PRIMARY KEY (account_id, script, minute))""",
+)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class SQLiteStore:
@@ -612,6 +635,113 @@ class SQLiteStore:
 
         return await self._read(read)
 
+
+    # == invocation events (warren.observability) ===========================================
+    # A bounded ring, written by edge nodes and read by the control plane's tails and
+    # analytics. It is not configuration: writing it never moves the revision (edge nodes
+    # would reload on every request otherwise), so it has transactions of its own. The
+    # tables are created on first use, outside the schema version.
+
+    def _events_schema(self, conn: sqlite3.Connection) -> None:
+        if getattr(self, "_events_ready", None) is conn:
+            return
+        for statement in _EVENT_SCHEMA:
+            conn.execute(statement)
+        self._events_ready: sqlite3.Connection | None = conn
+
+    def _in_events(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                self._events_schema(conn)
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+    async def publish_events(self, account_id: str, events: Sequence[dict[str, Any]]) -> None:
+        """Append invocation events (warren.observability) to the ring, and count them per minute."""
+        from warren.observability.analytics import count_events
+
+        received = _now_ms()
+        rows = [
+            (account_id, str(event.get("scriptName", "")), received, json.dumps(event, separators=(",", ":")))
+            for event in events
+        ]
+        counts = count_events(events)
+        prune = received - getattr(self, "_events_pruned", 0) >= EVENTS_PRUNE_EVERY_MS
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT INTO events (account_id, script, received, data) VALUES (?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO event_stats (account_id, script, minute, requests, errors, cpu_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, script, minute)"
+                " DO UPDATE SET requests = requests + excluded.requests,"
+                " errors = errors + excluded.errors, cpu_ms = cpu_ms + excluded.cpu_ms",
+                [(account_id, script, minute, int(n), int(e), c) for (script, minute), (n, e, c) in counts.items()],
+            )
+            if prune:
+                conn.execute("DELETE FROM events WHERE received < ?", (received - EVENTS_MAX_AGE_MS,))
+                conn.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (EVENTS_MAX_ROWS,))
+                conn.execute("DELETE FROM event_stats WHERE minute < ?", (received - EVENT_STATS_MAX_AGE_MS,))
+
+        await asyncio.to_thread(self._in_events, write, True)
+        if prune:
+            self._events_pruned = received
+
+    async def follow_events(
+        self, account_id: str, script: str | None = None, since_ms: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The account's events (of one script, or all) received from ``since_ms`` (default: now) on,
+        as they arrive; polled every POLL_INTERVAL_S. Ends only when the caller closes it."""
+        since = _now_ms() if since_ms is None else since_ms
+
+        def start(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT COALESCE((SELECT MIN(id) FROM events WHERE received >= ?) - 1,"
+                " (SELECT MAX(id) FROM events), 0)",
+                (since,),
+            ).fetchone()
+            return int(row[0])
+
+        last = await asyncio.to_thread(self._in_events, start, False)
+        query = "SELECT id, data FROM events WHERE account_id = ? AND id > ? AND id <= ?"
+        if script is not None:
+            query += " AND script = ?"
+        query += f" ORDER BY id LIMIT {EVENTS_READ_BATCH}"
+
+        def read(after: int, conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row]]:
+            top = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+            parameters: tuple[Any, ...] = (account_id, after, top) + ((script,) if script is not None else ())
+            return top, conn.execute(query, parameters).fetchall()
+
+        while True:
+            top, rows = await asyncio.to_thread(self._in_events, functools.partial(read, last), False)
+            # Rows of other accounts and scripts are skipped by moving past them all at once.
+            last = max(last, top) if len(rows) < EVENTS_READ_BATCH else int(rows[-1]["id"])
+            for row in rows:
+                yield json.loads(row["data"])
+            if len(rows) < EVENTS_READ_BATCH:
+                await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def event_stats(self, account_id: str, since_ms: int) -> list[tuple[str, int, int, int, float]]:
+        """(script, minute in ms, requests, errors, cpu ms) of the account's minutes from ``since_ms`` on."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, int, int, int, float]]:
+            rows = conn.execute(
+                "SELECT script, minute, requests, errors, cpu_ms FROM event_stats"
+                " WHERE account_id = ? AND minute >= ? ORDER BY script, minute",
+                (account_id, since_ms),
+            ).fetchall()
+            return [(row[0], int(row[1]), int(row[2]), int(row[3]), float(row[4])) for row in rows]
+
+        return await asyncio.to_thread(self._in_events, read, False)
+
+    # == end of invocation events ==============================================================
 
 # -- row helpers (called with the store's lock held, inside a transaction) --------------------
 
