@@ -66,7 +66,14 @@ def prepare_isolate(memory_mb: int = DEFAULT_MEMORY_MB) -> PreparedIsolate:
     isolate = prepared.isolate
     isolate.expose_host_functions("__warrenHost", prepared.router.functions())
     try:
-        for name in ("js/webapi.js", "js/crypto.js", "js/bootstrap.js"):
+        for name in (
+            "js/webapi.js",
+            "js/crypto.js",
+            "js/events.js",
+            "js/blob.js",
+            "js/encoding_streams.js",
+            "js/bootstrap.js",
+        ):
             isolate.run_script(runtime_js(name), f"warren:{name}", cpu_budget_ms=STARTUP_CPU_MS)
         isolate.take_entry_point(ENTRY_POINT)
         isolate.call(ENTRY_POINT, 0, "init", cpu_budget_ms=STARTUP_CPU_MS)

@@ -10,9 +10,15 @@
   const host = globalThis.__warrenHost;
   const installWebAPIs = globalThis.__warrenWebAPI;
   const installCrypto = globalThis.__warrenCrypto;
+  const installEvents = globalThis.__warrenEvents;
+  const installBlob = globalThis.__warrenBlob;
+  const installEncodingStreams = globalThis.__warrenEncodingStreams;
   delete globalThis.__warrenHost;
   delete globalThis.__warrenWebAPI;
   delete globalThis.__warrenCrypto;
+  delete globalThis.__warrenEvents;
+  delete globalThis.__warrenBlob;
+  delete globalThis.__warrenEncodingStreams;
 
   const internals = Object.create(null);
   const defineGlobal = (name, value) =>
@@ -383,6 +389,9 @@
   function init() {
     installWebAPIs(globalThis, internals);
     installCrypto(globalThis, internals, (operation, args, data) => host.crypto(operation, args, data));
+    installEvents(globalThis, internals);
+    installBlob(globalThis, internals);
+    installEncodingStreams(globalThis, internals);
     internals.reportError = (error) => reportException(error, "microtask");
     // For runtime JavaScript (AbortSignal.timeout, ...): immune to tenants replacing the globals.
     internals.setTimeout = (callback, delay) => setTimer(callback, delay, [], false);
