@@ -9,6 +9,13 @@ Routes:
   /upload         -> JSON {length, chunks, sha1}: how the request body arrived
   /gzip           -> "compressed hello" gzip-encoded
   /hits           -> how many requests /echo and /upload have served
+
+Routes for examples/ (tests/test_examples.py), state in ``origin.examples`` (ExampleRoutes):
+  /site/PATH          -> a page the test put in origin.examples.pages (404 if none), written
+                         chunk by chunk (a chunk may be Pause(s) or Gate(name)); hits counted
+  /range/PREFIX       -> Pwned Passwords k-anonymity range: "SUFFIX:COUNT" lines (Add-Padding honoured)
+  /hang/NAME/PATH     -> never answers until gate NAME opens; records when the client goes away
+  /webhook            -> POST: records the JSON body in origin.examples.webhooks
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ import gzip
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -54,6 +63,8 @@ class Origin:
         app.router.add_route("*", "/status/{code}", self._status)
         app.router.add_post("/upload", self._upload)
         app.router.add_get("/gzip", self._gzip)
+        self.examples = ExampleRoutes(self)
+        self.examples.install(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -132,6 +143,112 @@ class Origin:
 
     def json(self) -> str:
         return json.dumps({"url": self.url})
+
+
+# --- routes for examples/ (tests/test_examples.py) --------------------------------------------
+
+
+@dataclass
+class Pause:
+    """A chunk of a page that is a delay: the bytes before it reach the client on their own."""
+
+    seconds: float
+
+
+@dataclass
+class Gate:
+    """A chunk of a page that waits until the test calls origin.open_gate(name)."""
+
+    name: str
+
+
+@dataclass
+class Page:
+    chunks: list[bytes | Pause | Gate]
+    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "text/html; charset=utf-8"})
+    status: int = 200
+
+
+class ExampleRoutes:
+    def __init__(self, origin: Origin) -> None:
+        self._origin = origin
+        self.pages: dict[str, Page] = {}
+        self.site_hits: dict[str, int] = {}
+        self.breached: dict[str, int] = {}  # SHA-1 (upper-case hex) -> times seen in breaches
+        self.range_requests: list[dict[str, str]] = []  # {"path", "padding"} of each /range request
+        self.hanging: dict[str, str] = {}  # NAME -> "waiting" | "client went away" | "opened"
+        self.webhooks: list[Any] = []
+
+    def page(self, path: str, *chunks: bytes | str | Pause | Gate, **headers: str) -> None:
+        """Serve ``/site{path}``; ``headers`` use ``_`` for ``-`` (content_type="text/plain")."""
+        parts = [c.encode() if isinstance(c, str) else c for c in chunks]
+        page = Page(parts)
+        for name, value in headers.items():
+            page.headers[name.replace("_", "-")] = value
+        self.pages[path] = page
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/site/{path:.*}", self._site)
+        app.router.add_get("/range/{prefix}", self._range)
+        app.router.add_get("/hang/{name}/{tail:.*}", self._hang)
+        app.router.add_post("/webhook", self._webhook)
+
+    async def _site(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["path"]
+        self.site_hits[path] = self.site_hits.get(path, 0) + 1
+        page = self.pages.get(path)
+        if page is None:
+            return web.Response(status=404, text=f"no page {path}")
+        response = web.StreamResponse(status=page.status, headers=page.headers)
+        await response.prepare(request)
+        for chunk in page.chunks:
+            if isinstance(chunk, Pause):
+                await asyncio.sleep(chunk.seconds)
+            elif isinstance(chunk, Gate):
+                await self._origin._gate(chunk.name).wait()
+            else:
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def _range(self, request: web.Request) -> web.Response:
+        prefix = request.match_info["prefix"].upper()
+        padding = request.headers.get("add-padding", "")
+        self.range_requests.append({"path": request.path, "padding": padding})
+        if len(prefix) != 5 or any(c not in "0123456789ABCDEF" for c in prefix):
+            return web.Response(status=400, text="The hash prefix was not in a valid format")
+        lines = [f"{h[5:]}:{n}" for h, n in self.breached.items() if h.startswith(prefix)]
+        if padding.lower() == "true":  # as the real API: decoy suffixes with a count of 0
+            lines += [hashlib.sha1(f"{prefix}{i}".encode()).hexdigest().upper()[5:] + ":0" for i in range(20)]
+        return web.Response(text="\r\n".join(sorted(lines)), content_type="text/plain")
+
+    async def _hang(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.hanging[name] = "waiting"
+        gate = self._origin._gate(name)
+        # aiohttp does not cancel a handler whose client left, so watch the transport.
+        while not gate.is_set():
+            if request.transport is None or request.transport.is_closing():
+                self.hanging[name] = "client went away"
+                return web.Response(text="nobody is listening")
+            await asyncio.sleep(0.02)
+        self.hanging[name] = "opened"
+        return web.Response(text=f"{name} opened")
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        self.webhooks.append(await request.json())
+        return web.Response(status=204)
+
+    def wait_for(self, condition: Any, timeout: float = 10) -> None:
+        """Poll ``condition()`` (read from the test's thread) until true."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for the origin")
+            time.sleep(0.02)
+
+
+# --- end of routes for examples/ ------------------------------------------------------------
 
 
 @pytest.fixture
