@@ -110,14 +110,23 @@ def summary(label: str, seconds: list[float]) -> str:
 
 
 class Edge:
-    """Supervisor + EdgeApp on uvicorn, on an event loop in a thread of its own."""
+    """Supervisor + EdgeApp on uvicorn, on an event loop in a thread of its own.
 
-    def __init__(self) -> None:
+    Keyword arguments go to the Supervisor (processes, memory_budget_mb, ...).
+    ``metering`` holds, per worker name, the DONE metering of its last request.
+    """
+
+    def __init__(self, **supervisor: Any) -> None:
         self.logs: list[tuple[str, str, str]] = []
+        self.metering: dict[str, dict[str, Any]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self.supervisor = Supervisor(on_log=lambda *entry: self.logs.append(entry))
+        self.supervisor = Supervisor(
+            on_log=lambda *entry: self.logs.append(entry),
+            on_done=lambda name, exchange, *_: self.metering.__setitem__(name, exchange.metering),
+            **supervisor,
+        )
         self._server: uvicorn.Server | None = None
         self.port = self.run(self._start())
 
@@ -160,9 +169,13 @@ class Edge:
 
     @property
     def runtime_pid(self) -> int:
-        [process] = self.supervisor.processes()
-        assert process.process is not None
-        return process.process.pid
+        [pid] = self.runtime_pids
+        return pid
+
+    @property
+    def runtime_pids(self) -> list[int]:
+        """The runtime processes' pids, in the supervisor's order."""
+        return [process.process.pid for process in self.supervisor.processes() if process.process is not None]
 
     async def _stop(self) -> None:
         if self._server is not None:
@@ -284,14 +297,15 @@ def main() -> int:
         for failure in lazy.failures[:10]:
             print(f"  ! {failure}")
 
-        extra = max(0, args.rss_workers - args.workers)
+        # The cold-start series above loaded args.workers more; the RSS figure counts them.
+        extra = max(0, args.rss_workers - 2 * args.workers)
         if extra:
             more = Series()
             for index in range(args.workers, args.workers + extra):
                 measure(edge, more, f"w{index}", SMALL.format(index=index), f"worker {index}\n".encode())
             for failure in more.failures[:10]:
                 print(f"  ! {failure}")
-            rss[args.workers + extra] = rss_kib(edge.runtime_pid)
+        rss[2 * args.workers + extra] = rss_kib(edge.runtime_pid)
 
         print("\nruntime child RSS (VmRSS) by loaded workers (plus one warm-up worker):")
         base = rss[0]

@@ -388,3 +388,40 @@ def test_an_endless_stream_stops_when_the_client_goes_away(edge: Any) -> None:
         time.sleep(0.05)
     assert any(name == "endless" for name, _ in server.done)
     assert server.get("/hello/").text == "hi"
+
+
+def test_request_body_piped_into_a_digest_stream(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              async fetch(request) {
+                const digest = new crypto.DigestStream("SHA-256");
+                await request.body.pipeTo(digest);
+                const hex = [...new Uint8Array(await digest.digest)].map((b) => b.toString(16).padStart(2, "0"));
+                return new Response(hex.join("") + " " + (digest instanceof WritableStream));
+              },
+            };
+            """
+        }
+    )
+    body = b"z" * (2 * 1024 * 1024 + 3)
+    assert server.request("POST", "/", content=body).text == hashlib.sha256(body).hexdigest() + " true"
+
+
+def test_one_date_header_whoever_sets_it(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              fetch(request) {
+                const own = new URL(request.url).searchParams.has("own");
+                return new Response("x", own ? { headers: { date: "Mon, 01 Jan 2024 00:00:00 GMT" } } : {});
+              },
+            };
+            """
+        }
+    )
+    own = server.get("/?own=1")
+    assert own.headers.get_list("date") == ["Mon, 01 Jan 2024 00:00:00 GMT"]
+    assert len(server.get("/").headers.get_list("date")) == 1

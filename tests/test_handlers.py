@@ -119,7 +119,7 @@ def test_wrangler_jsonc_and_cli_var(dev: Any) -> None:
               "name": "jsonc-test",
               "main": "worker.js",
               "vars": { "A": "from-config", },
-              "kv_namespaces": [],
+              "d1_databases": [],
             }
             """,
             "worker.js": "export default { fetch: (r, env) => new Response(env.A + ',' + env.B) };",
@@ -129,7 +129,7 @@ def test_wrangler_jsonc_and_cli_var(dev: Any) -> None:
         "B:from-cli",
     )
     assert server.get("/").text == "from-config,from-cli"
-    assert "ignoring 'kv_namespaces'" in server.output
+    assert "ignoring 'd1_databases'" in server.output
 
 
 def test_wait_until_runs_after_the_response(dev: Any) -> None:

@@ -50,3 +50,44 @@ def test_each_request_is_metered_and_exported(dev: Any) -> None:
     server.wait_for(r"GET / 200 ok .* cold")
     text = httpx.get(metrics_url, timeout=10).text
     assert _metric(text, "warren_cold_starts_total", worker="worker") >= 1
+
+
+METERED_WORKER = """
+export default {
+  async fetch(request, env) {
+    const url = new URL(request.url);
+    if (url.pathname === "/plain") return new Response("plain");
+    const origin = url.searchParams.get("origin");
+    const first = await fetch(origin + "/echo?n=1");
+    const second = await fetch(origin + "/echo?n=2");
+    await env.KV.put("k", "v");
+    const value = await env.KV.get("k");
+    await env.KV.delete("k");
+    return new Response(`${first.status} ${second.status} ${value}`);
+  },
+};
+"""
+
+METERED_CONFIG = """
+name = "metered"
+main = "worker.js"
+
+[[kv_namespaces]]
+binding = "KV"
+"""
+
+
+def test_subrequests_and_kv_operations_are_metered(dev: Any, origin: Any) -> None:
+    server = dev({"worker.js": METERED_WORKER, "wrangler.toml": METERED_CONFIG}, ".", "--admin-port", "0")
+    metrics_url = re.search(r"Metrics on (http://\S+)", server.output).group(1)  # type: ignore[union-attr]
+    for _ in range(2):
+        response = server.get("/", params={"origin": origin.url})
+        assert response.text == "200 200 v"
+    server.wait_for(r"GET /\S* 200 ok cpu=\S+ wall=\S+ in=0B out=9B subrequests=2 kv=3")
+    text = httpx.get(metrics_url, timeout=10).text
+    assert _metric(text, "warren_subrequests_total", worker="metered") == 4
+    assert _metric(text, "warren_kv_operations_total", worker="metered") == 6
+    # An invocation without any says nothing of them.
+    assert server.get("/plain").text == "plain"
+    line = server.wait_for(r"GET /plain 200 .*").group(0)
+    assert "subrequests" not in line and "kv=" not in line

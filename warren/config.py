@@ -20,14 +20,16 @@ from typing import Any
 import json5
 
 from warren.runtime import Module, WorkerScript
-from warren.runtime.script import DEFAULT_CPU_MS, DEFAULT_MEMORY_MB
+from warren.runtime.script import DEFAULT_CPU_MS, DEFAULT_MEMORY_MB, DEFAULT_SUBREQUEST_LIMIT
 
 CONFIG_NAMES = ("wrangler.toml", "wrangler.json", "wrangler.jsonc")
 SUPPORTED_KEYS = {
     "name", "main", "compatibility_date", "vars", "limits", "triggers",
     "rules", "wasm_modules", "text_blobs", "data_blobs",
+    "services", "queues", "kv_namespaces", "durable_objects", "migrations",
 }
-SUPPORTED_LIMITS = {"cpu_ms"}
+SUPPORTED_LIMITS = {"cpu_ms", "subrequests"}
+MAX_SUBREQUESTS = 10_000
 MAX_CPU_MS = 300_000  # Workers' own ceiling for [limits] cpu_ms
 MAX_SCRIPT_BYTES = 10 * 1024 * 1024
 # wrangler's rule types -> the runtime's module kinds
@@ -170,11 +172,20 @@ class Project:
     compatibility_date: str = ""
     vars: dict[str, Any] = field(default_factory=dict)
     cpu_ms: float = DEFAULT_CPU_MS
+    subrequests: int = DEFAULT_SUBREQUEST_LIMIT  # [limits] subrequests
     warnings: list[str] = field(default_factory=list)
     crons: list[str] = field(default_factory=list)  # [triggers] crons
     rules: ModuleRules = field(default_factory=ModuleRules)
     # [wasm_modules], [text_blobs], [data_blobs]: global name -> (module kind, file)
     blobs: dict[str, tuple[str, Path]] = field(default_factory=dict)
+    # [[services]] and [[queues.producers]] as binding specs; [[queues.consumers]] (see _queues)
+    service_bindings: list[dict[str, Any]] = field(default_factory=list)
+    queue_bindings: list[dict[str, Any]] = field(default_factory=list)
+    queue_consumers: list[dict[str, Any]] = field(default_factory=list)
+    # [[kv_namespaces]] as binding specs ("namespace_id" empty where the config gives no id)
+    kv_namespaces: list[dict[str, Any]] = field(default_factory=list)
+    # [[durable_objects.bindings]] as binding specs (see durable_object_bindings)
+    durable_objects: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def watch_paths(self) -> list[Path]:
@@ -236,7 +247,12 @@ class Project:
             compatibility_date=self.compatibility_date,
             vars=dict(self.vars),
             cpu_ms=self.cpu_ms,
+            subrequest_limit=self.subrequests,
             memory_mb=memory_mb,
+            bindings=(
+                *self.service_bindings, *self.queue_bindings, *local_kv_namespaces(self.kv_namespaces),
+                *self.durable_objects,
+            ),
         )
 
 
@@ -368,6 +384,114 @@ def _crons(triggers: Any, config_path: Path | None) -> list[str]:
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
+_SERVICE_KEYS = {"binding", "service", "entrypoint", "environment"}
+_PRODUCER_KEYS = {"binding", "queue", "delivery_delay"}
+# [[queues.consumers]] key -> (the stored setting, lowest, highest, default); as Workers limits them
+CONSUMER_SETTINGS = {
+    "max_batch_size": ("batch_size", 1, 100, 10),
+    "max_batch_timeout": ("max_wait_ms", 0, 60, 5),
+    "max_retries": ("max_retries", 0, 100, 3),
+    "retry_delay": ("retry_delay", 0, 43200, 0),
+}
+_CONSUMER_KEYS = {"queue", "dead_letter_queue", "max_concurrency", *CONSUMER_SETTINGS}
+
+
+def _binding_name(entry: dict[str, Any], where: str, taken: set[str]) -> str:
+    name = entry.get("binding")
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        raise ConfigError(f"{where}: 'binding' must be the JavaScript name of the binding (env.NAME)")
+    if name in taken:
+        raise ConfigError(f"{where}: the binding {name} is defined twice")
+    taken.add(name)
+    return name
+
+
+def _entry_name(value: Any, what: str, where: str) -> str:
+    from warren.store.errors import InvalidInput
+    from warren.store.validation import queue_name, script_name
+
+    try:
+        return (queue_name if what == "queue" else script_name)(value)
+    except InvalidInput as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _services(value: Any, where: str, warnings: list[str]) -> list[dict[str, Any]]:
+    """``[[services]] binding, service, entrypoint?``: service bindings (issue #10)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: 'services' must be a list of {{binding, service}} tables ([[services]])")
+    bindings: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    for index, entry in enumerate(value, 1):
+        at = f"{where}: [[services]] #{index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at} must be a table with 'binding' and 'service'")
+        spec: dict[str, Any] = {"type": "service", "name": _binding_name(entry, at, taken)}
+        spec["service"] = _entry_name(entry.get("service"), "service", at)
+        entrypoint = entry.get("entrypoint")
+        if entrypoint is not None:
+            if not isinstance(entrypoint, str) or not _IDENTIFIER.fullmatch(entrypoint):
+                raise ConfigError(f"{at}: 'entrypoint' must name an exported class (a JavaScript identifier)")
+            spec["entrypoint"] = entrypoint
+        for key in sorted(set(entry) - _SERVICE_KEYS):
+            warnings.append(f"{at}: ignoring '{key}'")
+        bindings.append(spec)
+    return bindings
+
+
+def _number(value: Any, what: str, low: int, high: int, where: str, whole: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ConfigError(f"{where}: {what} must be a number from {low} to {high}")
+    if whole and not float(value).is_integer():
+        raise ConfigError(f"{where}: {what} must be a whole number")
+    return float(value)
+
+
+def _queues(value: Any, where: str, warnings: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``[[queues.producers]] binding, queue, delivery_delay?`` (binding specs) and
+    ``[[queues.consumers]] queue, max_batch_size, max_batch_timeout, max_retries,
+    dead_letter_queue, retry_delay`` (consumer settings, as the store keeps them)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: 'queues' must be a table with 'producers' and/or 'consumers' lists")
+    for key in sorted(set(value) - {"producers", "consumers"}):
+        warnings.append(f"{where}: ignoring queues.{key}")
+    producers, consumers = value.get("producers", []), value.get("consumers", [])
+    if not isinstance(producers, list) or not isinstance(consumers, list):
+        raise ConfigError(f"{where}: queues.producers and queues.consumers must be lists ([[queues.producers]])")
+    bindings: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    for index, entry in enumerate(producers, 1):
+        at = f"{where}: [[queues.producers]] #{index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at} must be a table with 'binding' and 'queue'")
+        spec: dict[str, Any] = {"type": "queue", "name": _binding_name(entry, at, taken)}
+        spec["queue_name"] = _entry_name(entry.get("queue"), "queue", at)
+        if "delivery_delay" in entry:
+            spec["delivery_delay"] = int(_number(entry["delivery_delay"], "delivery_delay", 0, 43200, at))
+        for key in sorted(set(entry) - _PRODUCER_KEYS):
+            warnings.append(f"{at}: ignoring '{key}'")
+        bindings.append(spec)
+    settings: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(consumers, 1):
+        at = f"{where}: [[queues.consumers]] #{index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at} must be a table with 'queue'")
+        consumer: dict[str, Any] = {"queue": _entry_name(entry.get("queue"), "queue", at)}
+        if consumer["queue"] in seen:
+            raise ConfigError(f"{at}: the queue {consumer['queue']} is consumed twice")
+        seen.add(consumer["queue"])
+        for key, (setting, low, high, default) in CONSUMER_SETTINGS.items():
+            number = _number(entry.get(key, default), key, low, high, at, whole=setting != "max_wait_ms")
+            consumer[setting] = int(number * 1000) if setting == "max_wait_ms" else int(number)
+        dead_letter = entry.get("dead_letter_queue")
+        consumer["dead_letter_queue"] = _entry_name(dead_letter, "queue", at) if dead_letter is not None else ""
+        if consumer["dead_letter_queue"] == consumer["queue"]:
+            raise ConfigError(f"{at}: a queue cannot be its own dead letter queue")
+        for key in sorted(set(entry) - _CONSUMER_KEYS):
+            warnings.append(f"{at}: ignoring '{key}'")
+        settings.append(consumer)
+    return bindings, settings
 _RULE_KEYS = {"type", "globs", "fallthrough"}
 
 
@@ -472,8 +596,18 @@ def load_project(target: str | Path) -> Project:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_CPU_MS:
             raise ConfigError(f"{config_path}: limits.cpu_ms must be a number of milliseconds, 1 to {MAX_CPU_MS}")
         cpu_ms = float(value)
+    subrequests = DEFAULT_SUBREQUEST_LIMIT
+    if "subrequests" in limits:
+        value = limits["subrequests"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SUBREQUESTS:
+            raise ConfigError(f"{config_path}: limits.subrequests must be a whole number, 1 to {MAX_SUBREQUESTS}")
+        subrequests = value
 
     crons = _crons(config.get("triggers", {}), config_path)
+    service_bindings = _services(config.get("services", []), str(config_path), warnings)
+    queue_bindings, queue_consumers = _queues(config.get("queues", {}), str(config_path), warnings)
+    kv_namespaces = kv_namespace_bindings(config.get("kv_namespaces", []), str(config_path), warnings)
+    durable_objects = durable_object_bindings(config, name, str(config_path), warnings)
 
     where = str(config_path)
     rules = ModuleRules.combine(
@@ -484,6 +618,11 @@ def load_project(target: str | Path) -> Project:
     blobs = _blobs(config, base, where)
 
     return Project(
+        durable_objects=durable_objects,
+        kv_namespaces=kv_namespaces,
+        service_bindings=service_bindings,
+        queue_bindings=queue_bindings,
+        queue_consumers=queue_consumers,
         rules=rules,
         blobs=blobs,
         crons=crons,
@@ -493,5 +632,153 @@ def load_project(target: str | Path) -> Project:
         compatibility_date=compatibility_date,
         vars=variables,
         cpu_ms=cpu_ms,
+        subrequests=subrequests,
         warnings=warnings,
     )
+
+
+_KV_NAMESPACE_KEYS = {"binding", "id", "preview_id"}
+
+
+def kv_namespace_bindings(value: Any, where: str, warnings: list[str]) -> list[dict[str, Any]]:
+    """``[[kv_namespaces]]``: ``{binding, id}`` tables, as ``kv_namespace`` binding specs.
+
+    ``id`` may be left out for ``warren dev``, which then keeps the namespace's
+    local data under the binding's name; ``warren deploy`` needs it.
+    ``preview_id`` is accepted and ignored (there is no remote preview).
+    """
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: 'kv_namespaces' must be a list of {{binding, id}} tables ([[kv_namespaces]])")
+    specs: list[dict[str, Any]] = []
+    for index, entry in enumerate(value, 1):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: kv_namespaces #{index} must be a table with 'binding' and 'id'")
+        binding = entry.get("binding")
+        if not isinstance(binding, str) or not _IDENTIFIER.fullmatch(binding):
+            raise ConfigError(f"{where}: kv_namespaces #{index} needs 'binding', a JavaScript identifier")
+        if any(spec["name"] == binding for spec in specs):
+            raise ConfigError(f"{where}: the KV binding {binding} is declared twice")
+        namespace_id = entry.get("id", "")
+        if not isinstance(namespace_id, str) or (namespace_id and not _NAMESPACE_ID.fullmatch(namespace_id)):
+            raise ConfigError(f"{where}: kv_namespaces {binding}: 'id' must be a namespace id (letters, digits, -, _)")
+        for key in sorted(set(entry) - _KV_NAMESPACE_KEYS):
+            warnings.append(f"{where}: ignoring '{key}' in kv_namespaces {binding}")
+        specs.append({"type": "kv_namespace", "name": binding, "namespace_id": namespace_id})
+    return specs
+
+
+_NAMESPACE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def local_kv_namespaces(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The specs as ``warren dev`` serves them: a namespace without an id is named after its binding."""
+    return [{**spec, "namespace_id": spec["namespace_id"] or spec["name"]} for spec in specs]
+
+
+def project_kv_namespaces(directory: Path) -> list[dict[str, Any]]:
+    """The ``[[kv_namespaces]]`` of the wrangler config in ``directory`` (for ``warren kv --binding``)."""
+    config_path = _find_config(directory)
+    if config_path is None:
+        raise ConfigError(f"{directory} holds none of {', '.join(CONFIG_NAMES)}")
+    return kv_namespace_bindings(_read_config(config_path).get("kv_namespaces", []), str(config_path), [])
+
+
+_DO_BINDING_KEYS = {"name", "class_name", "script_name", "environment"}
+_MIGRATION_KEYS = {"tag", "new_classes", "new_sqlite_classes", "renamed_classes", "deleted_classes"}
+
+
+def durable_object_classes(value: Any, where: str) -> dict[str, bool]:
+    """``[[migrations]]`` applied in order: each class the worker declares -> whether it is SQLite-backed."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: 'migrations' must be a list of tables ([[migrations]])")
+    classes: dict[str, bool] = {}
+    tags: set[str] = set()
+    for index, step in enumerate(value, 1):
+        at = f"{where}: [[migrations]] #{index}"
+        if not isinstance(step, dict):
+            raise ConfigError(f"{at} must be a table with 'tag' and the classes it changes")
+        tag = step.get("tag")
+        if not isinstance(tag, str) or not tag:
+            raise ConfigError(f"{at} needs 'tag', a string naming the migration")
+        if tag in tags:
+            raise ConfigError(f"{at}: the tag {tag!r} is used twice")
+        tags.add(tag)
+        unknown = sorted(set(step) - _MIGRATION_KEYS)
+        if unknown:
+            raise ConfigError(f"{at}: warren does not support {', '.join(unknown)} in migrations")
+        for key, sqlite in (("new_classes", False), ("new_sqlite_classes", True)):
+            for name in _class_names(step.get(key, []), f"{at}: {key}"):
+                if name in classes:
+                    raise ConfigError(f"{at}: the class {name} already exists (declared by an earlier migration)")
+                classes[name] = sqlite
+        renamed = step.get("renamed_classes", [])
+        if not isinstance(renamed, list):
+            raise ConfigError(f"{at}: renamed_classes must be a list of {{from, to}} tables")
+        for entry in renamed:
+            if not isinstance(entry, dict) or entry.get("from") not in classes:
+                raise ConfigError(f"{at}: renamed_classes needs {{from, to}} with 'from' an existing class")
+            target = _class_names([entry.get("to")], f"{at}: renamed_classes")[0]
+            classes[target] = classes.pop(entry["from"])
+        for name in _class_names(step.get("deleted_classes", []), f"{at}: deleted_classes"):
+            if classes.pop(name, None) is None:
+                raise ConfigError(f"{at}: deleted_classes names {name}, which no earlier migration created")
+    return classes
+
+
+def _class_names(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and _IDENTIFIER.fullmatch(v) for v in value):
+        raise ConfigError(f"{where} must be a list of class names (JavaScript identifiers)")
+    return list(value)
+
+
+def durable_object_bindings(
+    config: dict[str, Any], script: str, where: str, warnings: list[str]
+) -> list[dict[str, Any]]:
+    """``[[durable_objects.bindings]] name, class_name, script_name?`` as ``durable_object_namespace`` specs.
+
+    ``script_name`` defaults to this worker; a class of this worker gets ``sqlite``
+    from ``[[migrations]]`` (``new_sqlite_classes``: the SQL API; ``new_classes``:
+    key-value storage only).
+    """
+    section = config.get("durable_objects", {})
+    if not isinstance(section, dict) or not isinstance(section.get("bindings", []), list):
+        raise ConfigError(f"{where}: durable_objects.bindings must be a list of tables ([[durable_objects.bindings]])")
+    classes = durable_object_classes(config.get("migrations", []), where)
+    specs: list[dict[str, Any]] = []
+    for index, entry in enumerate(section.get("bindings", []), 1):
+        at = f"{where}: [[durable_objects.bindings]] #{index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at} must be a table with 'name' and 'class_name'")
+        name = entry.get("name")
+        if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+            raise ConfigError(f"{at} needs 'name', a JavaScript identifier (env.NAME)")
+        if any(spec["name"] == name for spec in specs):
+            raise ConfigError(f"{at}: the binding {name} is declared twice")
+        class_name = _class_names([entry.get("class_name")], f"{at}: class_name")[0]
+        target = entry.get("script_name", script)
+        if not isinstance(target, str) or not target:
+            raise ConfigError(f"{at}: script_name must name a worker")
+        for key in sorted(set(entry) - _DO_BINDING_KEYS):
+            warnings.append(f"{at}: ignoring '{key}'")
+        spec: dict[str, Any] = {
+            "type": "durable_object_namespace", "name": name, "class_name": class_name, "script_name": target,
+        }
+        if target == script:
+            if class_name not in classes:
+                warnings.append(
+                    f"{at}: no [[migrations]] entry declares the class {class_name}; it is served as "
+                    f'SQLite-backed (add new_sqlite_classes = ["{class_name}"])'
+                )
+            spec["sqlite"] = classes.get(class_name, True)
+        else:
+            warnings.append(f"{at}: the class {class_name} belongs to the worker {target}, which this project is not")
+        specs.append(spec)
+    return specs
+
+
+def uploaded_durable_object(spec: dict[str, Any], script: str) -> dict[str, Any]:
+    """A Durable Object binding as an upload carries it: ``script_name`` only for another worker's class."""
+    upload = {"type": "durable_object_namespace", "name": spec["name"], "class_name": spec["class_name"]}
+    if spec.get("script_name") and spec["script_name"] != script:
+        upload["script_name"] = spec["script_name"]
+    return upload

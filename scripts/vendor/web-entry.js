@@ -2,9 +2,6 @@
 // The bundle's only effect is to define globalThis.__warrenVendor.
 import { URL, URLSearchParams } from "whatwg-url";
 import structuredClone from "@ungap/structured-clone";
-// The subpath, not the package root: the root also assigns globalThis.URLPattern.
-// URLPattern reads the global URL when called, not at load time.
-import { URLPattern } from "urlpattern-polyfill/urlpattern";
 // The ponyfill build: it defines nothing global; bootstrap.js installs the classes.
 import {
   ReadableStream,
@@ -21,14 +18,23 @@ import {
   ByteLengthQueuingStrategy,
   CountQueuingStrategy,
 } from "web-streams-polyfill";
-// Streaming (de)compressors for CompressionStream / DecompressionStream.
-import { Gzip, Gunzip, Zlib, Unzlib, Deflate, Inflate } from "fflate";
+
+// Evaluated on first use, not when the bundle loads: every isolate loads the
+// bundle, few use these. fflate builds ~200 KB of Huffman tables when it loads,
+// URLPattern ~45 KB of objects. esbuild bundles a require() as a module that
+// runs on its first call.
+const once = (load) => {
+  let value = null;
+  return () => (value ??= load());
+};
 
 globalThis.__warrenVendor = {
   URL,
   URLSearchParams,
   structuredClone,
-  URLPattern,
+  // The subpath, not the package root: the root also assigns globalThis.URLPattern.
+  // URLPattern reads the global URL when called, not at load time.
+  loadURLPattern: once(() => require("urlpattern-polyfill/urlpattern").URLPattern),
   streams: {
     ReadableStream,
     ReadableStreamDefaultReader,
@@ -44,5 +50,9 @@ globalThis.__warrenVendor = {
     ByteLengthQueuingStrategy,
     CountQueuingStrategy,
   },
-  compression: { Gzip, Gunzip, Zlib, Unzlib, Deflate, Inflate },
+  // Streaming (de)compressors for CompressionStream / DecompressionStream.
+  loadCompression: once(() => {
+    const { Gzip, Gunzip, Zlib, Unzlib, Deflate, Inflate } = require("fflate");
+    return { Gzip, Gunzip, Zlib, Unzlib, Deflate, Inflate };
+  }),
 };

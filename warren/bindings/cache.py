@@ -107,9 +107,8 @@ class CacheHandler:
         if ttl <= 0:
             return BindingResult(value={"stored": False})
         request_headers = {str(n).lower(): str(v) for n, v in args.get("requestHeaders", [])}
-        vary_key = json.dumps(
-            [[name, request_headers.get(name, "")] for name in sorted(p.strip().lower() for p in (vary or "").split(",") if p.strip())]
-        )
+        varied = sorted(part.strip().lower() for part in (vary or "").split(",") if part.strip())
+        vary_key = json.dumps([[name, request_headers.get(name, "")] for name in varied])
         now = self.clock()
         with self._lock, self._db:
             self._db.execute(
@@ -171,9 +170,10 @@ class CacheHandler:
             return BindingResult(value=None)
         with self._lock, self._db:
             self._db.execute(
-                "UPDATE entries SET used = ? WHERE scope = ? AND cache = ? AND url = ?", (self.clock(), scope, cache, url)
+                "UPDATE entries SET used = ? WHERE scope = ? AND cache = ? AND url = ?",
+                (self.clock(), scope, cache, url),
             )
-        headers: list[list[str]] = json.loads(headers_json) + [["cf-cache-status", "HIT"]]
+        headers: list[list[str]] = [*json.loads(headers_json), ["cf-cache-status", "HIT"]]
         if self._not_modified(headers, request_headers):
             kept = [[n, v] for n, v in headers if n.lower() not in ("content-length", "content-type")]
             return BindingResult(value={"status": 304, "statusText": "Not Modified", "headers": kept})
@@ -183,7 +183,8 @@ class CacheHandler:
             if partial is None:
                 unsatisfiable = [[n, v] for n, v in headers if n.lower() != "content-length"]
                 unsatisfiable.append(["content-range", f"bytes */{len(body)}"])
-                return BindingResult(value={"status": 416, "statusText": "Range Not Satisfiable", "headers": unsatisfiable})
+                refused = {"status": 416, "statusText": "Range Not Satisfiable", "headers": unsatisfiable}
+                return BindingResult(value=refused)
             start, end = partial
             ranged = [[n, v] for n, v in headers if n.lower() != "content-length"]
             ranged.append(["content-range", f"bytes {start}-{end}/{len(body)}"])

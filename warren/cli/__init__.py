@@ -12,7 +12,9 @@ import click
 
 from warren import __version__
 from warren.cli.commands import COMMANDS
+from warren.cli.kv import COMMANDS as KV_COMMANDS
 from warren.cli.node_commands import control, serve
+from warren.cli.queues import COMMANDS as QUEUE_COMMANDS
 from warren.cli.tail import COMMANDS as TAIL_COMMANDS
 
 
@@ -40,6 +42,26 @@ def _parse_var(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--no-watch", is_flag=True, help="Do not reload when files change.")
 @click.option("--admin-port", type=click.IntRange(0, 65535), default=None, help="Serve Prometheus /metrics here.")
 @click.option("--test-scheduled", is_flag=True, help="Run the scheduled() handler on GET /__scheduled?cron=….")
+@click.option(
+    "--geoip-db",
+    "geoip_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A MaxMind database (City/Country/ASN .mmdb) for request.cf geography (repeatable).",
+)
+@click.option(
+    "--persist-to",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep local state (KV data) here instead of .warren/state beside the config.",
+)
+@click.option(
+    "--service",
+    "services",
+    multiple=True,
+    metavar="[NAME=]PATH",
+    help="Also run this worker (a directory or script), for the main one's [[services]] bindings (repeatable).",
+)
 def dev(
     target: str,
     port: int,
@@ -48,6 +70,9 @@ def dev(
     no_watch: bool,
     admin_port: int | None,
     test_scheduled: bool,
+    geoip_paths: tuple[str, ...],
+    persist_to: str | None,
+    services: tuple[str, ...],
 ) -> None:
     """Serve a worker locally: a script file, or a directory with wrangler.toml."""
     from warren.server.dev import DevServer
@@ -60,6 +85,9 @@ def dev(
         watch=not no_watch,
         admin_port=admin_port,
         test_scheduled=test_scheduled,
+        geoip_paths=geoip_paths,
+        persist_to=persist_to,
+        services=services,
     )
     try:
         import uvloop
@@ -70,5 +98,5 @@ def dev(
     raise SystemExit(code)
 
 
-for _command in [*COMMANDS, *TAIL_COMMANDS, serve, control]:
+for _command in [*COMMANDS, *KV_COMMANDS, *TAIL_COMMANDS, *QUEUE_COMMANDS, serve, control]:
     main.add_command(_command)

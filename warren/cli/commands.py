@@ -305,8 +305,8 @@ def build_upload(
     """
     from warren.cli.bundle import bundle as bundle_with
     from warren.cli.bundle import find_esbuild
-    from warren.config import ConfigError
-    from warren.runtime.script import DEFAULT_CPU_MS
+    from warren.config import ConfigError, uploaded_durable_object
+    from warren.runtime.script import DEFAULT_CPU_MS, DEFAULT_SUBREQUEST_LIMIT
 
     if project.blobs:
         # The control plane has no wasm_module/text_blob/data_blob bindings yet.
@@ -323,12 +323,28 @@ def build_upload(
         except ConfigError as exc:
             raise Failure(str(exc)) from None
         modules = [Module(name=file.name, content_type=CONTENT_TYPES[file.kind], data=file.data) for file in files]
-    metadata: dict[str, Any] = {"main_module": modules[0].name, "bindings": _bindings(project.vars)}
+    missing = [spec["name"] for spec in project.kv_namespaces if not spec["namespace_id"]]
+    if missing:
+        raise Failure(
+            f"[[kv_namespaces]] {', '.join(missing)} need an id to deploy: create a namespace with "
+            "`warren kv namespace create TITLE` and put its id in the config"
+        )
+    metadata: dict[str, Any] = {
+        "main_module": modules[0].name,
+        "bindings": [*_bindings(project.vars), *project.kv_namespaces, *project.service_bindings,
+                     *project.queue_bindings,
+                     *(uploaded_durable_object(spec, project.name) for spec in project.durable_objects)],
+    }
     if project.compatibility_date:
         metadata["compatibility_date"] = project.compatibility_date
+    limits: dict[str, Any] = {}
     if project.cpu_ms != DEFAULT_CPU_MS:
         cpu_ms = project.cpu_ms
-        metadata["limits"] = {"cpu_ms": int(cpu_ms) if float(cpu_ms).is_integer() else cpu_ms}
+        limits["cpu_ms"] = int(cpu_ms) if float(cpu_ms).is_integer() else cpu_ms
+    if project.subrequests != DEFAULT_SUBREQUEST_LIMIT:
+        limits["subrequests"] = project.subrequests
+    if limits:
+        metadata["limits"] = limits
     if message:
         metadata["message"] = message
     return metadata, modules
@@ -493,6 +509,9 @@ def deploy(target: str, script: str | None, message: str | None, no_bundle: bool
         if not content_hash and result.get("version_id"):
             version = current.client.get_version(current.account(), name, str(result["version_id"]))
             content_hash = version.get("content_hash")
+        from warren.cli.queues import sync_triggers  # crons and queue consumers (issue #10)
+
+        triggers = sync_triggers(current.client, current.account(), name, project)
     if as_json:
         _print_json(result)
         return
@@ -500,6 +519,8 @@ def deploy(target: str, script: str | None, message: str | None, no_bundle: bool
     click.echo(f"  version       {result.get('version_id')}")
     click.echo(f"  deployment    {result.get('deployment_id')}")
     click.echo(f"  content hash  {content_hash}")
+    for line in triggers:
+        click.echo(line)
 
 
 @click.command()

@@ -85,6 +85,20 @@ async def _open(store: Store) -> None:
     metavar="NAME",
     help="An account whose scripts may ask for trust_level 'trusted' (repeatable).",
 )
+@click.option(
+    "--allow-subrequests-to",
+    "allowed_networks",
+    multiple=True,
+    metavar="CIDR",
+    help="A private network workers' fetch() may reach (repeatable; by default only public addresses).",
+)
+@click.option(
+    "--geoip-db",
+    "geoip_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A MaxMind database (City/Country/ASN .mmdb) for request.cf geography (repeatable).",
+)
 def serve(
     store_path: str,
     port: int,
@@ -94,17 +108,33 @@ def serve(
     admin_port: int | None,
     processes: int,
     trusted_accounts: tuple[str, ...],
+    allowed_networks: tuple[str, ...],
+    geoip_paths: tuple[str, ...],
 ) -> None:
     """Run an edge node: serve what the control plane has deployed, following changes live."""
+    from warren.runtime.subrequests import SubrequestPolicy
     from warren.server.serve import serve as serve_edge
 
+    try:
+        policy = SubrequestPolicy.parse(False, allowed_networks)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-subrequests-to") from None
     store = _store(store_path)
 
     async def main() -> int:
         await _open(store)
         try:
             return await serve_edge(
-                store, ip, port, workers_domain, control_port, admin_port, processes, frozenset(trusted_accounts)
+                store,
+                ip,
+                port,
+                workers_domain,
+                control_port,
+                admin_port,
+                processes,
+                frozenset(trusted_accounts),
+                subrequests=policy,
+                geoip_paths=geoip_paths,
             )
         finally:
             await store.close()

@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket
 
 from warren import observability
 from warren.control import dashboard, validation
+from warren.control import queues as queues_api
 from warren.store import Store
 from warren.store.errors import Conflict, InvalidInput, NotFound
 from warren.store.model import Account, Deployment, KVNamespace, Route, ScriptInfo, Token, Version
@@ -276,6 +277,7 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
         token = await account_token(request)
         parsed = await _read_upload(request)
         meta = parsed.metadata
+        await queues_api.check_bindings(store, token.account_id, meta.bindings)
         version, deployment = await store.upload_version(
             token.account_id,
             request.path_params["name"],
@@ -311,6 +313,7 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
         name = request.path_params["name"]
         if not await store.delete_script(token.account_id, name):
             raise ApiError(404, f"script {name!r} not found")
+        await store.put_schedules(token.account_id, name, [])  # its cron triggers go with it, as on Workers
         return envelope({"id": name})
 
     async def post_version(request: Request) -> Response:
@@ -431,6 +434,7 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
         namespace_id = request.path_params["id"]
         if not await store.delete_kv_namespace(token.account_id, namespace_id):
             raise ApiError(404, f"namespace {namespace_id!r} not found")
+        await store.kv_purge(namespace_id)  # its keys go with it
         return envelope({"id": namespace_id})
 
     # -- logs and analytics (warren.observability; docs/control-plane.md, "Logs and analytics") --
@@ -509,6 +513,7 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
         _resource(account + "/workers/routes/{id}", DELETE=delete_route),
         _resource(account + "/storage/kv/namespaces", GET=list_namespaces, POST=post_namespace),
         _resource(account + "/storage/kv/namespaces/{id}", DELETE=delete_namespace),
+        *_kv_data_routes(store, account_token, account),
         _resource(account + "/workers/preview", POST=post_preview),
         # -- logs and analytics (warren.observability) --
         _resource(script + "/tails", POST=post_tail),
@@ -516,6 +521,7 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
         WebSocketRoute(script + "/tails/{id}/ws", tail_socket),
         _resource(account + "/workers/analytics", GET=get_analytics),
         *dashboard.routes(),
+        *queues_api.routes(store, account_token, script_or_404),
     ]
 
     @contextlib.asynccontextmanager
@@ -610,3 +616,168 @@ async def create_account_with_token(store: Store, name: str) -> tuple[Account, s
     account = await store.create_account(name)
     _, secret = await store.create_token(account.id, "default")
     return account, secret
+
+
+# -- KV data (warren.bindings.kv): Cloudflare's /storage/kv/namespaces/{id}/values|keys|metadata|bulk --
+
+MAX_BULK_PAIRS = 10_000
+MAX_BULK_BODY = 100 * 1024 * 1024
+
+
+def _kv_data_routes(store: Store, account_token: Callable[[Request], Awaitable[Token]], base: str) -> list[HTTPRoute]:
+    """Keys and values of an account's namespaces. Writes are stamped like a node's (writer
+    "control") and reach nodes' caches through the store's change notifications."""
+    import base64
+    import binascii
+    import json
+
+    from warren.bindings import kv
+
+    data = kv.KVData(store, "control")
+
+    async def namespace_of(request: Request) -> str:
+        token = await account_token(request)
+        namespace_id = str(request.path_params["id"])
+        if not any(ns.id == namespace_id for ns in await store.list_kv_namespaces(token.account_id)):
+            raise ApiError(404, f"namespace {namespace_id!r} not found")
+        return namespace_id
+
+    def invalid(error: kv.KVInvalid) -> ApiError:
+        return ApiError(error.status, error.message)
+
+    async def get_value(request: Request) -> Response:
+        namespace_id = await namespace_of(request)
+        try:
+            record = await data.get(namespace_id, request.path_params["key"])
+        except kv.KVInvalid as error:
+            raise invalid(error) from None
+        if record is None:
+            raise ApiError(404, "key not found")
+        headers = {"X-Content-Type-Options": "nosniff"}
+        if record.expiration is not None:
+            headers["Expiration"] = str(record.expiration)
+        return Response(record.value or b"", headers=headers, media_type="application/octet-stream")
+
+    async def put_value(request: Request) -> Response:
+        namespace_id = await namespace_of(request)
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        metadata: str | None = None
+        if media_type == "multipart/form-data":
+            # As Cloudflare's API: a `value` part and a `metadata` part (JSON).
+            _check_length(request, kv.MAX_VALUE_BYTES + 64 * 1024)
+            async with request.form(max_files=2, max_fields=2, max_part_size=kv.MAX_VALUE_BYTES + 1) as form:
+                part = form.get("value")
+                if part is None:
+                    raise ApiError(400, "the multipart body has no 'value' part")
+                value = part.encode("utf-8") if isinstance(part, str) else await part.read()
+                found = form.get("metadata")
+                if found is not None:
+                    metadata = found if isinstance(found, str) else (await found.read()).decode("utf-8", "replace")
+        else:
+            value = await _body(request, kv.MAX_VALUE_BYTES + 1)
+        query = request.query_params
+        try:
+            await data.put(
+                namespace_id,
+                request.path_params["key"],
+                value,
+                metadata=metadata,
+                expiration=query.get("expiration"),
+                expiration_ttl=query.get("expiration_ttl"),
+            )
+        except kv.KVInvalid as error:
+            raise invalid(error) from None
+        return envelope({})
+
+    async def delete_value(request: Request) -> Response:
+        namespace_id = await namespace_of(request)
+        try:
+            await data.delete(namespace_id, request.path_params["key"])
+        except kv.KVInvalid as error:
+            raise invalid(error) from None
+        return envelope({})
+
+    async def get_metadata(request: Request) -> Response:
+        namespace_id = await namespace_of(request)
+        try:
+            record = await data.get(namespace_id, request.path_params["key"])
+        except kv.KVInvalid as error:
+            raise invalid(error) from None
+        if record is None:
+            raise ApiError(404, "key not found")
+        return envelope(json.loads(record.metadata) if record.metadata is not None else None)
+
+    async def list_keys(request: Request) -> Response:
+        namespace_id = await namespace_of(request)
+        query = request.query_params
+        try:
+            keys, cursor = await data.list(namespace_id, query.get("prefix"), query.get("limit"), query.get("cursor"))
+        except kv.KVInvalid as error:
+            raise invalid(error) from None
+        body = {
+            "success": True,
+            "errors": [],
+            "messages": [],
+            "result": [kv.key_json(info) for info in keys],
+            "result_info": {"count": len(keys), "cursor": cursor or ""},
+        }
+        return JSONResponse(body)
+
+    async def bulk_body(request: Request) -> list[Any]:
+        try:
+            items = json.loads(await _body(request, MAX_BULK_BODY))
+        except ValueError:
+            raise ApiError(400, "the body must be a JSON array") from None
+        if not isinstance(items, list):
+            raise ApiError(400, "the body must be a JSON array")
+        if len(items) > MAX_BULK_PAIRS:
+            raise ApiError(400, f"a bulk request takes at most {MAX_BULK_PAIRS} keys; this one has {len(items)}")
+        return items
+
+    async def bulk_put(request: Request) -> Response:
+        namespace_id = await namespace_of(request)
+        writes = []
+        now = data.clock()
+        # Every pair is checked before any is written: a refused request writes nothing.
+        for index, item in enumerate(await bulk_body(request), 1):
+            try:
+                if not isinstance(item, dict) or not isinstance(item.get("value"), str):
+                    raise kv.KVInvalid(400, "each pair is an object with a string 'key' and a string 'value'")
+                key = kv.check_key(item.get("key"))
+                text = item["value"]
+                if item.get("base64") is True:
+                    try:
+                        value = base64.b64decode(text, validate=True)
+                    except (binascii.Error, ValueError):
+                        raise kv.KVInvalid(400, "'value' is not valid base64") from None
+                else:
+                    value = text.encode("utf-8", "surrogatepass")
+                kv.check_value(value)
+                metadata = json.dumps(item["metadata"]) if item.get("metadata") is not None else None
+                expires = kv.expiration_of(item.get("expiration"), item.get("expiration_ttl"), now)
+                writes.append((key, data.record(value, kv.check_metadata(metadata), expires)))
+            except kv.KVInvalid as error:
+                raise ApiError(error.status, f"pair #{index}: {error.message}") from None
+        await store.kv_put_many(namespace_id, writes)
+        return envelope({"successful_key_count": len(writes), "unsuccessful_keys": []})
+
+    async def bulk_delete(request: Request) -> Response:
+        namespace_id = await namespace_of(request)
+        writes = []
+        for index, item in enumerate(await bulk_body(request), 1):
+            name = item.get("key") if isinstance(item, dict) else item
+            try:
+                writes.append((kv.check_key(name), data.record(None)))
+            except kv.KVInvalid as error:
+                raise ApiError(error.status, f"key #{index}: {error.message}") from None
+        await store.kv_put_many(namespace_id, writes)
+        return envelope({"successful_key_count": len(writes), "unsuccessful_keys": []})
+
+    namespace = base + "/storage/kv/namespaces/{id}"
+    return [
+        _resource(namespace + "/values/{key:path}", GET=get_value, PUT=put_value, DELETE=delete_value),
+        _resource(namespace + "/metadata/{key:path}", GET=get_metadata),
+        _resource(namespace + "/keys", GET=list_keys),
+        _resource(namespace + "/bulk", PUT=bulk_put, DELETE=bulk_delete),
+        _resource(namespace + "/bulk/delete", POST=bulk_delete),
+    ]

@@ -8,6 +8,13 @@ and the stpyv8 extension exports V8's symbols, so this module calls
 ``AddNearHeapLimitCallback`` and ``GetHeapStatistics`` through ctypes, on the
 isolate pointer read once while the isolate is entered.
 
+The runtime's own JavaScript is compiled from external strings (V8 reads the
+text from memory outside its heap) that every isolate of the process shares:
+about 0.8 MB of source each isolate would otherwise copy into its own heap.
+stpyv8 only compiles from its own copies, so ``run_shared_script`` makes the
+few V8 calls itself (a handle scope, a try/catch, compile, run), against the
+layouts of the pinned V8 version; any other version falls back to a copy.
+
 WebAssembly is compiled only where the host allows it, as on Workers: V8 asks
 ``SetAllowWasmCodeGenerationCallback``'s callback before every compilation
 from bytes (``WebAssembly.compile``, ``instantiate(bytes)``, ``new
@@ -114,7 +121,7 @@ def configure(heap_limit_mb: int = _DEFAULT_HEAP_LIMIT_MB) -> None:
         _install_icu_data()
         platform = _STPyV8.JSPlatform()
         platform.init()
-        _api = _V8Api(_STPyV8.__file__)
+        _api = _V8Api(_STPyV8.__file__, str(_STPyV8.JSEngine.version))
         _v8 = _STPyV8
         _v8._warren_platform = platform  # keep it alive for the process' lifetime
         _heap_limit_mb = heap_limit_mb
@@ -162,7 +169,7 @@ _AllowWasmCodeGenerationCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void
 class _V8Api:
     """The few V8 C++ entry points stpyv8 does not expose, called by symbol."""
 
-    def __init__(self, library_path: str) -> None:
+    def __init__(self, library_path: str, version: str) -> None:
         lib = ctypes.CDLL(library_path)
         self.get_current = lib._ZN2v87Isolate10GetCurrentEv
         self.get_current.restype = ctypes.c_void_p
@@ -183,6 +190,123 @@ class _V8Api:
             "_ZN2v87Isolate34SetAllowWasmCodeGenerationCallbackEPFbNS_5LocalINS_7ContextEEENS1_INS_6StringEEEE"
         ]
         self.set_allow_wasm_codegen.argtypes = [ctypes.c_void_p, _AllowWasmCodeGenerationCallback]
+        self.shared: _SharedSourceApi | None = None
+        if version == _V8_VERSION_CHECKED:
+            try:
+                self.shared = _SharedSourceApi(lib)
+            except (AttributeError, ValueError):  # a symbol missing: every isolate copies the text
+                self.shared = None
+
+
+# The V8 version whose object layouts _SharedSourceApi was checked against (stpyv8 is pinned to it).
+_V8_VERSION_CHECKED = "13.1.201.22"
+
+
+class _ScriptOrigin(ctypes.Structure):
+    # v8::ScriptOrigin (V8 13.1): resource name, line and column offsets, options, script id,
+    # source map URL, host-defined options.
+    _fields_ = [
+        ("resource_name", ctypes.c_void_p),
+        ("line_offset", ctypes.c_int),
+        ("column_offset", ctypes.c_int),
+        ("options", ctypes.c_int),
+        ("script_id", ctypes.c_int),
+        ("source_map_url", ctypes.c_void_p),
+        ("host_defined_options", ctypes.c_void_p),
+    ]
+
+
+class _SharedSourceApi:
+    """Compiling and running a script whose source is an external one-byte string.
+
+    The resource V8 reads the text through is a copy of V8's own
+    ``SimpleStringResource<char>`` (vtable, cached data, data, length) whose
+    ``Dispose`` is replaced by a no-op: the text belongs to this module for the
+    process' lifetime, not to any isolate, so no isolate's teardown frees it.
+    """
+
+    _VTABLE = "_ZTVN2v88internal20SimpleStringResourceIcNS_6String29ExternalOneByteStringResourceEEE"
+    _VTABLE_WORDS = 11  # offset to top, type info, 2 destructors, IsCacheable, Unaccount, Dispose, Lock, Unlock, data, length
+    _DISPOSE, _LOCK = 6, 7
+    _SCOPE_BYTES = 64  # v8::HandleScope is 3 words, v8::TryCatch 6: room to spare
+    _TRY_CATCH_BYTES = 256
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        pointer = ctypes.c_void_p
+
+        def function(symbol: str, restype: Any, *argtypes: Any) -> Any:
+            found = lib[symbol]
+            found.restype = restype
+            found.argtypes = list(argtypes)
+            return found
+
+        self.scope_open = function("_ZN2v811HandleScopeC1EPNS_7IsolateE", None, pointer, pointer)
+        self.scope_close = function("_ZN2v811HandleScopeD1Ev", None, pointer)
+        self.current_context = function("_ZN2v87Isolate17GetCurrentContextEv", pointer, pointer)
+        self.try_open = function("_ZN2v88TryCatchC1EPNS_7IsolateE", None, pointer, pointer)
+        self.try_close = function("_ZN2v88TryCatchD1Ev", None, pointer)
+        self.caught = function("_ZNK2v88TryCatch9HasCaughtEv", ctypes.c_bool, pointer)
+        self.new_external = function(
+            "_ZN2v86String18NewExternalOneByteEPNS_7IsolateEPNS0_29ExternalOneByteStringResourceE",
+            pointer, pointer, pointer,
+        )
+        self.new_utf8 = function(
+            "_ZN2v86String11NewFromUtf8EPNS_7IsolateEPKcNS_13NewStringTypeEi",
+            pointer, pointer, ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
+        )
+        self.compile = function(
+            "_ZN2v86Script7CompileENS_5LocalINS_7ContextEEENS1_INS_6StringEEEPNS_12ScriptOriginE",
+            pointer, pointer, pointer, pointer,
+        )
+        self.run = function("_ZN2v86Script3RunENS_5LocalINS_7ContextEEE", pointer, pointer, pointer)
+        original = (ctypes.c_void_p * self._VTABLE_WORDS).from_address(
+            ctypes.addressof(ctypes.c_void_p.in_dll(lib, self._VTABLE))
+        )
+        self._vtable = (ctypes.c_void_p * self._VTABLE_WORDS)(*original)
+        self._vtable[self._DISPOSE] = original[self._LOCK]  # Lock() does nothing
+        self._sources: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def resource(self, source: str, filename: str) -> tuple[int, int] | None:
+        """(address of the resource, bytes) for this text, made once per process; None unless latin-1."""
+        key = (filename, source)
+        with self._lock:
+            made = self._sources.get(key)
+            if made is None:
+                try:
+                    data = source.encode("latin-1")
+                except UnicodeEncodeError:
+                    return None
+                text = ctypes.create_string_buffer(data, len(data))
+                resource = (ctypes.c_void_p * 4)(
+                    ctypes.addressof(self._vtable) + 2 * ctypes.sizeof(ctypes.c_void_p),  # past offset and type info
+                    None,
+                    ctypes.addressof(text),
+                    len(data),
+                )
+                made = self._sources[key] = (text, resource)
+        return ctypes.addressof(made[1]), len(source)
+
+    def run_script(self, isolate: int, resource: int, filename: str) -> bool:
+        """Compile and run in the entered isolate's current context; False if it threw (or was terminated)."""
+        scope = ctypes.create_string_buffer(self._SCOPE_BYTES)
+        self.scope_open(scope, isolate)
+        try:
+            trying = ctypes.create_string_buffer(self._TRY_CATCH_BYTES)
+            self.try_open(trying, isolate)
+            try:
+                context = self.current_context(isolate)
+                source = self.new_external(isolate, resource)
+                name = self.new_utf8(isolate, filename.encode(), 0, -1)
+                if not (context and source and name):
+                    return False
+                origin = _ScriptOrigin(name, 0, 0, 0, -1, None, None)
+                script = self.compile(context, source, ctypes.byref(origin))
+                return bool(script and self.run(script, context)) and not self.caught(trying)
+            finally:
+                self.try_close(trying)
+        finally:
+            self.scope_close(scope)
 
 
 # v8::HeapStatistics is a struct of size_t fields; these are the indices we read
@@ -460,6 +584,7 @@ class Isolate:
         self._disposed = False
         self.last_cpu_seconds = 0.0
         self.memory_bytes = 0
+        self._shared_source_bytes = 0  # V8 counts external strings as the isolate's; they are the process'
         self._iso = _v8.JSIsolate(True)
         self._ctx: Any = None
         with self._entered():
@@ -575,7 +700,7 @@ class Isolate:
         assert _api is not None
         stats = (ctypes.c_size_t * _HEAP_STATS_WORDS)()
         _api.heap_statistics(self._ptr, stats)
-        return int(stats[_HEAP_USED] + stats[_HEAP_EXTERNAL])
+        return int(stats[_HEAP_USED] + max(0, stats[_HEAP_EXTERNAL] - self._shared_source_bytes))
 
     # -- public interface --
 
@@ -593,6 +718,32 @@ class Isolate:
             return result if isinstance(result, (str, bool, int, float)) or result is None else None
 
         return self._run(cpu_budget_ms, action)
+
+    def run_shared_script(self, source: str, filename: str, *, cpu_budget_ms: float = 1000.0) -> None:
+        """Run a classic script of the runtime's own, its text shared with every isolate of the process.
+
+        For trusted text that the process keeps running (each distinct text is
+        kept until the process exits). The completion value is dropped. Where
+        sharing is unavailable (text not latin-1, another V8), it runs as
+        ``run_script`` would.
+        """
+        shared = _api.shared if _api is not None else None
+        made = shared.resource(source, filename) if shared is not None else None
+        if shared is None or made is None:
+            self.run_script(source, filename, cpu_budget_ms=cpu_budget_ms)
+            return
+        resource, size = made
+
+        def action() -> None:
+            assert shared is not None
+            if shared.run_script(self._ptr, resource, filename):
+                self._shared_source_bytes += size
+                return
+            if self._killed is None:
+                # It threw: run the copy that stpyv8 reports errors for (the isolate is lost anyway).
+                self._ctx.eval(source, filename)
+
+        self._run(cpu_budget_ms, action)
 
     def expose_host_functions(self, global_name: str, functions: dict[str, HostFunction]) -> None:
         """Make ``globalThis[global_name]`` an object of JS functions calling into Python.

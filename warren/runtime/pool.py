@@ -34,6 +34,12 @@ HOST_FUNCTIONS = {
     "fail": "_host_fail",
     "done": "_host_done",
     "crypto": "_host_crypto",
+    "sink": "_host_sink",
+    "write": "_host_write",
+    "release": "_host_release",
+    "abortBody": "_host_abort_body",
+    "asset": "_host_asset",
+    "callSync": "_host_call_sync",
 }
 
 
@@ -72,13 +78,22 @@ def prepare_isolate(memory_mb: int = DEFAULT_MEMORY_MB) -> PreparedIsolate:
             "js/events.js",
             "js/blob.js",
             "js/encoding_streams.js",
+            "js/cache.js",
+            "js/html_rewriter.js",
+            "js/services.js",
+            "js/queues.js",
+            "js/kv.js",
+            "js/durable_objects.js",
             "js/bootstrap.js",
         ):
-            isolate.run_script(runtime_js(name), f"warren:{name}", cpu_budget_ms=STARTUP_CPU_MS)
+            isolate.run_shared_script(runtime_js(name), f"warren:{name}", cpu_budget_ms=STARTUP_CPU_MS)
         isolate.take_entry_point(ENTRY_POINT)
         isolate.call(ENTRY_POINT, 0, "init", cpu_budget_ms=STARTUP_CPU_MS)
         # The bundle needs TextEncoder/TextDecoder as it loads: after init.
-        isolate.run_script(runtime_js("vendor/web.js"), "warren:vendor/web.js", cpu_budget_ms=STARTUP_CPU_MS)
+        isolate.run_shared_script(runtime_js("vendor/web.js"), "warren:vendor/web.js", cpu_budget_ms=STARTUP_CPU_MS)
+        isolate.run_shared_script(
+            runtime_js("vendor/html_rewriter.js"), "warren:vendor/html_rewriter.js", cpu_budget_ms=STARTUP_CPU_MS
+        )
         isolate.call(ENTRY_POINT, 0, "linkVendor", cpu_budget_ms=STARTUP_CPU_MS)
         isolate.call(ENTRY_POINT, 0, "warm", cpu_budget_ms=STARTUP_CPU_MS)
     except BaseException:
@@ -113,6 +128,13 @@ class IsolatePool:
         # Refilling now would compete with the tenant's own start for the cores;
         # the caller refills once its isolate runs.
         return prepared
+
+    def give_back(self, prepared: PreparedIsolate) -> None:
+        """An isolate taken but never claimed (its script failed to compile) goes back."""
+        if self._closed or prepared.router.target is not None or len(self._ready) >= self.size:
+            self._executor.submit(prepared.isolate.dispose)
+        else:
+            self._ready.appendleft(prepared)
 
     def refill(self) -> None:
         if self._closed:

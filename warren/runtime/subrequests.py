@@ -15,14 +15,14 @@ import ipaddress
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
-
 from warren.runtime.bodies import BodySource
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp.abc import AbstractResolver
 
 MAX_REDIRECTS = 20
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -82,22 +82,30 @@ def _refusal(host: str) -> str:
     )
 
 
-class _GuardedResolver(AbstractResolver):
-    def __init__(self, policy: SubrequestPolicy) -> None:
-        self._policy = policy
-        self._inner = DefaultResolver()
+def _guarded_resolver(policy: SubrequestPolicy) -> AbstractResolver:
+    """A resolver that drops the addresses ``policy`` refuses (and fails when none is left)."""
+    # aiohttp is imported on a runtime process's first subrequest, not at its start
+    # (~0.3 s): a process restarting after a crash is serving again that much sooner.
+    from aiohttp.abc import AbstractResolver, ResolveResult
+    from aiohttp.resolver import DefaultResolver
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        permitted = [r for r in results if self._policy.permits(ipaddress.ip_address(r["host"]))]
-        if not permitted:
-            raise SubrequestRefused(_refusal(host))
-        return permitted
+    class GuardedResolver(AbstractResolver):
+        def __init__(self) -> None:
+            self._inner = DefaultResolver()
 
-    async def close(self) -> None:
-        await self._inner.close()
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            results = await self._inner.resolve(host, port, family)
+            permitted = [r for r in results if policy.permits(ipaddress.ip_address(r["host"]))]
+            if not permitted:
+                raise SubrequestRefused(_refusal(host))
+            return permitted
+
+        async def close(self) -> None:
+            await self._inner.close()
+
+    return GuardedResolver()
 
 
 @dataclass
@@ -117,6 +125,8 @@ class _ResponseBody:
         self._response: aiohttp.ClientResponse | None = response
 
     async def read(self, max_bytes: int) -> bytes:
+        import aiohttp
+
         if self._response is None:
             return b""
         try:
@@ -142,9 +152,11 @@ class Fetcher:
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                resolver=None if self.policy.allow_private else _GuardedResolver(self.policy),
+                resolver=None if self.policy.allow_private else _guarded_resolver(self.policy),
                 limit=256,
                 ttl_dns_cache=10,
             )
@@ -206,6 +218,8 @@ class Fetcher:
     async def _send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes | BodySource | None
     ) -> aiohttp.ClientResponse:
+        import aiohttp
+
         data: Any = body if isinstance(body, bytes) or body is None else _stream(body)
         sent = [(name, value) for name, value in headers if name.lower() not in _HOP_BY_HOP]
         try:

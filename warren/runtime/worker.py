@@ -10,12 +10,14 @@ the JS thread touches asyncio.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Protocol
 
 from warren.engine import (
@@ -26,6 +28,7 @@ from warren.engine import (
     MemoryLimitExceeded,
     ScriptError,
 )
+from warren.runtime.bodies import BodyAborted, BodySource, BytesBody, QueueBody, read_all
 from warren.runtime.crypto import CryptoHost
 from warren.runtime.pool import ENTRY_POINT as _ENTER
 from warren.runtime.pool import IsolatePool, PreparedIsolate, prepare_isolate
@@ -36,6 +39,27 @@ from warren.runtime.script import (
     ScriptLoadError,
     WorkerScript,
 )
+from warren.runtime.subrequests import Fetcher, SubrequestError
+
+# Limits on calls from the isolate; they are the bindings' rules, enforced here
+# because the worker counts its invocations' operations.
+OPERATION_LIMITS = {"kv_namespace": 1000, "queue": 1000}  # queue: send/sendBatch calls (issue #10)
+# What the worker is told past its binding type's limit (Workers' words where it has them).
+OPERATION_LIMIT_MESSAGES = {"kv_namespace": "Too many API requests by single worker invocation."}
+SUBREQUEST_TYPES = frozenset({"service", "durable_object_namespace"})
+# Durable Object storage (issue #8): its calls complete even after their invocation
+# has ended (the object's input gate waits on them), and ctx.storage.sql.exec() is
+# a call the JS thread blocks on. Its handler never waits on an isolate, so a
+# blocked thread cannot be waiting on itself.
+OUTLIVING_TYPES = frozenset({"durable_object_storage"})
+SYNC_CALL_TYPES = frozenset({"durable_object_storage"})
+SYNC_CALL_TIMEOUT_S = 30.0
+# The largest body one binding call carries (it crosses to the supervisor in one frame, at most
+# warren.server.protocol.MAX_FRAME), by binding type, and what the worker is told past it.
+BINDING_BODY_LIMITS = {
+    "kv_namespace": (25 * 1024 * 1024, "KV PUT failed: 413 Value length of {size} exceeds limit of {limit}."),
+}
+DEFAULT_BINDING_BODY_LIMIT = (32 * 1024 * 1024, "The body of a binding call is {size} bytes; the limit is {limit}.")
 
 WAIT_UNTIL_LIMIT_S = 30.0
 REFILL_DELAY_S = 0.1
@@ -47,6 +71,11 @@ REFILL_DELAY_S = 0.1
 INLINE_BODY = 64 * 1024
 BODY_CHUNK = 1024 * 1024
 TRANSFER_BUDGET_MS = 200.0
+READ_CHUNK = 256 * 1024  # what one read of a host body gives JavaScript at most
+# Response bytes sent to the client but not yet taken by it, past which a
+# streaming worker waits: a fast producer cannot pile up memory in the host.
+STREAM_WINDOW = 1024 * 1024
+SINK_WINDOW = 1024 * 1024  # the same, for a request body a worker streams into fetch()
 # What one worker may hold or emit, so a hostile script cannot flood the host.
 MAX_PENDING_OPS = 10_000  # timers and other host operations waiting at once
 LOG_BYTES_PER_INVOCATION = 256 * 1024  # of console output, per request (per slice outside one)
@@ -58,10 +87,7 @@ EXCEEDED_CPU = "Worker exceeded its CPU time limit."
 EXCEEDED_MEMORY = "Worker exceeded its memory limit."
 RESTARTED = "Worker was restarted because another request to it exceeded a limit; please retry."
 THREW = "Worker threw exception"
-
-
-class BodySource(Protocol):
-    async def read_all(self) -> bytes: ...
+TOO_MANY_SUBREQUESTS = "Too many subrequests."
 
 
 class Reply(Protocol):
@@ -75,6 +101,11 @@ class Reply(Protocol):
     def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None: ...
 
 
+# Where binding calls go (the node's supervisor): (request id, {binding, method, args}, data)
+# -> (ok, JSON value or {name, message}, data)
+CallHandler = Callable[[int | None, dict[str, Any], bytes | None], Awaitable[tuple[bool, Any, bytes | None]]]
+
+
 @dataclass
 class IncomingRequest:
     request_id: int
@@ -85,6 +116,12 @@ class IncomingRequest:
     event: str = "fetch"  # or "scheduled", with the two fields below
     cron: str = ""
     scheduled_time: int = 0  # ms since the epoch
+    depth: int = 0  # service-binding calls that led to this request
+    cf: dict[str, Any] | None = None  # request.cf, from the edge
+    # Issue #10: a service binding's named entrypoint; for event "rpc" the method
+    # (arguments in the body), for event "queue" the queue (the batch in the body).
+    entrypoint: str = ""
+    name: str = ""
 
 
 @dataclass
@@ -99,12 +136,23 @@ class _Invocation:
     deadline: asyncio.TimerHandle | None = None
     body_open: bool = False  # a response head went out and its body is still being pulled
     finish_after_body: bool = False
+    subrequests: int = 0
+    operations: dict[str, int] = field(default_factory=dict)  # binding calls, by binding type
 
 
 @dataclass
 class _Op:
     request_id: int | None
     handle: asyncio.TimerHandle | asyncio.Task[Any] | None = None
+    outlives: bool = False  # not cancelled when its invocation ends (OUTLIVING_TYPES, "defer")
+
+
+@dataclass
+class _HostBody:
+    """A body on the host side that the isolate reads by handle; owned by an invocation."""
+
+    request_id: int | None
+    source: BodySource
 
 
 LogSink = Callable[[str, str], None]
@@ -125,8 +173,14 @@ class Worker:
         activity: Activity | None = None,
         key: str = "",
         pool: IsolatePool | None = None,
+        calls: CallHandler | None = None,
+        fetcher: Fetcher | None = None,
     ) -> None:
         self.script = script
+        self._calls = calls
+        self._fetcher = fetcher
+        self._bodies: dict[int, _HostBody] = {}
+        self._next_body = 1
         self._pool = pool
         self._crypto = CryptoHost()  # this worker's keys: never shared with another isolate
         self.cold_start_pooled = False
@@ -156,11 +210,11 @@ class Worker:
     async def start(self) -> None:
         """Create the isolate and run the script's top level; raises ScriptLoadError."""
         async with self._turn:
-            modules = await self._loop.run_in_executor(self._executor, self._compiler.compile, self.script)
             prepared = self._pool.take(self.script.memory_mb) if self._pool is not None else None
             self.cold_start_pooled = prepared is not None
             try:
-                await self._loop.run_in_executor(self._executor, self._load, modules, prepared)
+                # Compiled on the same trip to the executor as the load: one hop less.
+                await self._loop.run_in_executor(self._executor, self._compile_and_load, prepared)
             finally:
                 self._apply_effects()
                 if self._pool is not None:
@@ -169,6 +223,15 @@ class Worker:
                     self._loop.call_later(REFILL_DELAY_S, self._pool.refill)
             # Any crash or incident then maps to exact bytes in the archive.
             self._log_sink("info", f"started {self.key} running code sha256 {self.script.code_hash}")
+
+    def _compile_and_load(self, prepared: PreparedIsolate | None) -> None:
+        try:
+            modules = self._compiler.compile(self.script)
+        except ScriptLoadError:
+            if prepared is not None and self._pool is not None:  # unused: still nobody's
+                self._loop.call_soon_threadsafe(self._pool.give_back, prepared)
+            raise
+        self._load(modules, prepared)
 
     def _load(self, modules: list[CompiledModule], prepared: PreparedIsolate | None) -> None:
         if self._activity is not None:
@@ -185,7 +248,13 @@ class Worker:
                 prepared = prepare_isolate(self.script.memory_mb)
             prepared.router.target = self
             isolate = self._isolate = prepared.isolate
-            config = json.dumps({"env": self.script.vars, "compatibilityDate": self.script.compatibility_date})
+            config = json.dumps(
+                {
+                    "env": self.script.vars,
+                    "bindings": list(self.script.bindings),
+                    "compatibilityDate": self.script.compatibility_date,
+                }
+            )
             isolate.call(_ENTER, _now_ms(), "configure", config, cpu_budget_ms=STARTUP_CPU_MS)
             for module in modules:
                 if module.kind in ("script", "esm"):
@@ -254,9 +323,21 @@ class Worker:
         self.last_used = time.monotonic()
         self._invocations[request.request_id] = _Invocation(request, reply)
         if request.event == "scheduled":
-            self._schedule(request.request_id, "scheduled", request.request_id, request.cron, request.scheduled_time)
+            # As a float: the engine passes ints to JavaScript as 32 bits, and epoch milliseconds need more.
+            scheduled_time = float(request.scheduled_time)
+            self._schedule(request.request_id, "scheduled", request.request_id, request.cron, scheduled_time)
             return
         headers = json.dumps(request.headers)
+        body_handle = self._adopt_body(request.request_id, request.body) if request.body is not None else 0
+        if request.event == "rpc":
+            self._schedule(request.request_id, "rpc", request.request_id, request.entrypoint, request.name, body_handle)
+            return
+        if request.event == "queue":
+            self._schedule(request.request_id, "queue", request.request_id, request.name, body_handle)
+            return
+        if request.event == "object":  # a Durable Object's event, described (JSON) in ``name``
+            self._schedule(request.request_id, "object", request.request_id, request.name, body_handle)
+            return
         self._schedule(
             request.request_id,
             "fetch",
@@ -264,14 +345,22 @@ class Worker:
             request.method,
             request.url,
             headers,
-            request.body is not None,
+            body_handle,
+            json.dumps(request.cf) if request.cf is not None else "",
+            request.entrypoint,
         )
 
     def cancel(self, request_id: int) -> None:
         """The client went away: its response is no longer wanted."""
         invocation = self._invocations.get(request_id)
-        if invocation is not None and not invocation.responded:
+        if invocation is None:
+            return
+        if not invocation.responded:
             invocation.outcome = "canceled"
+        elif invocation.body_open:
+            # Mid-body: the stream's producer is told (its next drain answers "closed").
+            invocation.reply.end()
+            self._body_closed(invocation)
 
     # --- slices -------------------------------------------------------------------
 
@@ -372,22 +461,55 @@ class Worker:
         self._host_log("error", f"Uncaught (in {where}) {stack}")
         self._effects.append(("exception", self._current, *_exception_fields(name, message, stack)))
 
-    def _host_op(self, kind: str, argument: Any) -> int:
+    def _host_op(self, kind: str, argument: Any, data: str | None = None) -> int:
         if self._live_ops >= MAX_PENDING_OPS:
             return -1
         self._live_ops += 1
         op_id = self._next_op
         self._next_op += 1
-        self._effects.append(("op", self._current, op_id, str(kind), argument))
+        self._effects.append(("op", self._current, op_id, str(kind), argument, data))
         return op_id
+
+    def _host_asset(self, name: str) -> str | None:
+        """A file the runtime's own JavaScript needs (the HTMLRewriter's wasm), as latin-1."""
+        return runtime_asset(str(name))
+
+    def _host_sink(self) -> int:
+        """A new body the isolate writes and the host reads (a streamed fetch() request body)."""
+        if len(self._bodies) >= MAX_PENDING_OPS:
+            return -1
+        handle = self._next_body
+        self._next_body += 1
+        self._effects.append(("sink", self._current, handle))
+        return handle
+
+    def _host_write(self, handle: int, data: str | None, last: bool) -> None:
+        self._effects.append(("write", int(handle), data, bool(last)))
+
+    def _host_release(self, handle: int) -> None:
+        """The isolate will not read this body any further."""
+        self._effects.append(("release", int(handle)))
+
+    def _host_abort_body(self, request_id: int, message: str) -> None:
+        self._effects.append(("abortBody", int(request_id), str(message)))
 
     def _host_cancel_op(self, op_id: int) -> None:
         self._effects.append(("cancel", int(op_id)))
 
     def _host_respond(
-        self, request_id: int, status: int, status_text: str, headers: str, body: str | None, length: int
+        self,
+        request_id: int,
+        status: int,
+        status_text: str,
+        headers: str,
+        body: str | None,
+        length: int,
+        handle: int = 0,
     ) -> None:
-        self._effects.append(("respond", int(request_id), int(status), str(headers), body, int(length or 0)))
+        """``body`` inline; or ``length`` bytes to pull; or -1: chunks follow; or a host body's ``handle``."""
+        self._effects.append(
+            ("respond", int(request_id), int(status), str(headers), body, int(length or 0), int(handle or 0))
+        )
 
     def _host_chunk(self, request_id: int, data: str, last: bool) -> None:
         self._effects.append(("chunk", int(request_id), data, bool(last)))
@@ -399,6 +521,35 @@ class Worker:
     def _host_crypto(self, operation: str, arguments: str, data: str | None) -> str:
         """WebCrypto, computed here on the JS thread (it is the script's CPU time)."""
         return self._crypto.call(str(operation), str(arguments), data)
+
+    def _host_call_sync(self, call_json: str) -> str:
+        """A binding call the isolate waits for (ctx.storage.sql.exec()): ``[ok, value]`` as JSON.
+
+        This JS thread blocks until the node answers, while the loop goes on; its CPU
+        clock does not run meanwhile, so the wait is not charged to the script.
+        """
+        try:
+            call = json.loads(str(call_json))
+            spec = self.script.binding(call.get("binding")) if isinstance(call, dict) else None
+            if spec is None or spec.get("type") not in SYNC_CALL_TYPES or self._calls is None:
+                refused = {"name": "TypeError", "message": "This binding cannot be called synchronously."}
+                return json.dumps([False, refused])
+            request = {"binding": call.get("binding"), "method": call.get("method"), "args": call.get("args")}
+            calls, current = self._calls, self._current
+
+            async def ask() -> tuple[bool, Any, bytes | None]:
+                return await calls(current, request, None)
+
+            future = asyncio.run_coroutine_threadsafe(ask(), self._loop)
+            try:
+                ok, value, _ = future.result(SYNC_CALL_TIMEOUT_S)
+            except TimeoutError:
+                future.cancel()
+                return json.dumps([False, {"name": "Error", "message": "The storage call timed out."}])
+            return json.dumps([ok, value])
+        except Exception as exc:  # a bug of ours must surface as the script's exception, not kill the slice
+            self._effects.append(("log", self._current, "error", f"warren runtime error in a call: {exc!r}"))
+            return json.dumps([False, {"name": "Error", "message": "internal error"}])
 
     def _host_done(self, request_id: int) -> None:
         self._effects.append(("done", int(request_id)))
@@ -420,6 +571,28 @@ class Worker:
                 self._start_op(*effect[1:])
             elif kind == "cancel":
                 self._cancel_ops(effect[1].__eq__)
+            elif kind == "sink":
+                _, request_id, handle = effect
+                self._bodies[handle] = _HostBody(request_id, QueueBody())
+            elif kind == "write":
+                _, handle, data, last = effect
+                body = self._bodies.get(handle)
+                if body is not None and isinstance(body.source, QueueBody):
+                    if data:
+                        body.source.feed(data.encode("latin-1"))
+                    if last:
+                        body.source.finish()
+            elif kind == "release":
+                body = self._bodies.pop(effect[1], None)
+                if body is not None:
+                    body.source.close()
+            elif kind == "abortBody":
+                _, request_id, message = effect
+                invocation = self._invocations.get(request_id)
+                if invocation is not None and invocation.body_open:
+                    invocation.reply.log("error", f"The response body failed: {message}")
+                    invocation.reply.error(502, "the response body was cut short")
+                    self._body_closed(invocation)
             elif kind == "respond":
                 self._respond(*effect[1:])
             elif kind == "chunk":
@@ -428,10 +601,8 @@ class Worker:
                 if invocation is not None and invocation.body_open:
                     invocation.reply.body(data.encode("latin-1"))
                     if last:
-                        invocation.body_open = False
                         invocation.reply.end()
-                        if invocation.finish_after_body:
-                            self._finish(invocation)
+                        self._body_closed(invocation)
             elif kind == "exception":
                 # For the invocation's event (warren.observability); a Reply without it only logs.
                 invocation = self._invocations.get(effect[1]) if effect[1] is not None else None
@@ -452,7 +623,9 @@ class Worker:
                     else:
                         self._finish(invocation)
 
-    def _respond(self, request_id: int, status: int, headers_json: str, body: str | None, length: int) -> None:
+    def _respond(
+        self, request_id: int, status: int, headers_json: str, body: str | None, length: int, handle: int
+    ) -> None:
         invocation = self._invocations.get(request_id)
         if invocation is None or invocation.responded:
             return
@@ -463,12 +636,28 @@ class Worker:
             self._fail_invocation(invocation, 500, THREW, "exception", finish=False)
             return
         invocation.responded = True
-        if length and not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in headers):
+        if length > 0 and not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in headers):
             headers.append(("content-length", str(length)))
-        invocation.deadline = self._loop.call_later(WAIT_UNTIL_LIMIT_S, self._finish, invocation)
+        if not (handle or length < 0):
+            # A streamed body may take as long as it takes: its waitUntil time starts when it ends.
+            invocation.deadline = self._loop.call_later(WAIT_UNTIL_LIMIT_S, self._finish, invocation)
         if invocation.outcome == "canceled":
+            self._body_closed(invocation)
             return
         invocation.reply.head(status, headers)
+        if handle:
+            source = self._bodies.pop(handle, None)
+            invocation.body_open = True
+            op = _Op(request_id)
+            op_id = self._next_op
+            self._next_op += 1
+            self._ops[op_id] = op
+            self._live_ops += 1
+            op.handle = self._loop.create_task(self._pipe(op_id, invocation, source))
+            return
+        if length < 0:  # the isolate streams it: chunk effects follow
+            invocation.body_open = True
+            return
         if body is not None or not length:
             if body:
                 invocation.reply.body(body.encode("latin-1"))
@@ -477,6 +666,44 @@ class Worker:
         invocation.body_open = True
         for offset in range(0, length, BODY_CHUNK):
             self._schedule(request_id, "pull", request_id, offset, BODY_CHUNK, charged=False)
+
+    async def _pipe(self, op_id: int, invocation: _Invocation, body: _HostBody | None) -> None:
+        """Send a host body (an origin's response passed through, say) to the client, never via JS."""
+        try:
+            while body is not None:
+                chunk = await body.source.read(READ_CHUNK)
+                if not chunk or not invocation.body_open:
+                    break
+                invocation.reply.body(chunk)
+                await self._writable(invocation)
+        except (BodyAborted, SubrequestError) as exc:
+            if invocation.body_open:
+                invocation.reply.log("error", f"The response body failed: {exc}")
+                invocation.body_open = False
+                invocation.reply.error(502, "the response body was cut short")
+        finally:
+            if body is not None:
+                body.source.close()
+            if self._ops.pop(op_id, None) is not None:
+                self._live_ops -= 1
+        if invocation.body_open:
+            invocation.reply.end()
+        self._body_closed(invocation)
+        self._settle_idle()
+
+    def _body_closed(self, invocation: _Invocation) -> None:
+        """The response body has ended (or failed, or its client left)."""
+        invocation.body_open = False
+        if invocation.finish_after_body:
+            self._finish(invocation)
+        elif invocation.deadline is None and not invocation.finished:
+            invocation.deadline = self._loop.call_later(WAIT_UNTIL_LIMIT_S, self._finish, invocation)
+
+    @staticmethod
+    async def _writable(invocation: _Invocation) -> None:
+        wait = getattr(invocation.reply, "wait_writable", None)
+        if wait is not None:
+            await wait(STREAM_WINDOW)
 
     def _fail_invocation(
         self, invocation: _Invocation, status: int, message: str, outcome: str, finish: bool = True
@@ -503,54 +730,222 @@ class Worker:
         request_id = invocation.request.request_id
         self._invocations.pop(request_id, None)
         self._log_bytes.pop(request_id, None)
+        for handle in [h for h, body in self._bodies.items() if body.request_id == request_id]:
+            self._bodies.pop(handle).source.close()
         # As on Workers, timers of a finished invocation never fire.
-        cancelled = self._cancel_ops(lambda op_id: self._ops[op_id].request_id == request_id)
+        cancelled = self._cancel_ops(
+            lambda op_id: self._ops[op_id].request_id == request_id and not self._ops[op_id].outlives
+        )
         if cancelled and not self.broken:
             # The isolate still holds their callbacks (a timer's closure, say): let it drop them.
             self._schedule(None, "forget", json.dumps(cancelled), charged=False)
         wall_ms = (time.monotonic() - invocation.started) * 1000.0
+        meter = getattr(invocation.reply, "meter", None)
+        if meter is not None:
+            meter(
+                {
+                    "subrequests": invocation.operations.get("subrequest", 0),
+                    "kv_ops": invocation.operations.get("kv_namespace", 0),
+                }
+            )
         invocation.reply.done(invocation.outcome, invocation.cpu_seconds * 1000.0, wall_ms)
         self.last_used = time.monotonic()
 
     # --- host operations --------------------------------------------------------------------
 
-    def _start_op(self, request_id: int | None, op_id: int, kind: str, argument: Any) -> None:
+    def _start_op(self, request_id: int | None, op_id: int, kind: str, argument: Any, data: str | None) -> None:
         op = _Op(request_id)
         self._ops[op_id] = op
         if kind == "sleep":
             delay = max(0.0, float(argument or 0)) / 1000.0
             op.handle = self._loop.call_later(delay, self._complete, op_id, True, None)
-        elif kind == "readBody":
-            invocation = self._invocations.get(int(argument))
-            body = invocation.request.body if invocation is not None else None
-            op.handle = self._loop.create_task(self._read_body(op_id, body))
+            return
+        work: Awaitable[tuple[bool, Any, bytes | None]]
+        if kind == "defer":
+            # A Durable Object's input gate reopens: the next event runs in a slice charged to it.
+            target = int(argument) if isinstance(argument, int | float) else None
+            if target is not None and target in self._invocations:
+                op.request_id = target
+            op.outlives = True
+            self._loop.call_soon(self._complete, op_id, True, "null")
+            return
+        if kind == "runtimeLoad":
+            # The runtime's own one-off set-up in this isolate (compiling the HTMLRewriter's
+            # wasm): done in a slice of its own, not on the time of the request that needed it.
+            self._schedule(request_id, "runtimeLoad", str(argument), charged=False)
+            self._loop.call_soon(self._complete, op_id, True, "null")
+            return
+        if kind == "read":
+            handle, limit = json.loads(argument)
+            work = self._read(int(handle), max(1, min(int(limit), READ_CHUNK)), whole=False)
+        elif kind == "readAll":
+            work = self._read(int(argument), READ_CHUNK, whole=True)
+        elif kind == "drain":
+            work = self._drain(int(argument))
+        elif kind == "sinkReady":
+            work = self._sink_ready(int(argument))
+        elif kind == "fetch":
+            work = self._subrequest(request_id, json.loads(argument), data)
+        elif kind == "call":
+            call = json.loads(argument)
+            spec = self.script.binding(call.get("binding")) if isinstance(call, dict) else None
+            op.outlives = spec is not None and spec.get("type") in OUTLIVING_TYPES
+            work = self._binding_call(request_id, call, data)
         else:
             self._loop.call_soon(self._complete, op_id, False, f"unknown host operation {kind}")
+            return
+        op.handle = self._loop.create_task(self._run_op(op_id, work))
 
-    async def _read_body(self, op_id: int, body: BodySource | None) -> None:
+    async def _run_op(self, op_id: int, work: Awaitable[tuple[bool, Any, bytes | None]]) -> None:
         try:
-            data = await body.read_all() if body is not None else b""
-        except Exception as exc:
-            self._complete(op_id, False, f"reading the request body failed: {exc}")
-            return
-        if len(data) <= INLINE_BODY:
-            self._complete(op_id, True, data.decode("latin-1"))
-            return
+            ok, value, data = await work
+        except (BodyAborted, SubrequestError) as exc:
+            ok, value, data = False, {"name": "TypeError", "message": str(exc)}, None
+        except Exception as exc:  # a bug of ours must not leave the worker's promise pending forever
+            self._log_sink("error", f"warren runtime error in a host operation: {exc!r}")
+            ok, value, data = False, {"name": "Error", "message": "internal error"}, None
+        self._deliver(op_id, ok, value, data)
+
+    def _deliver(self, op_id: int, ok: bool, value: Any, data: bytes | None) -> None:
+        """Complete an operation with a JSON value and, optionally, bytes."""
         op = self._ops.get(op_id)
         if op is None:
             return
-        for offset in range(0, len(data), BODY_CHUNK):
-            chunk = data[offset : offset + BODY_CHUNK].decode("latin-1")
-            last = offset + BODY_CHUNK >= len(data)
-            self._schedule(op.request_id, "stash", op_id, chunk, last, charged=False)
-        self._complete(op_id, True, None)
+        text = json.dumps(value)
+        if data is not None and len(data) > INLINE_BODY:
+            # In uncharged slices of their own: converting bytes is the runtime's cost.
+            for offset in range(0, len(data), BODY_CHUNK):
+                chunk = data[offset : offset + BODY_CHUNK].decode("latin-1")
+                self._schedule(op.request_id, "stash", op_id, chunk, offset + BODY_CHUNK >= len(data), charged=False)
+            self._complete(op_id, ok, text, None)
+        else:
+            self._complete(op_id, ok, text, data.decode("latin-1") if data is not None else None)
 
-    def _complete(self, op_id: int, ok: bool, value: str | None) -> None:
+    def _adopt_body(self, request_id: int | None, source: BodySource) -> int:
+        handle = self._next_body
+        self._next_body += 1
+        self._bodies[handle] = _HostBody(request_id, source)
+        return handle
+
+    async def _read(self, handle: int, limit: int, whole: bool) -> tuple[bool, Any, bytes | None]:
+        body = self._bodies.get(handle)
+        if body is None:
+            return False, {"name": "TypeError", "message": "This body is no longer available."}, None
+        data = await (read_all(body.source) if whole else body.source.read(limit))
+        if whole or not data:
+            self._bodies.pop(handle, None)
+            body.source.close()
+        return True, None, data if (data or whole) else None
+
+    async def _drain(self, request_id: int) -> tuple[bool, Any, bytes | None]:
+        invocation = self._invocations.get(request_id)
+        if invocation is not None and invocation.body_open:
+            await self._writable(invocation)
+        return True, invocation is not None and invocation.body_open, None
+
+    async def _sink_ready(self, handle: int) -> tuple[bool, Any, bytes | None]:
+        body = self._bodies.get(handle)
+        source = body.source if body is not None else None
+        while isinstance(source, QueueBody) and source.buffered > SINK_WINDOW and handle in self._bodies:
+            await asyncio.sleep(0.005)
+        return True, handle in self._bodies, None
+
+    def _count(self, request_id: int | None, kind: str, limit: int, message: str) -> str | None:
+        """Count an operation against its invocation's limit; the error message past it."""
+        invocation = self._invocations.get(request_id) if request_id is not None else None
+        if invocation is None:
+            return None
+        used = invocation.operations.get(kind, 0) + 1
+        invocation.operations[kind] = used
+        return message if used > limit else None
+
+    async def _subrequest(
+        self, request_id: int | None, head: dict[str, Any], data: str | None
+    ) -> tuple[bool, Any, bytes | None]:
+        refused = self._count(request_id, "subrequest", self.script.subrequest_limit, TOO_MANY_SUBREQUESTS)
+        if refused is not None:
+            return False, {"name": "Error", "message": refused}, None
+        if self._fetcher is None:
+            return False, {"name": "TypeError", "message": "fetch() is not available in this runtime."}, None
+        body: bytes | BodySource | None = None
+        if data is not None:
+            body = data.encode("latin-1")
+        elif head.get("body"):
+            # Kept registered: a sink's writer still looks it up (and the invocation's end closes it).
+            held = self._bodies.get(int(head["body"]))
+            if held is None:
+                return False, {"name": "TypeError", "message": "The request body is no longer available."}, None
+            body = held.source
+        headers = [(str(name), str(value)) for name, value in head["headers"]]
+        response = await self._fetcher.fetch(
+            str(head["method"]), str(head["url"]), headers, body, str(head.get("redirect", "follow"))
+        )
+        handle = self._adopt_body(request_id, response.body) if response.body is not None else 0
+        value = {
+            "status": response.status,
+            "statusText": response.status_text,
+            "headers": response.headers,
+            "url": response.url,
+            "redirected": response.redirected,
+            "body": handle,
+        }
+        return True, value, None
+
+    async def _binding_call(
+        self, request_id: int | None, call: dict[str, Any], data: str | None
+    ) -> tuple[bool, Any, bytes | None]:
+        spec = self.script.binding(call.get("binding"))
+        if spec is None or self._calls is None:
+            return False, {"name": "TypeError", "message": f"No binding named {call.get('binding')!r}."}, None
+        kind = str(spec.get("type"))
+        limit = OPERATION_LIMITS.get(kind)
+        if limit is not None:
+            generic = f"Too many {kind} operations in one invocation (limit {limit})."
+            message = OPERATION_LIMIT_MESSAGES.get(kind, generic)
+            refused = self._count(request_id, kind, limit, message)
+            if refused is not None:
+                return False, {"name": "Error", "message": refused}, None
+        if kind in SUBREQUEST_TYPES:
+            refused = self._count(request_id, "subrequest", self.script.subrequest_limit, TOO_MANY_SUBREQUESTS)
+            if refused is not None:
+                return False, {"name": "Error", "message": refused}, None
+        payload: bytes | None = None
+        body_limit, too_large = BINDING_BODY_LIMITS.get(kind, DEFAULT_BINDING_BODY_LIMIT)
+        size = 0
+        if data is not None:
+            payload = data.encode("latin-1")
+            size = len(payload)
+        elif call.get("body"):
+            held = self._bodies.pop(int(call["body"]), None)
+            if held is None:
+                return False, {"name": "TypeError", "message": "The body is no longer available."}, None
+            chunks: list[bytes] = []
+            try:
+                # Counted to its end past the limit (the message says the size), but never kept.
+                while chunk := await held.source.read(BODY_CHUNK):
+                    size += len(chunk)
+                    if size <= body_limit:
+                        chunks.append(chunk)
+                    else:
+                        chunks.clear()
+            finally:
+                held.source.close()
+            payload = b"".join(chunks)
+        if size > body_limit:
+            return False, {"name": "Error", "message": too_large.format(size=size, limit=body_limit)}, None
+        call = {"binding": call.get("binding"), "method": call.get("method"), "args": call.get("args")}
+        ok, value, result = await self._calls(request_id, call, payload)
+        if ok and result is not None and len(result) > INLINE_BODY:
+            # Large results are read by handle, so a stream of them never sits whole in JavaScript.
+            return True, {"value": value, "body": self._adopt_body(request_id, BytesBody(result))}, None
+        return ok, {"value": value} if ok else value, result
+
+    def _complete(self, op_id: int, ok: bool, value: str | None, data: str | None = None) -> None:
         op = self._ops.pop(op_id, None)
         if op is None:
             return
         self._live_ops -= 1
-        self._schedule(op.request_id, "complete", op_id, ok, value)
+        self._schedule(op.request_id, "complete", op_id, ok, value, data)
 
     def _cancel_ops(self, which: Callable[[int], bool]) -> list[int]:
         cancelled = [op_id for op_id in self._ops if which(op_id)]
@@ -593,6 +988,17 @@ def _exception_fields(name: str, message: str, stack: str) -> tuple[str, str, st
     return str(name)[:LOG_LINE_BYTES], str(message)[:LOG_LINE_BYTES], str(stack)[:LOG_LINE_BYTES]
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+_ASSETS = frozenset({"html_rewriter_bg.wasm"})
+
+
+@functools.cache
+def runtime_asset(name: str) -> str | None:
+    if name not in _ASSETS:
+        return None
+    return resources.files("warren.runtime").joinpath("vendor", name).read_bytes().decode("latin-1")
+
+
+def _now_ms() -> float:
+    # A float: stpyv8 turns a Python int past 2**31 into a wrapped 32-bit integer.
+    return float(int(time.time() * 1000))
 

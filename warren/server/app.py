@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from warren.server.supervisor import Exchange, Supervisor
+from warren.server.visitor import Visitors
 
 MAX_REQUEST_BODY = 100 * 1024 * 1024
 MAX_HEADER_BYTES = 128 * 1024
@@ -34,7 +37,9 @@ async def _plain(send: Send, status: int, message: str) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())],
+            "headers": _add_date(
+                [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+            ),
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -44,13 +49,40 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _ClientGone(Exception):
+    pass
+
+
+class ResponseAborted(Exception):
+    """A response failed after its head went out; raising it is how the connection is dropped."""
+
+
+class _QuietAborts(logging.Filter):
+    """uvicorn logs an exception from the app with a traceback; an aborted response is not a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ResponseAborted))
+
+
+def _add_date(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    # The edge adds Date only when the worker did not set one (uvicorn's own is off).
+    if not any(name.lower() == b"date" for name, _ in headers):
+        headers.append((b"date", email.utils.formatdate(usegmt=True).encode()))
+    return headers
+
+
 class EdgeApp:
     """Routes each request to a worker and streams it through the supervisor."""
 
     def __init__(
-        self, supervisor: Supervisor, resolve: Resolver, max_request_body: int = MAX_REQUEST_BODY
+        self,
+        supervisor: Supervisor,
+        resolve: Resolver,
+        max_request_body: int = MAX_REQUEST_BODY,
+        visitors: Visitors | None = None,
     ) -> None:
         self.supervisor = supervisor
+        self.visitors = visitors or Visitors("local")
         self.resolve = resolve
         self.max_request_body = max_request_body
 
@@ -99,15 +131,27 @@ class EdgeApp:
             await _plain(send, 503, quarantined)
             return
 
-        exchange = await self.supervisor.open_exchange(target, scope["method"], url, headers, has_body)
-        pump = asyncio.get_running_loop().create_task(self._pump_body(receive, exchange)) if has_body else None
+        client = scope.get("client")
+        cf, headers = self.visitors.describe(
+            client[0] if client else None, headers, scope.get("scheme", "http"), scope.get("http_version", "1.1")
+        )
+        exchange = await self.supervisor.open_exchange(target, scope["method"], url, headers, has_body, cf=cf)
+        # The pump forwards the request body, then watches for the client leaving; without a
+        # body it starts only for a streamed response (the one case where leaving must stop work).
+        pump = asyncio.get_running_loop().create_task(self._pump_body(receive, exchange, True)) if has_body else None
         try:
-            await self._respond(exchange, send, pump)
+            await self._respond(exchange, send, pump, receive)
+        except _ClientGone:
+            pass  # nobody to answer; the exchange was cancelled
         finally:
             if pump is not None and not pump.done():
                 pump.cancel()
 
-    async def _pump_body(self, receive: Receive, exchange: Exchange) -> None:
+    async def _pump_body(self, receive: Receive, exchange: Exchange, has_body: bool) -> None:
+        """Forward the request body, then keep listening: a client that leaves cancels the exchange."""
+        if not has_body:
+            await self._watch_disconnect(receive, exchange)
+            return
         received = 0
         while True:
             message = await receive()
@@ -123,47 +167,71 @@ class EdgeApp:
                 await exchange.send_body(chunk)
             if not message.get("more_body", False):
                 exchange.end_body()
+                await self._watch_disconnect(receive, exchange)
                 return
 
     @staticmethod
-    async def _next_event(exchange: Exchange, pump: asyncio.Task[None] | None) -> tuple[Any, ...]:
-        """The runtime's next event, unless the request body failed first."""
-        if pump is None or pump.done():
-            if pump is not None and pump.exception() is not None:
-                raise pump.exception()  # type: ignore[misc]
-            return await exchange.next_event()
-        event = asyncio.ensure_future(exchange.next_event())
-        await asyncio.wait({event, pump}, return_when=asyncio.FIRST_COMPLETED)
-        if pump.done() and pump.exception() is not None:
-            event.cancel()
-            raise pump.exception()  # type: ignore[misc]
-        return await event
+    async def _watch_disconnect(receive: Receive, exchange: Exchange) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        exchange.cancel()
 
-    async def _respond(self, exchange: Exchange, send: Send, pump: asyncio.Task[None] | None) -> None:
+    @staticmethod
+    async def _next_event(exchange: Exchange, pump: asyncio.Task[None] | None) -> tuple[Any, ...]:
+        """The runtime's next event, unless the request body failed or the client left first."""
+        if pump is None:
+            return await exchange.next_event()
+        if not pump.done():
+            event = asyncio.ensure_future(exchange.next_event())
+            await asyncio.wait({event, pump}, return_when=asyncio.FIRST_COMPLETED)
+            if not pump.done():
+                return await event
+            event.cancel()
+        if pump.exception() is not None:
+            raise pump.exception()  # type: ignore[misc]
+        raise _ClientGone  # the pump ends without error only when the client disconnects
+
+    async def _respond(
+        self, exchange: Exchange, send: Send, pump: asyncio.Task[None] | None, receive: Receive
+    ) -> None:
+        watcher: asyncio.Task[None] | None = None
         started = False
-        while True:
-            try:
-                event = await self._next_event(exchange, pump)
-            except _BodyTooLarge:
-                if started:
-                    raise
-                await _plain(send, 413, "Request body too large.")
-                return
-            kind = event[0]
-            if kind == "head":
-                started = True
-                headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in event[2]]
-                await send({"type": "http.response.start", "status": event[1], "headers": headers})
-            elif kind == "body":
-                await send({"type": "http.response.body", "body": event[1], "more_body": True})
-            elif kind == "end":
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-            elif kind == "error" and not started:
-                await _plain(send, event[1], event[2])
-                return
-            else:  # the runtime failed mid-response: dropping the connection is all that is left
-                raise RuntimeError(f"response aborted: {event}")
+        try:
+            while True:
+                try:
+                    event = await self._next_event(exchange, pump)
+                except _BodyTooLarge:
+                    if started:
+                        raise
+                    await _plain(send, 413, "Request body too large.")
+                    return
+                kind = event[0]
+                if kind == "head":
+                    started = True
+                    headers = _add_date([(name.encode("latin-1"), value.encode("latin-1")) for name, value in event[2]])
+                    await send({"type": "http.response.start", "status": event[1], "headers": headers})
+                    if pump is None and not any(name.lower() == b"content-length" for name, _ in headers):
+                        # A streamed body may never end by itself: it stops when the client leaves.
+                        pump = watcher = asyncio.get_running_loop().create_task(
+                            self._watch_disconnect(receive, exchange)
+                        )
+                elif kind == "body":
+                    await send({"type": "http.response.body", "body": event[1], "more_body": True})
+                    exchange.consumed(len(event[1]))
+                elif kind == "end":
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                elif kind == "error" and not started:
+                    await _plain(send, event[1], event[2])
+                    return
+                else:  # the runtime failed mid-response: dropping the connection is all that is left
+                    raise ResponseAborted(f"response aborted: {event}")
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+
+
+_QUIET_ABORTS = _QuietAborts()
 
 
 @dataclass
@@ -179,10 +247,14 @@ class Listening:
         await self.task
 
 
-async def listen(app: Any, host: str, port: int) -> Listening:
-    """Serve ``app`` with uvicorn (httptools) on host:port (0 picks a free port)."""
+async def listen(app: Any, host: str, port: int, date_header: bool = True) -> Listening:
+    """Serve ``app`` with uvicorn (httptools) on host:port (0 picks a free port).
+
+    The edge passes ``date_header=False``: a worker's own Date header must not be doubled.
+    """
     import uvicorn
 
+    logging.getLogger("uvicorn.error").addFilter(_QUIET_ABORTS)
     config = uvicorn.Config(
         app,
         host=host,
@@ -191,6 +263,7 @@ async def listen(app: Any, host: str, port: int) -> Listening:
         lifespan="off",
         log_level="warning",
         server_header=False,
+        date_header=date_header,
         access_log=False,
         proxy_headers=False,  # warren is the edge: there is no proxy in front to trust
     )

@@ -1,4 +1,13 @@
-"""``warren dev``: one project served locally, reloaded when its files change."""
+"""``warren dev``: one project served locally, reloaded when its files change.
+
+With ``--service [NAME=]PATH`` (repeatable), other projects run beside it as
+the workers its ``[[services]]`` bindings call (each named by NAME, else by its
+config's ``name``); they are watched and reloaded too, but only the main
+project answers HTTP. Queues (``[[queues.producers]]``, ``[[queues.consumers]]``
+of any of them) live in a local store under the state directory, created as the
+configs name them; consumers run as on an edge node (warren.triggers.consumer).
+Crons do not fire on their own here, as with ``wrangler dev``: use ``--test-scheduled``.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +19,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from watchfiles import awatch
+from watchfiles import DefaultFilter, awatch
 
+from warren.bindings import BindingHost
+from warren.bindings.durable_objects import DurableObjects
+from warren.bindings.kv import KVHandler
+from warren.bindings.queues import QueueProducers
+from warren.bindings.service import ServiceBindings
 from warren.config import ConfigError, Project, load_project
 from warren.runtime import ScriptLoadError
+from warren.runtime.subrequests import SubrequestPolicy
 from warren.server.app import EdgeApp, Unavailable, listen
 from warren.server.metrics import Metrics, log_line
 from warren.server.supervisor import Exchange, Supervisor
+from warren.server.visitor import Visitors
 
 Echo = Callable[[str], None]
 
@@ -39,6 +55,9 @@ class DevServer:
         watch: bool = True,
         admin_port: int | None = None,
         test_scheduled: bool = False,
+        geoip_paths: tuple[str, ...] = (),
+        persist_to: str | Path | None = None,
+        services: tuple[str, ...] = (),
         echo: Echo = _echo,
         echo_error: Echo = _echo_error,
     ) -> None:
@@ -50,10 +69,31 @@ class DevServer:
         self.echo = echo
         self.echo_error = echo_error
         self.project: Project | None = None
-        self.supervisor = Supervisor(on_log=self._log, on_done=self._done)
+        # As with wrangler dev, a worker in development may fetch from local servers.
+        self.bindings = BindingHost()
+        self.supervisor = Supervisor(
+            on_log=self._log,
+            on_done=self._done,
+            subrequests=SubrequestPolicy(allow_private=True),
+            bindings=self.bindings,
+        )
+        # KV namespaces' data, persisted like wrangler's .wrangler/state: opened with the first KV binding.
+        self.persist_to = Path(persist_to) if persist_to is not None else None
+        self.kv: KVHandler | None = None
+        # Issue #10: sibling workers for service bindings; local queues and their consumers.
+        self.services = services
+        self.siblings: dict[str, Project] = {}
+        self.queues: _LocalQueues | None = None
+        # Durable Objects (issue #8): their files and alarms under the state directory, opened
+        # once a project binds a namespace (or state from an earlier run holds some).
+        self.objects: DurableObjects | None = None
+        self.bindings.register(
+            "service", ServiceBindings(self.supervisor, lambda caller, name: self.supervisor.deployments.get(name))
+        )
         self.metrics = Metrics(self.supervisor)
         self.admin_port = admin_port
         self.test_scheduled = test_scheduled
+        self.visitors = Visitors("dev", geoip_paths)
 
     def _log(self, script: str, level: str, message: str) -> None:
         line = f"[{script}] {level}: {message}" if level != "log" else f"[{script}] {message}"
@@ -106,16 +146,54 @@ class DevServer:
             for warning in project.warnings:
                 self.echo_error(f"▲ {warning}")
         self.project = project
+        if any(binding.get("type") == "kv_namespace" for binding in script.bindings):
+            await self._open_kv(project)
+        if not await self._deploy_siblings(first):
+            return False
+        if any(p.queue_bindings or p.queue_consumers for p in (project, *self.siblings.values())):
+            if self.queues is None:
+                self.queues = await _LocalQueues.open(self, self.state_dir(project) / "queues.sqlite3")
+            await self.queues.configure([project, *self.siblings.values()])
         started = time.perf_counter()
         try:
             await self.supervisor.deploy(script)
         except ScriptLoadError as exc:
             self.echo_error(f"✘ {exc}")
             return False
+        await self._open_objects(project)  # once its worker runs: alarms due by now fire at once
         elapsed = (time.perf_counter() - started) * 1000
         if not first:
             self.echo(f"⎔ Reloaded {script.name} in {elapsed:.0f} ms")
         return True
+
+    def state_dir(self, project: Project) -> Path:
+        """Where local state persists: ``--persist-to``, else ``.warren/state`` beside the config (or script)."""
+        if self.persist_to is not None:
+            return self.persist_to
+        base = project.config_path.parent if project.config_path is not None else project.script_path.parent
+        return base / ".warren" / "state"
+
+    async def _open_kv(self, project: Project) -> None:
+        if self.kv is not None:
+            return
+        path = self.state_dir(project) / "kv.sqlite3"
+        self.kv = await KVHandler.local(path, "dev", report=self.echo_error)
+        await self.kv.start()
+        self.bindings.register("kv_namespace", self.kv)
+
+    async def _open_objects(self, project: Project) -> None:
+        if self.objects is not None:
+            return
+        state = self.state_dir(project)
+        bound = any(p.durable_objects for p in (project, *self.siblings.values()))
+        if not bound and not (state / "durable_objects").exists():
+            return
+        # Objects of this project and of its --service siblings: the worker of that name.
+        self.objects = DurableObjects(
+            self.supervisor, state, lambda _account, script: self.supervisor.deployments.get(script)
+        )
+        self.objects.register(self.bindings)
+        await self.objects.start()
 
     def _resolve(self, host: str, path: str) -> str | Unavailable | None:
         if self.project is None:
@@ -125,10 +203,42 @@ class DevServer:
             return Unavailable(f"Worker {self.project.name} is not available: its script failed to load.")
         return key
 
+    async def _deploy_siblings(self, first: bool) -> bool:
+        """Load (or reload) the ``--service`` workers; False if one cannot be read."""
+        siblings: dict[str, Project] = {}
+        for spec in self.services:
+            name, separator, target = spec.partition("=")
+            if not separator:
+                name, target = "", spec
+            try:
+                project = load_project(target)
+                if name:
+                    project.name = name
+                script = project.script()
+            except ConfigError as exc:
+                self.echo_error(f"✘ --service {spec}: {exc}")
+                return False
+            siblings[project.name] = project
+            try:
+                await self.supervisor.deploy(script)
+            except ScriptLoadError as exc:
+                self.echo_error(f"✘ {project.name}: {exc}")
+                return False
+            if first:
+                self.echo(f"⎔ Running {project.name} (service) from {project.script_path}")
+        self.siblings = siblings
+        return True
+
     async def _watch(self, stop: asyncio.Event) -> None:
         assert self.project is not None
         paths = [str(path) for path in self.project.watch_paths]
-        async for _changes in awatch(*paths, stop_event=stop, debounce=50, step=20):
+        for sibling in self.siblings.values():
+            paths += [str(path) for path in sibling.watch_paths if str(path) not in paths]
+        # Local state (KV data) changes on every write: never a reason to reload.
+        ignored = DefaultFilter(
+            ignore_dirs=(*DefaultFilter.ignore_dirs, ".warren"), ignore_paths=[self.state_dir(self.project)]
+        )
+        async for _changes in awatch(*paths, stop_event=stop, debounce=50, step=20, watch_filter=ignored):
             await self._deploy(first=False)
 
     async def run(self) -> int:
@@ -142,11 +252,11 @@ class DevServer:
             await self._deploy(first=True)
             stop = asyncio.Event()
             watcher = asyncio.get_running_loop().create_task(self._watch(stop)) if self.watch else None
-            app: Any = EdgeApp(self.supervisor, self._resolve)
+            app: Any = EdgeApp(self.supervisor, self._resolve, visitors=self.visitors)
             if self.test_scheduled:
                 app = self._scheduled_endpoint(app)
             try:
-                listening = await listen(app, self.host, self.port)
+                listening = await listen(app, self.host, self.port, date_header=False)
             except OSError as exc:
                 stop.set()
                 self.echo_error(f"✘ {exc}")
@@ -162,4 +272,87 @@ class DevServer:
                 watcher.cancel()
             return 0
         finally:
+            if self.queues is not None:
+                await self.queues.close()
+            if self.objects is not None:
+                await self.objects.stop()
             await self.supervisor.stop()
+            if self.kv is not None:
+                await self.kv.close()
+
+
+class _LocalQueues:
+    """``warren dev``'s queues: a SQLite store under the state directory, one local account."""
+
+    ACCOUNT = "dev"
+
+    def __init__(self, server: DevServer, store: Any, account_id: str) -> None:
+        from warren.triggers import QueueConsumers
+
+        self.server = server
+        self.store = store
+        self.account_id = account_id
+        server.bindings.register("queue", QueueProducers(store, lambda _caller: account_id))
+        self.consumers = QueueConsumers(
+            store,
+            server.supervisor,
+            lambda _account, script: server.supervisor.deployments.get(script),
+            echo=server.echo,
+            config_interval=1.0,
+        )
+        self.consumers.start()
+
+    @classmethod
+    async def open(cls, server: DevServer, path: Path) -> _LocalQueues:
+        from warren.store import SQLiteStore
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = SQLiteStore(path)
+        await store.open()
+        account = await store.account_by_name(cls.ACCOUNT) or await store.create_account(cls.ACCOUNT)
+        return cls(server, store, account.id)
+
+    async def _queue(self, name: str) -> Any:
+        from warren.store import Conflict
+
+        found = await self.store.get_queue(self.account_id, name)
+        if found is None:
+            try:
+                found = await self.store.create_queue(self.account_id, name)
+                self.server.echo(f"⎔ Created local queue {name}")
+            except Conflict:
+                found = await self.store.get_queue(self.account_id, name)
+        return found
+
+    async def configure(self, projects: list[Project]) -> None:
+        """Create the queues the projects name; make each consumer config the queue's consumer."""
+        from warren.store import QueueConsumer, StoreError
+
+        consuming: dict[str, tuple[str, dict[str, Any]]] = {}
+        for project in projects:
+            for binding in project.queue_bindings:
+                await self._queue(str(binding["queue_name"]))
+            for settings in project.queue_consumers:
+                consuming[str(settings["queue"])] = (project.name, settings)
+                if settings["dead_letter_queue"]:
+                    await self._queue(str(settings["dead_letter_queue"]))
+        for name, (script, settings) in consuming.items():
+            queue = await self._queue(name)
+            fields = {key: value for key, value in settings.items() if key != "queue"}
+            try:
+                for other in queue.consumers:
+                    if other.script != script:
+                        await self.store.delete_queue_consumer(self.account_id, queue.id, other.script)
+                await self.store.put_queue_consumer(self.account_id, queue.id, QueueConsumer(script=script, **fields))
+            except StoreError as exc:
+                self.server.echo_error(f"✘ queue {name}: {exc}")
+        names = {project.name for project in projects}
+        for queue in await self.store.list_queues(self.account_id):
+            for consumer in queue.consumers:
+                if consumer.script in names and queue.name not in consuming:
+                    await self.store.delete_queue_consumer(self.account_id, queue.id, consumer.script)
+        self.consumers.changed()
+
+    async def close(self) -> None:
+        await self.consumers.stop()
+        await self.store.close()

@@ -184,6 +184,13 @@ def log_line(exchange: Exchange, outcome: str, cpu_ms: float, wall_ms: float) ->
         f"in={exchange.bytes_in}B",
         f"out={metering.get('bytes_out', 0)}B",
     ]
+    # Metered operations, when the invocation made any (a number, or counts per kind).
+    subrequests = _count(metering.get("subrequests", 0))
+    if subrequests:
+        parts.append(f"subrequests={subrequests}")
+    kv_operations = _count(metering.get("kv_ops", 0))
+    if kv_operations:
+        parts.append(f"kv={kv_operations}")
     if metering.get("cold"):
         parts.append("cold")
     if metering.get("memory"):

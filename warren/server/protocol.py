@@ -26,6 +26,8 @@ class Kind(enum.IntEnum):
     BODY = 4  # raw request body bytes
     BODY_END = 5
     CANCEL = 6  # the client went away
+    RESULT = 7  # the result of a CALL (warren.bindings.encode_message)
+    CREDIT = 8  # {bytes}: the client took this much of the response body; send more
     # runtime -> supervisor
     LOADED = 20  # {key, error: null | {message, filename, line, column}}
     HEAD = 21  # {status, headers}
@@ -34,6 +36,7 @@ class Kind(enum.IntEnum):
     ERROR = 24  # {status, message}: failed before a response head
     LOG = 25  # {script, level, message}
     DONE = 26  # {outcome, cpu_ms, wall_ms}
+    CALL = 27  # a binding call from an isolate, on its request's stream (warren.bindings.encode_message)
 
 
 def encode(kind: Kind, stream: int, payload: bytes = b"") -> bytes:

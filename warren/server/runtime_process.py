@@ -22,9 +22,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from warren.bindings import decode_message, encode_message
 from warren.engine import configure, set_abort_hook
 from warren.runtime import Compiler, IncomingRequest, ScriptLoadError, Worker, WorkerScript
+from warren.runtime.bodies import QueueBody
 from warren.runtime.pool import DEFAULT_POOL_SIZE, IsolatePool
+from warren.runtime.subrequests import Fetcher, SubrequestPolicy
 from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
 
 ACTIVITY_SLOTS = 16
@@ -99,24 +102,6 @@ def read_activity(path: str) -> list[tuple[str, int]]:
     return aborting or running
 
 
-class _RequestBody:
-    """A request body arriving in frames; the script reads it whole."""
-
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self._complete = asyncio.Event()
-
-    def feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-
-    def finish(self) -> None:
-        self._complete.set()
-
-    async def read_all(self) -> bytes:
-        await self._complete.wait()
-        return b"".join(self._chunks)
-
-
 class _FrameReply:
     """Sends one invocation's results back to the supervisor as frames."""
 
@@ -127,13 +112,33 @@ class _FrameReply:
         self.bytes_out = 0
         self.cold = False  # the request waited for its worker's isolate to start
         self.worker: Worker | None = None
+        self.operations: dict[str, int] = {}
         self.exceptions: list[dict[str, Any]] = []
+        self.unconfirmed = 0  # body bytes sent that the supervisor has not yet passed on
+        self.gone = False
+        self._credit = asyncio.Event()
+
+    def confirm(self, count: int) -> None:
+        self.unconfirmed = max(0, self.unconfirmed - count)
+        self._credit.set()
+
+    def abandon(self) -> None:
+        """The client went away: nobody will take the rest of the body."""
+        self.gone = True
+        self._credit.set()
+
+    async def wait_writable(self, window: int) -> None:
+        """Until the client has taken all but ``window`` bytes of what was sent."""
+        while self.unconfirmed > window and not self._runtime.closing and not self.gone:
+            self._credit.clear()
+            await self._credit.wait()
 
     def head(self, status: int, headers: list[tuple[str, str]]) -> None:
         self._runtime.send(encode_json(Kind.HEAD, self._stream, {"status": status, "headers": headers}))
 
     def body(self, chunk: bytes) -> None:
         self.bytes_out += len(chunk)
+        self.unconfirmed += len(chunk)
         for start in range(0, len(chunk), BODY_CHUNK):
             self._runtime.send(encode(Kind.RBODY, self._stream, chunk[start : start + BODY_CHUNK]))
 
@@ -156,6 +161,10 @@ class _FrameReply:
                 {"name": name, "message": message, "stack": stack, "timestamp": int(time.time() * 1000)}
             )
 
+    def meter(self, operations: dict[str, int]) -> None:
+        """Told by the worker before done(): operations of the invocation (subrequests, kv_ops)."""
+        self.operations = operations
+
     def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
         self._runtime.finished(self._stream)
         metering = {
@@ -165,6 +174,7 @@ class _FrameReply:
             "bytes_out": self.bytes_out,
             "cold": self.cold,
             "memory": self.worker.memory_bytes if self.worker is not None else 0,
+            **self.operations,
             # the process's isolates now (for the node's metrics)
             "isolates": self._runtime.isolate_count(),
         }
@@ -194,9 +204,20 @@ def default_memory_budget(processes: int = 1) -> int:
 
 class RuntimeServer:
     def __init__(
-        self, writer: asyncio.StreamWriter, board: ActivityBoard | None, js_threads: int, pool_size: int
+        self,
+        writer: asyncio.StreamWriter,
+        board: ActivityBoard | None,
+        js_threads: int,
+        pool_size: int,
+        policy: SubrequestPolicy | None = None,
     ) -> None:
         self._writer = writer
+        self.closing = False
+        self._fetcher = Fetcher(policy or SubrequestPolicy())
+        self._calls: dict[int, asyncio.Future[tuple[dict[str, Any], bytes | None]]] = {}
+        self._next_call = 1
+        self._replies: dict[int, _FrameReply] = {}
+        self._depths: dict[int, int] = {}
         self._board = board
         self._executor = ThreadPoolExecutor(js_threads, thread_name_prefix="warren-js")
         self._compiler = Compiler()
@@ -208,7 +229,7 @@ class RuntimeServer:
         self._scripts: dict[str, WorkerScript] = {}
         self._workers: dict[str, asyncio.Future[Worker]] = {}
         self._retired: set[str] = set()
-        self._bodies: dict[int, _RequestBody] = {}
+        self._bodies: dict[int, QueueBody] = {}
         self._stream_keys: dict[int, str] = {}
 
     # -- output --
@@ -226,6 +247,8 @@ class RuntimeServer:
 
     def finished(self, stream: int) -> None:
         self._bodies.pop(stream, None)
+        self._replies.pop(stream, None)
+        self._depths.pop(stream, None)
         key = self._stream_keys.pop(stream, None)
         if key in self._retired:
             asyncio.get_running_loop().create_task(self._retire_if_idle(key))
@@ -300,6 +323,8 @@ class RuntimeServer:
             self._board.mark if self._board is not None else None,
             key,
             self._pool,
+            calls=lambda request_id, call, data: self._call(key, request_id, call, data),
+            fetcher=self._fetcher,
         )
         await worker.start()
         return worker
@@ -317,11 +342,38 @@ class RuntimeServer:
         self._scripts.pop(key, None)
         self._retired.discard(key)
 
+    async def _call(
+        self, key: str, stream: int | None, call: dict[str, Any], data: bytes | None
+    ) -> tuple[bool, Any, bytes | None]:
+        """A binding call, answered by the supervisor (warren.bindings)."""
+        call_id = self._next_call
+        self._next_call += 1
+        future: asyncio.Future[tuple[dict[str, Any], bytes | None]] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = future
+        header = {"call": call_id, "key": key, "depth": self._depths.get(stream or 0, 0), **call}
+        try:
+            self.send(encode(Kind.CALL, stream or 0, encode_message(header, data)))
+            result, body = await future
+        finally:
+            self._calls.pop(call_id, None)
+        if result.get("ok"):
+            return True, result.get("value"), body
+        return False, result.get("error") or {"name": "Error", "message": "the call failed"}, None
+
     # -- input --
 
     async def handle(self, kind: Kind, stream: int, payload: bytes) -> None:
         if kind == Kind.REQUEST:
             await self._request(stream, json.loads(payload))
+        elif kind == Kind.RESULT:
+            header, data = decode_message(payload)
+            waiting = self._calls.get(int(header.get("call", 0)))
+            if waiting is not None and not waiting.done():
+                waiting.set_result((header, data))
+        elif kind == Kind.CREDIT:
+            reply = self._replies.get(stream)
+            if reply is not None:
+                reply.confirm(int.from_bytes(payload[:8], "big"))
         elif kind == Kind.BODY:
             body = self._bodies.get(stream)
             if body is not None:
@@ -331,6 +383,9 @@ class RuntimeServer:
             if body is not None:
                 body.finish()
         elif kind == Kind.CANCEL:
+            reply = self._replies.get(stream)
+            if reply is not None:
+                reply.abandon()
             key = self._stream_keys.get(stream)
             future = self._workers.get(key) if key else None
             if future is not None and future.done() and future.exception() is None:
@@ -360,10 +415,12 @@ class RuntimeServer:
 
     async def _request(self, stream: int, head: dict[str, Any]) -> None:
         key = head["key"]
-        body = _RequestBody() if head["has_body"] else None
+        body = QueueBody() if head["has_body"] else None
         if body is not None:
             self._bodies[stream] = body
         reply = _FrameReply(self, stream)
+        self._replies[stream] = reply
+        self._depths[stream] = int(head.get("depth", 0))
         if key not in self._scripts:
             reply.error(503, f"unknown worker version {key}")
             reply.done("canceled", 0.0, 0.0)
@@ -372,7 +429,7 @@ class RuntimeServer:
         asyncio.get_running_loop().create_task(self._dispatch(stream, key, head, body, reply))
 
     async def _dispatch(
-        self, stream: int, key: str, head: dict[str, Any], body: _RequestBody | None, reply: _FrameReply
+        self, stream: int, key: str, head: dict[str, Any], body: QueueBody | None, reply: _FrameReply
     ) -> None:
         starting = self._worker(key)
         reply.cold = not starting.done()
@@ -395,19 +452,29 @@ class RuntimeServer:
             event=str(head.get("event", "fetch")),
             cron=str(head.get("cron", "")),
             scheduled_time=int(head.get("scheduled_time", 0)),
+            depth=int(head.get("depth", 0)),
+            entrypoint=str(head.get("entrypoint", "")),
+            name=str(head.get("name", "")),
+            cf=head.get("cf") if isinstance(head.get("cf"), dict) else None,
         )
         worker.fetch(request, reply)
 
 
 async def _serve(
-    fd: int, slots: str | None, js_threads: int, pool_size: int, idle_timeout: float, memory_budget: int
+    fd: int,
+    slots: str | None,
+    js_threads: int,
+    pool_size: int,
+    idle_timeout: float,
+    memory_budget: int,
+    policy: SubrequestPolicy,
 ) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     board = ActivityBoard(slots) if slots else None
     if board is not None:
         set_abort_hook(board.mark_aborting)
-    server = RuntimeServer(writer, board, js_threads, pool_size)
+    server = RuntimeServer(writer, board, js_threads, pool_size, policy)
     eviction = asyncio.get_running_loop().create_task(server.evict_forever(idle_timeout, memory_budget))
     while True:
         frame = await read_frame(reader)
@@ -417,6 +484,7 @@ async def _serve(
         if writer.transport.get_write_buffer_size() > 4 * BODY_CHUNK:
             await writer.drain()
     eviction.cancel()
+    server.closing = True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -429,11 +497,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S, help="seconds before eviction")
     parser.add_argument("--memory-budget-mb", type=int, default=0, help="evict idle isolates past this RSS")
     parser.add_argument("--processes", type=int, default=1, help="runtime processes sharing the default budget")
+    parser.add_argument("--allow-private-subrequests", action="store_true", help="let fetch() reach any address")
+    parser.add_argument("--allow-subrequests-to", action="append", default=[], help="a network fetch() may reach")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     configure(args.heap_mb)
     budget = args.memory_budget_mb * 1024 * 1024 or default_memory_budget(args.processes)
-    serving = _serve(args.fd, args.slots, args.js_threads, args.isolate_pool, args.idle_timeout, budget)
+    policy = SubrequestPolicy.parse(args.allow_private_subrequests, args.allow_subrequests_to)
+    serving = _serve(args.fd, args.slots, args.js_threads, args.isolate_pool, args.idle_timeout, budget, policy)
     try:
         import uvloop
 

@@ -5,6 +5,12 @@ revision moves (``Store.wait_for_change``), turns each deployed version into a `
 loads new versions into the supervisor *before* switching traffic to them (so
 no request fails during a deploy), and retires versions no longer deployed,
 whose isolates go once their in-flight requests finish.
+
+While the store cannot be reached the node keeps serving what it has, and says
+so: it is *stale* once it has not heard the store's revision for
+``stale_after`` seconds (or the store reports its connection down). The admin
+port answers ``/healthz`` with that (JSON, 200 once any state has loaded) beside
+``/metrics`` (``warren_store_stale``, ``warren_store_last_sync_seconds``).
 """
 
 from __future__ import annotations
@@ -12,16 +18,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from warren.bindings.durable_objects import DurableObjects, node_binding
 from warren.runtime import Module, ScriptLoadError, WorkerScript
-from warren.runtime.script import DEFAULT_CPU_MS
+from warren.runtime.script import DEFAULT_CPU_MS, DEFAULT_SUBREQUEST_LIMIT
+from warren.runtime.subrequests import SubrequestPolicy
 from warren.server.app import Unavailable
 from warren.server.supervisor import Exchange, Supervisor
 from warren.store import Store
@@ -31,6 +42,7 @@ from warren.store.routes import RouteTable, normalise_host
 DEFAULT_WORKERS_DOMAIN = "workers.localhost"
 POLL_INTERVAL_S = 1.0  # the longest one wait for a store change lasts before asking again
 MAX_IDENTITIES = 10_000  # version keys remembered for events, retired ones included
+STALE_AFTER_S = 3.0  # a node that has not heard the store's revision for this long (or 3 polls) is stale
 
 # Upload content types (docs/control-plane.md) -> the runtime's module kinds.
 MODULE_KINDS = {
@@ -78,8 +90,12 @@ class EdgeNode:
         poll_interval: float = POLL_INTERVAL_S,
         echo: Echo = _echo,
         trusted_accounts: frozenset[str] = frozenset(),
+        stale_after: float | None = None,
     ) -> None:
         self.store = store
+        self.stale_after = stale_after if stale_after is not None else max(STALE_AFTER_S, 3 * poll_interval)
+        self.last_sync: float | None = None  # time.monotonic() when the store's revision was last heard
+        self.loaded = False  # True once a state from the store has been applied
         self.trusted_accounts = trusted_accounts
         self.supervisor = supervisor
         self.workers_domain = workers_domain.lower().strip(".")
@@ -92,8 +108,20 @@ class EdgeNode:
         self._loaded: dict[str, str] = {}  # version key -> content hash
         self._identities: dict[str, tuple[str, str, str]] = {}  # version key -> (account id, script, version id)
         self._poller: asyncio.Task[None] | None = None
+        # Told after every change applied (cron schedules and queue consumers re-read theirs: issue #10).
+        self.on_refresh: list[Callable[[], None]] = []
 
     # --- serving ----------------------------------------------------------------------
+
+    def main_version_key(self, account_id: str, script: str) -> str | None:
+        """The version with the largest share (Durable Objects of a script live in one version), or None."""
+        target = self._targets.get((account_id, script))
+        return max(target.keys, key=lambda pair: pair[1])[0] if isinstance(target, _Target) else None
+
+    def version_key(self, account_id: str, script: str) -> str | None:
+        """The version key to run the account's script with (service bindings, triggers), or None."""
+        target = self._targets.get((account_id, script))
+        return target.pick() if isinstance(target, _Target) else None
 
     def resolve(self, host: str, path: str) -> str | Unavailable | None:
         """The version key to serve a request with, Unavailable, or None (no route)."""
@@ -134,6 +162,8 @@ class EdgeNode:
             try:
                 if await self.store.wait_for_change(self.revision, timeout=self.poll_interval) != self.revision:
                     await self.refresh()
+                else:
+                    self._synced()
             except Exception as exc:  # a bad read must not stop the node: it keeps serving what it has
                 self.echo(f"✘ reading the store failed: {exc!r}")
                 await asyncio.sleep(self.poll_interval)
@@ -141,6 +171,7 @@ class EdgeNode:
     async def refresh(self, initial: bool = False) -> None:
         """Apply the store's current state. New versions load before traffic moves."""
         state = await self.store.edge_state()
+        self._synced()  # loading what changed may take a while: the store was heard, the node is not cut off
         if state.revision == self.revision:
             return
         targets: dict[tuple[str, str], _Target | Unavailable] = {}
@@ -173,9 +204,42 @@ class EdgeNode:
         self._accounts_by_name = {account.name: account for account in state.accounts.values()}
         self._targets = targets
         self.revision = state.revision
+        self.loaded = True
         for key in [key for key in self._loaded if key not in wanted]:
             del self._loaded[key]
             await self.supervisor.retire(key)
+        for listener in self.on_refresh:
+            listener()
+
+    # --- health -------------------------------------------------------------------------
+
+    def _synced(self) -> None:
+        now = time.monotonic()
+        if self.last_sync is not None and now - self.last_sync > self.stale_after:
+            self.echo(f"✔ in step with the store again, after {now - self.last_sync:.1f} s without it")
+        self.last_sync = now
+
+    def last_sync_age(self) -> float | None:
+        """Seconds since the store's revision was last heard; None if it never was."""
+        return time.monotonic() - self.last_sync if self.last_sync is not None else None
+
+    @property
+    def stale(self) -> bool:
+        """True while the node cannot vouch that it serves the store's current state."""
+        age = self.last_sync_age()
+        return age is None or age > self.stale_after or getattr(self.store, "connected", True) is False
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """The ``/healthz`` answer: 503 only before any state has loaded (a stale node still serves)."""
+        age = self.last_sync_age()
+        body = {
+            "status": "stale" if self.stale else "ok",
+            "store": _describe_store(self.store),
+            "revision": self.revision if self.loaded else None,
+            "last_sync_age_s": round(age, 3) if age is not None else None,
+            "stale_after_s": self.stale_after,
+        }
+        return (200 if self.loaded else 503), body
 
     @staticmethod
     def _key(account: Account | None, version: Version, secrets: dict[str, str]) -> str:
@@ -250,9 +314,75 @@ class EdgeNode:
             compatibility_date=version.compatibility_date,
             vars=variables,
             cpu_ms=float(version.limits.get("cpu_ms", DEFAULT_CPU_MS)),
+            subrequest_limit=int(version.limits.get("subrequests", DEFAULT_SUBREQUEST_LIMIT)),
             modules=tuple(modules),
             archive_hash=version.content_hash,
+            # Plain values became vars above; every other binding (KV, ...) is called through the node.
+            bindings=tuple(
+                node_binding(spec, version.script)
+                for spec in version.bindings
+                if spec.get("type") not in ("plain_text", "json")
+            ),
+            account_id=version.account_id,
         )
+
+
+def _describe_store(store: Store) -> dict[str, Any]:
+    """What the health report says of the store: where it is (no credentials) and the connection."""
+    servers = getattr(store, "servers", None)
+    if isinstance(servers, list):
+        from warren.store.nats import redact
+
+        error = getattr(store, "last_error", None)
+        return {
+            "kind": "nats",
+            "url": ",".join(redact(server) for server in servers),
+            "connected": bool(getattr(store, "connected", False)),
+            "last_error": repr(error) if error is not None else None,
+        }
+    return {"kind": "sqlite", "url": str(getattr(store, "path", "")), "connected": True, "last_error": None}
+
+
+def store_collector(node: EdgeNode) -> Any:
+    """A Prometheus collector of the node's view of the store, read at scrape time."""
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.registry import Collector
+
+    class StoreCollector(Collector):
+        def collect(self) -> Any:
+            stale = GaugeMetricFamily(
+                "warren_store_stale", "1 while this edge node cannot vouch that it serves the store's current state"
+            )
+            stale.add_metric([], 1.0 if node.stale else 0.0)
+            yield stale
+            age = node.last_sync_age()
+            last = GaugeMetricFamily(
+                "warren_store_last_sync_seconds", "Seconds since this edge node last heard the store's revision"
+            )
+            last.add_metric([], age if age is not None else math.inf)
+            yield last
+
+    return StoreCollector()
+
+
+def admin_app(node: EdgeNode, metrics_app: Any) -> Any:
+    """The admin port: ``/healthz`` (JSON), everything else to the metrics app."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/healthz":
+            status, body = node.health()
+            payload = json.dumps(body).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"cache-control", b"no-store"),
+            ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await metrics_app(scope, receive, send)
+
+    return app
 
 
 async def serve(
@@ -265,7 +395,10 @@ async def serve(
     processes: int = 1,
     trusted_accounts: frozenset[str] = frozenset(),
     echo: Echo = _echo,
+    subrequests: SubrequestPolicy | None = None,
     node_name: str | None = None,
+    geoip_paths: tuple[str, ...] = (),
+    state_dir: str | Path | None = None,
 ) -> int:
     """Run an edge node until interrupted; with ``control_port``, the control API too.
 
@@ -276,6 +409,7 @@ async def serve(
     from warren.observability import EventPublisher, exchange_event
     from warren.server.app import EdgeApp, listen
     from warren.server.metrics import Metrics, log_line
+    from warren.server.visitor import Visitors
 
     def log(script: str, level: str, message: str) -> None:
         stream = sys.stderr if level == "error" else sys.stdout
@@ -308,15 +442,38 @@ async def serve(
                 return
             publisher.submit(account_id, event)
 
-    supervisor = Supervisor(on_log=log, on_done=done, processes=processes)
+    from warren.bindings import BindingHost
+    from warren.bindings.kv import KVHandler
+
+    bindings = BindingHost()
+    # Its node id breaks ties between KV writes stamped in the same microsecond on two nodes.
+    kv = KVHandler(store, named or f"{socket.gethostname()}-{os.getpid()}", report=echo)
+    bindings.register("kv_namespace", kv)
+    supervisor = Supervisor(
+        on_log=log, on_done=done, processes=processes, subrequests=subrequests, bindings=bindings
+    )
+    triggers = _Triggers(store, supervisor, echo)  # service bindings, queues and crons (issue #10)
+    # Durable Objects (issue #8): their files and alarms in the node's state directory.
+    objects = DurableObjects(
+        supervisor,
+        Path(state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR),
+        lambda account_id, script: node.main_version_key(account_id, script) if node is not None else None,
+        log=log,
+    )
+    objects.register(bindings)
+    triggers.register(bindings, lambda: node)
     metrics = Metrics(supervisor, node=named or socket.gethostname())
     metrics.publisher = publisher
     await supervisor.start()
+    await kv.start()
     publisher.start()
     node = EdgeNode(store, supervisor, workers_domain, echo=echo, trusted_accounts=trusted_accounts)
+    metrics.registry.register(store_collector(node))
     control_app: Any = None
     try:
         await node.start()
+        triggers.start(node)
+        await objects.start()  # after the node knows its versions: due alarms fire at once
         servers = []
         if control_port is not None:
             from warren.control import create_app
@@ -326,10 +483,11 @@ async def serve(
             servers.append(control)
             echo(f"Control-plane API on http://{host}:{control.port}")
         if admin_port is not None:
-            admin = await listen(metrics.asgi_app(), host, admin_port)
+            admin = await listen(admin_app(node, metrics.asgi_app()), host, admin_port)
             servers.append(admin)
-            echo(f"Metrics on http://{host}:{admin.port}/metrics")
-        edge = await listen(EdgeApp(supervisor, node.resolve), host, port)
+            echo(f"Metrics on http://{host}:{admin.port}/metrics, health on http://{host}:{admin.port}/healthz")
+        visitors = Visitors(named or socket.gethostname(), geoip_paths)
+        edge = await listen(EdgeApp(supervisor, node.resolve, visitors=visitors), host, port, date_header=False)
         servers.append(edge)
         if not named:  # several nodes may share a host: the port tells them apart
             metrics.node = f"{socket.gethostname()}:{edge.port}"
@@ -344,6 +502,63 @@ async def serve(
             from warren.control import stop_app
 
             await stop_app(control_app)
+        await triggers.stop()
+        await objects.stop()
         await node.stop()
         await supervisor.stop()
+        await kv.close()
         await publisher.stop()
+
+
+class _Triggers:
+    """An edge node's service bindings, queue producers and consumers, and cron scheduler (issue #10)."""
+
+    def __init__(self, store: Store, supervisor: Supervisor, echo: Echo) -> None:
+        from warren.triggers import CronScheduler, QueueConsumers, clock_from_environment
+        from warren.triggers.consumer import LEASE_S
+
+        self.store = store
+        self.supervisor = supervisor
+        self.echo = echo
+        self.node: EdgeNode | None = None
+        lease = float(os.environ.get(QUEUE_LEASE_ENV, "0") or 0)
+        self.consumers = QueueConsumers(store, supervisor, self._version, echo=echo, lease_s=lease or LEASE_S)
+        self.scheduler = CronScheduler(
+            store, lambda account, script: self._version(account, script) is not None, self._fire,
+            clock=clock_from_environment(), echo=echo,
+        )
+
+    def _version(self, account_id: str, script: str) -> str | None:
+        return self.node.version_key(account_id, script) if self.node is not None else None
+
+    def register(self, bindings: Any, node: Callable[[], EdgeNode | None]) -> None:
+        from warren.bindings.queues import QueueProducers
+        from warren.bindings.service import ServiceBindings
+
+        def resolve(caller: WorkerScript, service: str) -> str | None:
+            found = node()
+            return found.version_key(caller.account_id, service) if found is not None else None
+
+        bindings.register("service", ServiceBindings(self.supervisor, resolve))
+        bindings.register("queue", QueueProducers(self.store))
+
+    async def _fire(self, account_id: str, script: str, cron: str, scheduled_ms: int) -> str:
+        key = self._version(account_id, script)
+        if key is None:
+            return "not run (the script is no longer deployed here)"
+        return await self.supervisor.scheduled(key, cron, scheduled_ms)
+
+    def start(self, node: EdgeNode) -> None:
+        self.node = node
+        node.on_refresh += [self.consumers.changed, self.scheduler.changed]
+        self.consumers.start()
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        await self.consumers.stop()
+
+
+STATE_DIR_ENV = "WARREN_STATE_DIR"  # where an edge node keeps Durable Objects' storage
+DEFAULT_STATE_DIR = ".warren/state"
+QUEUE_LEASE_ENV = "WARREN_QUEUE_LEASE_S"  # seconds a received queue message stays with one node (default 30)

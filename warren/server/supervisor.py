@@ -21,11 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from warren.bindings import MAX_CALL_DEPTH, BindingCall, BindingError, BindingHost, decode_message, encode_message
+from warren.bindings.cache import CacheHandler
 from warren.runtime import ScriptLoadError, WorkerScript
+from warren.runtime.subrequests import SubrequestPolicy
 from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
 from warren.server.runtime_process import ACTIVITY_SLOT_SIZE, ACTIVITY_SLOTS, read_activity
 
 REPLAY_BODY_LIMIT = 1024 * 1024
+IN_MEMORY_CACHE_BYTES = 64 * 1024 * 1024
 QUARANTINE_AFTER_CRASHES = 3  # request bodies up to this size can be replayed after a crash
 CRASHED = "The worker's runtime process crashed while handling this request."
 CRASHED_ELSEWHERE = "The worker's runtime process crashed; the request could not be retried."
@@ -100,6 +104,11 @@ class Exchange:
     async def next_event(self) -> tuple[Any, ...]:
         return await self.events.get()
 
+    def consumed(self, count: int) -> None:
+        """The client took ``count`` bytes of the response body: the worker may send more."""
+        if self.process is not None and not self.finished and count:
+            self.process.send(encode(Kind.CREDIT, self.stream, count.to_bytes(8, "big")))
+
 
 @dataclass
 class RuntimeProcess:
@@ -140,6 +149,7 @@ class RuntimeProcess:
             str(self.supervisor.memory_budget_mb),
             "--processes",
             str(self.supervisor.processes_per_cordon),
+            *self.supervisor.subrequests.to_args(),
             pass_fds=[theirs.fileno()],
             stdin=asyncio.subprocess.DEVNULL,
         )
@@ -198,6 +208,9 @@ class RuntimeProcess:
             await self.supervisor.process_died(self)
 
     def _dispatch(self, kind: Kind, stream: int, payload: bytes) -> None:
+        if kind == Kind.CALL:
+            asyncio.get_running_loop().create_task(self.supervisor.answer_call(self, stream, payload))
+            return
         if kind == Kind.LOG:
             message = json.loads(payload)
             if "evicted" in message:
@@ -299,7 +312,14 @@ class Supervisor:
         processes: int = 1,  # runtime processes per trust level
         on_log: LogHandler = _ignore_log,
         on_done: DoneHandler = _ignore_done,
+        bindings: BindingHost | None = None,
+        subrequests: SubrequestPolicy | None = None,
     ) -> None:
+        self.bindings = bindings or BindingHost()
+        if not self.bindings.supports("cache"):
+            # Every worker has the Cache API; without a configured store, the node's cache is in memory.
+            self.bindings.register("cache", CacheHandler(None, max_bytes=IN_MEMORY_CACHE_BYTES))
+        self.subrequests = subrequests or SubrequestPolicy()
         self.heap_mb = heap_mb
         self.idle_timeout = idle_timeout
         self.memory_budget_mb = memory_budget_mb
@@ -415,11 +435,64 @@ class Supervisor:
             await self.retire(previous)
         return key
 
+    async def answer_call(self, process: RuntimeProcess, stream: int, payload: bytes) -> None:
+        """A binding call from an isolate in ``process``: run it here, send the result back."""
+        header, data = decode_message(payload)
+        answer: dict[str, Any] = {"call": header.get("call")}
+        result_data: bytes | None = None
+        key = str(header.get("key", ""))
+        script = self.scripts.get(key)
+        spec = None
+        if script is not None:
+            spec = script.binding(header.get("binding"))
+        try:
+            if script is None or spec is None:
+                raise BindingError(f"No binding named {header.get('binding')!r}.", "TypeError")
+            depth = int(header.get("depth", 0))
+            if depth >= MAX_CALL_DEPTH:
+                raise BindingError(f"Subrequest depth limit exceeded: more than {MAX_CALL_DEPTH} nested calls.")
+            call = BindingCall(
+                caller=script,
+                key=key,
+                binding=spec,
+                method=str(header.get("method", "")),
+                args=header.get("args"),
+                data=data,
+                stream=stream,
+                depth=depth,
+            )
+            result = await self.bindings.call(call)
+            answer.update(ok=True, value=result.value)
+            result_data = result.data
+        except BindingError as exc:
+            answer.update(ok=False, error={"name": exc.name, "message": exc.message})
+        except Exception as exc:  # a handler's bug is the worker's error, not the node's
+            where = f"{header.get('binding')}.{header.get('method')}"
+            self.on_log("warren", "error", f"binding call {where} failed: {exc!r}")
+            answer.update(ok=False, error={"name": "Error", "message": "internal error in the binding"})
+        process.send(encode(Kind.RESULT, stream, encode_message(answer, result_data)))
+
     async def open_exchange(
-        self, key: str, method: str, url: str, headers: list[tuple[str, str]], has_body: bool
+        self,
+        key: str,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        has_body: bool,
+        depth: int = 0,
+        cf: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Exchange:
-        """Send a request to the version ``key`` (which must be loaded)."""
-        head = {"key": key, "method": method, "url": url, "headers": headers, "has_body": has_body}
+        """Send a request to the version ``key`` (which must be loaded).
+
+        ``extra`` head fields make it another kind of invocation (warren.bindings.service,
+        warren.triggers.consumer): ``event`` "rpc" or "queue", ``entrypoint``, ``name``.
+        """
+        head = {"key": key, "method": method, "url": url, "headers": headers, "has_body": has_body, "depth": depth}
+        if extra:
+            head.update(extra)
+        if cf is not None:
+            head["cf"] = cf
         exchange = Exchange(self.next_stream(), self.scripts[key].name, key, head)
         process = await self._process_for(key)
         process.start_exchange(exchange)

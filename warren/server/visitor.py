@@ -11,6 +11,7 @@ under these names are dropped, so a worker cannot be fooled by them.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,7 +62,7 @@ class Visitors:
             kept += [("cf-connecting-ip", client), ("x-real-ip", client), ("x-forwarded-for", client)]
         if "country" in cf:
             kept.append(("cf-ipcountry", str(cf["country"])))
-        kept.append(("cf-visitor", '{"scheme":"%s"}' % scheme))
+        kept.append(("cf-visitor", json.dumps({"scheme": scheme}, separators=(",", ":"))))
         return cf, kept
 
 

@@ -2,7 +2,8 @@
 
 Owns: accounts, API tokens (only their SHA-256 is kept), immutable script
 versions and their modules (blobs, content-addressed by SHA-256), deployments,
-secrets, routes, KV namespaces (their names; not their contents), the revision
+secrets, routes, KV namespaces and their contents (KV data: records with
+last-write-wins stamps, ``warren.store.kv_data``; never the revision), the revision
 counter edge nodes poll, and the one consistent snapshot they serve from
 (``edge_state``). Validation of everything stored lives here too
 (``warren.store.validation``), so no caller can write what the API would refuse.
@@ -21,16 +22,21 @@ bumps the revision; a failure raises a ``ValueError`` (``InvalidInput``,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from warren.store.errors import Conflict, InvalidInput, NotFound, StoreError
+from warren.store.kv_data import KVChange, KVKeyInfo, KVRecord
 from warren.store.model import (
     Account,
     Deployment,
     EdgeState,
     KVNamespace,
     ModuleRef,
+    OutgoingMessage,
+    Queue,
+    QueueConsumer,
+    QueueMessage,
     Route,
     ScriptInfo,
     Token,
@@ -129,6 +135,103 @@ class Store(Protocol):
         """``(script, minute start ms, requests, errors, cpu ms)`` of the account from ``since_ms`` on."""
         ...
 
+    # == KV data (warren.bindings.kv): namespace contents; never the revision =================
+    async def kv_get(self, namespace_id: str, key: str) -> KVRecord | None:
+        """The key's stored record (tombstones and expired records included), or None if never written."""
+        ...
+
+    async def kv_get_many(self, namespace_id: str, keys: Sequence[str]) -> dict[str, KVRecord]:
+        """``kv_get`` of each key (at most a few hundred); keys never written are absent."""
+        ...
+
+    async def kv_put(self, namespace_id: str, key: str, record: KVRecord) -> bool:
+        """Store ``record`` unless the stored one's ``(stamp, writer)`` is as great (last write wins).
+
+        True if it was stored. Every stored write is announced by ``kv_changes``."""
+        ...
+
+    async def kv_put_many(self, namespace_id: str, items: Sequence[tuple[str, KVRecord]]) -> int:
+        """``kv_put`` of each (key, record) pair; how many were stored."""
+        ...
+
+    async def kv_list(
+        self, namespace_id: str, prefix: str, after: bytes | None, limit: int, now: float
+    ) -> tuple[list[KVKeyInfo], bool]:
+        """Up to ``limit`` live keys (not deleted, not expired at ``now``, seconds) starting with ``prefix``
+        and greater than ``after`` (UTF-8 bytes), in UTF-8 byte order; and whether more follow."""
+        ...
+
+    async def kv_purge(self, namespace_id: str) -> None:
+        """Remove every key of a namespace (it was deleted)."""
+        ...
+
+    def kv_changes(self) -> AsyncGenerator[KVChange, None]:
+        """Notifications of stored KV writes, from every node, as they happen (from now on). Never
+        ends by itself; the caller closes it. A ``KVChange`` with ``key`` None says that some
+        notifications may have been lost (for one namespace, or all with ``namespace_id`` None)."""
+        ...
+
+    # == queues and cron triggers (issue #10): queue records and schedules are configuration
+    # (they move the revision); messages and cron claims are data (they never do) ==========
+    async def create_queue(self, account_id: str, name: str) -> Queue:
+        """Conflict if the account has a queue of that name."""
+        ...
+
+    async def list_queues(self, account_id: str) -> list[Queue]: ...
+    async def get_queue(self, account_id: str, queue: str) -> Queue | None:
+        """By id or name."""
+        ...
+
+    async def delete_queue(self, account_id: str, queue_id: str) -> bool:
+        """The queue and its messages."""
+        ...
+
+    async def put_queue_consumer(self, account_id: str, queue_id: str, consumer: QueueConsumer) -> Queue:
+        """Set the queue's one consumer (the same script's is updated; another's is a Conflict)."""
+        ...
+
+    async def delete_queue_consumer(self, account_id: str, queue_id: str, script: str) -> bool: ...
+    async def queue_consumers(self) -> list[tuple[Queue, QueueConsumer]]:
+        """Every consumer of every account: what edge nodes run."""
+        ...
+
+    async def queue_send(self, account_id: str, queue_id: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        """Store messages durably (each visible after its delay); their ids. NotFound if the queue is gone."""
+        ...
+
+    async def queue_receive(self, account_id: str, queue_id: str, limit: int, lease_s: float) -> list[QueueMessage]:
+        """Up to ``limit`` visible messages, oldest first, each leased to this caller alone for ``lease_s``
+        seconds: no other receiver gets it until the lease runs out (at-least-once delivery)."""
+        ...
+
+    async def queue_extend(
+        self, account_id: str, queue_id: str, messages: Sequence[QueueMessage], lease_s: float
+    ) -> None: ...
+    async def queue_ack(self, account_id: str, queue_id: str, messages: Sequence[QueueMessage]) -> None: ...
+    async def queue_retry(self, account_id: str, queue_id: str, retries: Sequence[tuple[QueueMessage, int]]) -> None:
+        """Give leased messages back, each visible again after its delay in seconds."""
+        ...
+
+    async def queue_dead_letter(
+        self, account_id: str, queue_id: str, messages: Sequence[QueueMessage], dead_letter_queue_id: str
+    ) -> None:
+        """Move leased messages to another queue of the account (NotFound if it does not exist)."""
+        ...
+
+    async def queue_backlog(self, account_id: str, queue_id: str) -> int: ...
+    async def put_schedules(self, account_id: str, script: str, crons: Sequence[str]) -> list[str]:
+        """Replace a script's cron triggers (``warren.store.validation.crons``)."""
+        ...
+
+    async def get_schedules(self, account_id: str, script: str) -> list[str]: ...
+    async def all_schedules(self) -> list[tuple[str, str, list[str]]]:
+        """(account id, script, crons) of every script with cron triggers."""
+        ...
+
+    async def claim_cron(self, account_id: str, script: str, cron: str, scheduled_ms: int) -> bool:
+        """True for exactly one caller per (account, script, cron, scheduled time), across all nodes."""
+        ...
+
 
 if TYPE_CHECKING:
 
@@ -144,9 +247,16 @@ __all__ = [
     "Deployment",
     "EdgeState",
     "InvalidInput",
+    "KVChange",
+    "KVKeyInfo",
     "KVNamespace",
+    "KVRecord",
     "ModuleRef",
     "NotFound",
+    "OutgoingMessage",
+    "Queue",
+    "QueueConsumer",
+    "QueueMessage",
     "Route",
     "RoutePattern",
     "RouteTable",

@@ -145,3 +145,48 @@ def content_hash(
     listed = [[ref.name, ref.content_type, ref.sha256] for ref in sorted(modules, key=lambda ref: ref.name)]
     payload = [main_module, listed, compatibility_date, list(bindings), limits]
     return hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+# == queues (issue #10: warren.bindings.queues, warren.triggers.consumer) ======================
+
+
+@dataclass(frozen=True)
+class QueueConsumer:
+    """The worker that consumes a queue, and how (the limits are warren.store.validation.CONSUMER_LIMITS)."""
+
+    script: str
+    batch_size: int = 10
+    max_wait_ms: int = 5000
+    max_retries: int = 3
+    retry_delay: int = 0  # seconds before a retried message is delivered again, unless it says otherwise
+    dead_letter_queue: str = ""  # a queue's name, or "": messages past max_retries are dropped
+    created_on: str = ""
+
+
+@dataclass(frozen=True)
+class Queue:
+    id: str  # 32 lowercase hex chars
+    account_id: str
+    name: str
+    created_on: str
+    modified_on: str
+    consumers: tuple[QueueConsumer, ...] = ()  # at most one, as on Workers
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    """A message as a consumer receives it; ``lease`` names this delivery (only it may ack or retry)."""
+
+    id: str
+    body: bytes
+    content_type: str  # text, bytes, json or v8
+    timestamp_ms: int
+    attempts: int  # deliveries so far, this one included
+    lease: str
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    body: bytes
+    content_type: str
+    delay_s: int = 0

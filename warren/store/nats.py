@@ -22,6 +22,8 @@ Layout (bucket names are ``<prefix>_<kind>``, prefix ``warren`` by default)::
     KV secrets        <account>.<script>.<name>   -> AES-GCM ciphertext + incarnation
     KV kv_namespaces  <account>.<sha256 of title> -> KVNamespace         (one key per title: titles are per account)
     Object store modules  <sha256 hex>            -> module bytes (content-addressed; checked on read)
+    KV kv_data        <namespace id>.<hex of key> -> a KV value, its record in headers (KV data; see that section)
+    Object store kv_values  <namespace id>/<random> -> KV values over 1 MiB
 
 Key parts that come from callers are escaped (every byte outside
 ``[A-Za-z0-9_-]`` becomes ``=XX``), so a script named ``a.*`` can never act as
@@ -107,6 +109,14 @@ The key cannot be rotated in place yet: each sealed value names the key it
 needs (a short fingerprint), so a node with another key says so rather than
 failing obscurely, but moving to a new key means putting every secret again.
 
+**Servers and replicas.** A store takes several server URLs (a sequence, or
+one string with commas) and reconnects to any of them, and to the cluster
+members the server it reached announces. Buckets are created with
+``replicas`` copies; when not given, ``min(3, cluster size)`` as the server
+announces it (1 for a single server), so on a cluster of three an
+acknowledged write is on two servers at least and survives the loss of any
+one. Replicas apply when a bucket is created: an existing bucket keeps its own.
+
 **Connection.** Reads use the stream leader (no direct gets), so a store
 object reads its own writes. A first connection that fails raises
 ``ConnectionError``; once connected, a lost connection is retried forever, and
@@ -114,7 +124,9 @@ meanwhile every call fails at once with ``ConnectionError`` rather than being
 queued (a queued write could land long after its caller was told it failed);
 ``wait_for_change`` waits for the connection to come back and raises
 ``ConnectionError`` if it has not by its timeout, so an edge node keeps serving
-what it has, stale but up, and catches up when NATS is back. ``connected`` and
+what it has, stale but up, and catches up when NATS is back. A server that
+goes silent without closing the connection is given up after about 15 s of
+unanswered pings, and the next one of the pool tried. ``connected`` and
 ``last_error`` say how things stand, for health reports.
 """
 
@@ -131,7 +143,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -144,17 +156,22 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NATSError
 from nats.errors import NoServersError
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NoStreamResponseError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from warren.store import validation
 from warren.store.errors import Conflict, InvalidInput, NotFound
+from warren.store.kv_data import KVChange, KVKeyInfo, KVRecord, key_bytes
 from warren.store.model import (
     Account,
     Deployment,
     EdgeState,
     KVNamespace,
     ModuleRef,
+    OutgoingMessage,
+    Queue,
+    QueueConsumer,
+    QueueMessage,
     Route,
     ScriptInfo,
     Token,
@@ -173,6 +190,12 @@ KINDS = ("accounts", "tokens", "scripts", "versions", "deployments", "routes", "
 MODULES = "modules"  # the object store bucket's kind
 DEPLOYMENT_HISTORY = 10_000  # deployments kept per script (KV history of the script's deployment key)
 WATCH_HEARTBEAT_S = 2.0  # a watch that hears nothing for two of these is re-created
+MAX_AUTO_REPLICAS = 3  # detected replicas: min(this, the cluster's size); 3 survives the loss of one server
+PING_INTERVAL_S = 5  # a server silent for PING_INTERVAL_S * (MAX_OUTSTANDING_PINGS + 1) is left for another
+CONSUMER_ATTEMPTS_S = (1.0, 2.0)  # successive attempts at creating a consumer (the last repeats), within timeout
+LEADER_READS_S = 60.0  # once a read consumer could not be created, scans ask the stream leader for this long
+WATCH_RETRY_S = 5.0  # watches that could not be started are tried again after this (meanwhile: polling)
+MAX_OUTSTANDING_PINGS = 2
 CAS_ATTEMPTS = 50  # conditional writes retried this often under contention before giving up
 # Invocation events (warren.observability): per-account streams and the per-minute counts' bucket.
 EVENTS_MAX_AGE_S = 3600.0
@@ -181,6 +204,19 @@ EVENT_STATS = "event_stats"  # a KV bucket's kind, outside KINDS
 EVENT_STATS_MAX_AGE_S = 3 * 3600.0
 FOLLOW_QUEUE = 1000  # messages a follower may fall behind before it loses the newest
 _EVENT_ACCOUNT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# KV data (warren.bindings.kv): a bucket and an object store of their own, outside KINDS.
+KV_DATA = "kv_data"
+KV_VALUES = "kv_values"
+KV_INLINE_MAX = 1024 * 1024  # larger values go to the object store (NATS's default max_payload)
+KV_PUT_CONCURRENCY = 64  # of a bulk write
+KV_CHANGES_QUEUE = 10_000  # notifications a watcher may fall behind before it reports them lost
+KV_WATCH_CHECK_S = 1.0  # how often a watcher checks for a reconnection
+_KV_STAMP = "Warren-KV-Stamp"
+_KV_WRITER = "Warren-KV-Writer"
+_KV_EXPIRATION = "Warren-KV-Expiration"
+_KV_METADATA = "Warren-KV-Metadata"
+_KV_OBJECT = "Warren-KV-Object"
 
 _KV_OPERATION = "KV-Operation"
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
@@ -299,6 +335,32 @@ def _under(*parts: str) -> str | None:
 
 def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+def _server_list(servers: str | Sequence[str]) -> list[str]:
+    """Server URLs from one string (several separated by commas) or a sequence of them."""
+    given = [servers] if isinstance(servers, str) else list(servers)
+    found = [url.strip() for text in given for url in text.split(",") if url.strip()]
+    if not found:
+        raise ValueError("no NATS server given")
+    return found
+
+
+def _cluster_size(nc: NATS) -> int:
+    """min(MAX_AUTO_REPLICAS, servers in the cluster), as the server we reached announces them.
+
+    A clustered server lists the client URLs of every member it has a route to, itself
+    included (``connect_urls`` of its INFO); a single server lists none. A cluster that
+    hides them (``no_advertise``) reads as one server: ask for ``replicas`` explicitly.
+    """
+    info = getattr(nc, "_server_info", None) or {}
+    if not info.get("cluster"):
+        return 1
+    urls = info.get("connect_urls") or []
+    return max(1, min(MAX_AUTO_REPLICAS, len(set(urls))))
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -420,17 +482,18 @@ class NATSStore:
         *,
         secrets_key: str | bytes | None = None,
         prefix: str = DEFAULT_PREFIX,
-        replicas: int = 1,
+        replicas: int | None = None,
         timeout: float = 5.0,
         connect_timeout: int = 2,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", prefix):
             raise ValueError(f"invalid bucket prefix {prefix!r}: 1-32 of A-Z, a-z, 0-9, '_' and '-'")
-        if not 1 <= replicas <= 5:
+        if replicas is not None and not 1 <= replicas <= 5:
             raise ValueError("replicas is 1 to 5")
-        self.servers = [servers] if isinstance(servers, str) else list(servers)
+        self.servers = _server_list(servers)
         self.prefix = prefix
-        self.replicas = replicas
+        self.replicas = replicas  # as asked; None: detected from the cluster at open (see bucket_replicas)
+        self.bucket_replicas = replicas or 1  # the replicas of the buckets this store creates, set by open
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._box = _SecretBox(_secrets_key(secrets_key))
@@ -441,6 +504,8 @@ class NATSStore:
         self._changed = asyncio.Event()
         self._watches: list[JetStreamContext.PushSubscription] = []
         self._watch_lock = asyncio.Lock()
+        self._watch_retry_at = 0.0  # loop time before which starting the watches is not tried again
+        self._leader_reads_until = 0.0  # loop time until which scans read key by key from the stream leader
         self._rewatch_task: asyncio.Task[None] | None = None
         self._versions: dict[str, Version] = {}  # immutable records edge_state has read
         self.connected = False  # False while the connection to NATS is down (it is retried forever)
@@ -462,6 +527,10 @@ class NATSStore:
                     allow_reconnect=True,
                     max_reconnect_attempts=2,  # for the first connection only: see below
                     reconnect_time_wait=1,
+                    # A server that stops answering without closing the connection (a partition) is
+                    # left for another of the pool within about 15 s rather than the client's 6 minutes.
+                    ping_interval=PING_INTERVAL_S,
+                    max_outstanding_pings=MAX_OUTSTANDING_PINGS,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnect,
                     reconnected_cb=self._on_reconnect,
@@ -470,6 +539,7 @@ class NATSStore:
                 raise ConnectionError(f"cannot reach NATS at {self._shown()}: {exc}") from exc
             # Once connected, never give up: an edge node keeps serving and catches up when NATS is back.
             nc.options["max_reconnect_attempts"] = -1
+            self.bucket_replicas = self.replicas or _cluster_size(nc)
             try:
                 js = nc.jetstream(timeout=self.timeout)
                 self._objects = await self._create_buckets(js)
@@ -553,7 +623,7 @@ class NATSStore:
                 max_bytes=-1,
                 max_msgs_per_subject=DEPLOYMENT_HISTORY if kind == "deployments" else 1,
                 storage=storage,
-                num_replicas=self.replicas,
+                num_replicas=self.bucket_replicas,
                 allow_direct=False,  # reads go to the stream leader: a store object reads its own writes
             )
             try:
@@ -568,7 +638,9 @@ class NATSStore:
         except BucketNotFoundError:
             return await js.create_object_store(
                 self._bucket(MODULES),
-                api.ObjectStoreConfig(description="warren module blobs", storage=storage, replicas=self.replicas),
+                api.ObjectStoreConfig(
+                    description="warren module blobs", storage=storage, replicas=self.bucket_replicas
+                ),
             )
 
     # -- primitives -------------------------------------------------------------------------
@@ -580,6 +652,35 @@ class NATSStore:
             # Fail now rather than queue: a write queued here could land long after its caller gave up.
             raise ConnectionError(f"NATS ({self._shown()}) is unreachable; reconnecting")
         return self._js
+
+    async def _subscribe(
+        self, subject: str, *, budget: float | None = None, **options: Any
+    ) -> JetStreamContext.PushSubscription:
+        """``js.subscribe`` (an ordered consumer), its creation retried in short attempts for ``budget``
+        seconds (default: ``timeout``); the subscription's own requests then use the attempt's timeout.
+
+        Why: for minutes after a cluster member dies without saying goodbye (SIGKILL, a lost
+        machine), nats-server up to 2.11 places one-replica consumers on a random server of
+        the stream, the dead one included (nats-server pull request 7165), and such a
+        creation never answers; another attempt lands elsewhere. Creating one takes
+        milliseconds, so the first attempts are short. Only creation is retried, so a
+        consumer never receives anything twice.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (budget if budget is not None else self.timeout)
+        for attempt in range(CAS_ATTEMPTS):
+            self._jetstream()  # fails at once while disconnected, or if closed
+            nc = self._nc
+            if nc is None:
+                raise RuntimeError("the store is not open")
+            limit = CONSUMER_ATTEMPTS_S[min(attempt, len(CONSUMER_ATTEMPTS_S) - 1)]
+            js = nc.jetstream(timeout=max(0.1, min(limit, deadline - loop.time())))
+            try:
+                return await js.subscribe(subject, **options)
+            except TimeoutError:
+                if deadline - loop.time() <= 0.1:
+                    raise
+        raise TimeoutError(f"could not create a consumer on {subject} in {CAS_ATTEMPTS} attempts")
 
     async def _get(self, kind: str, key: str | None) -> _Entry:
         """The key's latest value and revision (the revision of its delete marker if deleted)."""
@@ -620,6 +721,9 @@ class NATSStore:
         """The live keys under ``pattern`` (latest value each, in revision order), or with
         ``history`` every message of the matching keys, deletions included, oldest first."""
         js = self._jetstream()
+        loop = asyncio.get_running_loop()
+        if not history and loop.time() < self._leader_reads_until:
+            return await self._scan_from_leader(kind, pattern)
         prefix = self._subject(kind, "")
         received: list[_Entry] = []
         arrived = asyncio.Event()
@@ -631,14 +735,22 @@ class NATSStore:
             received.append(_Entry(msg.subject[len(prefix) :], None if deleted else msg.data, meta.sequence.stream))
             arrived.set()
 
-        subscription = await js.subscribe(
-            prefix + pattern,
-            stream=self._stream(kind),
-            cb=on_message,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL if history else api.DeliverPolicy.LAST_PER_SUBJECT,
-            inactive_threshold=5.0,
-        )
+        try:
+            subscription = await self._subscribe(
+                prefix + pattern,
+                budget=None if history else CONSUMER_ATTEMPTS_S[0],
+                stream=self._stream(kind),
+                cb=on_message,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.ALL if history else api.DeliverPolicy.LAST_PER_SUBJECT,
+                inactive_threshold=5.0,
+            )
+        except TimeoutError:
+            if history:
+                raise
+            # Most likely placed on a dead cluster member (see _subscribe): read without consumers a while.
+            self._leader_reads_until = loop.time() + LEADER_READS_S
+            return await self._scan_from_leader(kind, pattern)
         consumer: str | None = None
         try:
             # Caught up once the server has nothing pending for the consumer and every message it
@@ -673,6 +785,32 @@ class NATSStore:
             latest.pop(entry.key, None)
             latest[entry.key] = entry
         return [entry for entry in latest.values() if entry.value is not None]
+
+    async def _scan_from_leader(self, kind: str, pattern: str) -> list[_Entry]:
+        """What ``_scan`` returns, asked of the stream leader alone: the subjects (paged), then each
+        one's last message. No consumer, so nothing is placed on a dead member; N requests for N keys."""
+        stream = self._stream(kind)
+        subjects: list[str] = []
+        while True:
+            request = {"subjects_filter": self._subject(kind, pattern), "offset": len(subjects)}
+            self._jetstream()  # fails at once while disconnected, or if closed
+            nc = self._nc
+            if nc is None:
+                raise RuntimeError("the store is not open")
+            reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", _dump(request), timeout=self.timeout)
+            info = _load(reply.data)
+            if "error" in info:
+                raise APIError.from_error(info["error"])
+            page = list((info.get("state") or {}).get("subjects") or {})
+            subjects += page
+            if not page or len(subjects) >= int(info.get("total") or 0):
+                break
+        prefix = self._subject(kind, "")
+        entries: list[_Entry] = []
+        for start in range(0, len(subjects), 256):  # bounded, not one burst of N requests
+            batch = subjects[start : start + 256]
+            entries += await asyncio.gather(*(self._get(kind, subject[len(prefix) :]) for subject in batch))
+        return sorted((entry for entry in entries if entry.value is not None), key=lambda entry: entry.revision)
 
     async def _update_json(
         self, kind: str, key: str | None, change: Callable[[Any], Any | None], attempts: int = CAS_ATTEMPTS
@@ -970,14 +1108,32 @@ class NATSStore:
         objects = self._object_store()
         if not _SHA256.fullmatch(sha256):
             return None
+        loop = asyncio.get_running_loop()
         try:
-            result = await objects.get(sha256)
+            if loop.time() < self._leader_reads_until:
+                data = await self._blob_from_leader(objects, sha256)
+            else:
+                try:
+                    data = (await objects.get(sha256)).data or b""
+                except TimeoutError:  # its consumer was likely placed on a dead cluster member: see _scan
+                    self._leader_reads_until = loop.time() + LEADER_READS_S
+                    data = await self._blob_from_leader(objects, sha256)
         except ObjectNotFoundError:
             return None
-        data = result.data or b""
         if hashlib.sha256(data).hexdigest() != sha256:  # the object store checks its own digest too
             raise RuntimeError(f"blob {sha256} does not match its hash")
         return data
+
+    async def _blob_from_leader(self, objects: ObjectStore, sha256: str) -> bytes:
+        """An object read chunk by chunk from the stream leader (``next_by_subj``), with no consumer."""
+        info = await objects.get_info(sha256)
+        stream, chunks = f"OBJ_{self._bucket(MODULES)}", f"$O.{self._bucket(MODULES)}.C.{info.nuid}"
+        data, sequence = [], 1
+        for _ in range(info.chunks or 0):
+            msg = await self._jetstream().get_msg(stream, seq=sequence, subject=chunks, next=True)
+            data.append(msg.data or b"")
+            sequence = (msg.seq or sequence) + 1
+        return b"".join(data)
 
     async def create_deployment(
         self,
@@ -1183,20 +1339,32 @@ class NATSStore:
         return sum(info.state.last_seq for info in infos)
 
     async def _watch(self) -> None:
-        """Start the KV watches (once): every message on any bucket wakes ``wait_for_change``."""
+        """Start the KV watches (once): every message on any bucket wakes ``wait_for_change``.
+        Watches only save latency, so failing to start them is not an error: they are tried
+        again after ``WATCH_RETRY_S``, and meanwhile ``wait_for_change`` polls the revision."""
+        loop = asyncio.get_running_loop()
         async with self._watch_lock:
-            if not self._watches:
+            if self._watches or loop.time() < self._watch_retry_at:
+                return
+            try:
                 await self._start_watches()
+            except (NATSError, TimeoutError) as exc:
+                self.last_error = exc
+                self._watch_retry_at = loop.time() + WATCH_RETRY_S
+                started, self._watches = self._watches, []
+                for watch in started:
+                    try:
+                        await watch.unsubscribe()
+                    except NATSError:
+                        pass
 
     async def _start_watches(self) -> None:
-        js = self._jetstream()
-
         async def on_change(msg: Msg) -> None:
             self._changed.set()
 
         for kind in KINDS:
             self._watches.append(
-                await js.subscribe(
+                await self._subscribe(
                     f"$KV.{self._bucket(kind)}.>",
                     stream=self._stream(kind),
                     cb=on_change,
@@ -1478,6 +1646,712 @@ class NATSStore:
 
     # == end of invocation events ==============================================================
 
+    # == KV data (warren.bindings.kv) ===========================================================
+    # Layout: ONE bucket for the data of every namespace, <prefix>_kv_data, key
+    # "<namespace id>.<hex of the key's UTF-8 bytes>", and one object store, <prefix>_kv_values,
+    # for values too large for a message (over KV_INLINE_MAX, or the server's max_payload less
+    # room for headers), each under a fresh name "<namespace id>/<random>" that the bucket's
+    # message points to (header Warren-KV-Object). One bucket rather than one per namespace:
+    # every bucket is a JetStream stream, and on a cluster a Raft group of its own, while
+    # namespaces are cheap and numerous (many per account, many accounts); one bucket is also
+    # one watch per edge node for every namespace's change notifications, and deleting a
+    # namespace is one purge of its subjects. The hex keeps any key a single subject token
+    # (keys are arbitrary UTF-8; subjects are not) and keeps UTF-8 byte order.
+    #
+    # A message's headers carry the record (stamp, writer, expiration, metadata in base64), so
+    # list and the watch read headers only, never values; a delete is a message with
+    # KV-Operation: DEL and its stamp (a tombstone). A write is a compare-and-set on the key's
+    # last sequence, applied only if its (stamp, writer) is greater than the stored one (last
+    # write wins). A large value's object is stored first and the old one deleted after the
+    # message that replaced it, so a reader that finds the object gone re-reads the key.
+    # Neither is in KINDS: KV data never moves the revision nor wakes an edge node.
+
+    def _kv_subject(self, namespace_id: str, key: str | None = None) -> str:
+        base = f"$KV.{self._bucket(KV_DATA)}.{_escape(namespace_id)}"
+        return base if key is None else f"{base}.{key_bytes(key).hex()}"
+
+    def _kv_inline_max(self) -> int:
+        return min(KV_INLINE_MAX, self._max_record())
+
+    async def _kv_ready(self) -> tuple[JetStreamContext, ObjectStore]:
+        js = self._jetstream()
+        objects: ObjectStore | None = getattr(self, "_kv_objects", None)
+        if objects is not None:
+            return js, objects
+        config = api.StreamConfig(
+            name=self._stream(KV_DATA),
+            description="warren KV data of every namespace",
+            subjects=[f"$KV.{self._bucket(KV_DATA)}.>"],
+            allow_rollup_hdrs=True,
+            deny_delete=True,
+            discard=api.DiscardPolicy.NEW,
+            max_msgs=-1,
+            max_bytes=-1,
+            max_msgs_per_subject=1,
+            storage=api.StorageType.FILE,
+            num_replicas=self.bucket_replicas,
+            allow_direct=False,  # reads go to the stream leader: a node reads its own writes
+        )
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except APIError:
+                await js.stream_info(config.name or "")  # created meanwhile by another node: fine
+        try:
+            objects = await js.object_store(self._bucket(KV_VALUES))
+        except BucketNotFoundError:
+            try:
+                objects = await js.create_object_store(
+                    self._bucket(KV_VALUES),
+                    api.ObjectStoreConfig(
+                        description="warren KV values too large for a message",
+                        storage=api.StorageType.FILE,
+                        replicas=self.bucket_replicas,
+                    ),
+                )
+            except APIError:
+                objects = await js.object_store(self._bucket(KV_VALUES))
+        self._kv_objects: ObjectStore | None = objects
+        return js, objects
+
+    def _kv_headers(self, record: KVRecord) -> dict[str, str]:
+        headers = {_KV_STAMP: str(record.stamp), _KV_WRITER: record.writer}
+        if record.expiration is not None:
+            headers[_KV_EXPIRATION] = str(record.expiration)
+        if record.metadata is not None:
+            headers[_KV_METADATA] = base64.b64encode(record.metadata.encode("utf-8")).decode("ascii")
+        if record.value is None:
+            headers[_KV_OPERATION] = "DEL"
+        return headers
+
+    @staticmethod
+    def _kv_record(headers: dict[str, str] | None, data: bytes) -> tuple[KVRecord, str | None]:
+        """A message's record (its value from ``data``) and the object holding its value, if any."""
+        found = headers or {}
+        deleted = found.get(_KV_OPERATION) in ("DEL", "PURGE")
+        metadata = found.get(_KV_METADATA)
+        expiration = found.get(_KV_EXPIRATION)
+        record = KVRecord(
+            value=None if deleted else data,
+            metadata=base64.b64decode(metadata).decode("utf-8") if metadata is not None else None,
+            expiration=int(expiration) if expiration is not None else None,
+            stamp=int(found.get(_KV_STAMP, "0")),
+            writer=found.get(_KV_WRITER, ""),
+        )
+        return record, None if deleted else found.get(_KV_OBJECT)
+
+    async def _kv_message(self, subject: str) -> tuple[int, KVRecord, str | None] | None:
+        js, _ = await self._kv_ready()
+        try:
+            msg = await js.get_msg(self._stream(KV_DATA), subject=subject)
+        except NotFoundError:
+            return None
+        record, obj = self._kv_record(msg.headers, msg.data or b"")
+        return msg.seq or 0, record, obj
+
+    async def _kv_delete_object(self, name: str) -> None:
+        _, objects = await self._kv_ready()
+        try:
+            await objects.delete(name)
+        except (NATSError, TimeoutError):
+            pass  # garbage: an unreferenced object is never read
+
+    async def kv_get(self, namespace_id: str, key: str) -> KVRecord | None:
+        subject = self._kv_subject(namespace_id, key)
+        _, objects = await self._kv_ready()
+        for _ in range(CAS_ATTEMPTS):
+            found = await self._kv_message(subject)
+            if found is None:
+                return None
+            _, record, obj = found
+            if obj is None:
+                return record
+            try:
+                result = await objects.get(obj)
+            except ObjectNotFoundError:
+                continue  # replaced (and its object deleted) since the message was read: read again
+            return replace(record, value=result.data or b"")
+        raise Conflict("too many concurrent changes; try again")
+
+    async def kv_get_many(self, namespace_id: str, keys: Sequence[str]) -> dict[str, KVRecord]:
+        unique = list(dict.fromkeys(keys))
+        records = await asyncio.gather(*(self.kv_get(namespace_id, key) for key in unique))
+        return {key: record for key, record in zip(unique, records, strict=True) if record is not None}
+
+    async def kv_put(self, namespace_id: str, key: str, record: KVRecord) -> bool:
+        js, objects = await self._kv_ready()
+        subject = self._kv_subject(namespace_id, key)
+        headers = self._kv_headers(record)
+        data = record.value or b""
+        obj: str | None = None
+        if record.value is not None and len(record.value) > self._kv_inline_max():
+            obj = f"{_escape(namespace_id)}/{uuid.uuid4().hex}"
+            await objects.put(obj, record.value)
+            headers[_KV_OBJECT] = obj
+            data = b""
+        stored = False
+        try:
+            for _ in range(CAS_ATTEMPTS):
+                current = await self._kv_message(subject)
+                if current is not None and current[1].order >= record.order:
+                    return False  # a later write is already there: this one lost
+                headers[_EXPECTED_LAST] = str(current[0] if current is not None else 0)
+                try:
+                    await js.publish(subject, data, stream=self._stream(KV_DATA), headers=headers)
+                except APIError as exc:
+                    if exc.err_code in _WRONG_LAST_SEQUENCE:
+                        continue
+                    raise
+                stored = True
+                if current is not None and current[2] is not None:
+                    await self._kv_delete_object(current[2])
+                return True
+            raise Conflict("too many concurrent changes; try again")
+        finally:
+            if obj is not None and not stored:
+                await self._kv_delete_object(obj)
+
+    async def kv_put_many(self, namespace_id: str, items: Sequence[tuple[str, KVRecord]]) -> int:
+        stored = 0
+        for start in range(0, len(items), KV_PUT_CONCURRENCY):
+            batch = items[start : start + KV_PUT_CONCURRENCY]
+            # A key twice in a batch is fine: the compare-and-set orders them, the stamps decide.
+            results = await asyncio.gather(*(self.kv_put(namespace_id, key, record) for key, record in batch))
+            stored += sum(results)
+        return stored
+
+    async def kv_list(
+        self, namespace_id: str, prefix: str, after: bytes | None, limit: int, now: float
+    ) -> tuple[list[KVKeyInfo], bool]:
+        js, _ = await self._kv_ready()
+        base = self._kv_subject(namespace_id) + "."
+        wanted = key_bytes(prefix).hex()
+        floor = after.hex() if after is not None else None
+        received: list[tuple[str, dict[str, str] | None]] = []
+        arrived = asyncio.Event()
+
+        async def on_message(msg: Msg) -> None:
+            received.append((msg.subject, msg.headers))
+            arrived.set()
+
+        # Headers only: a list never reads values. Caught up as in _scan (the consumer's info decides).
+        subscription = await js.subscribe(
+            base + ">",
+            stream=self._stream(KV_DATA),
+            cb=on_message,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            headers_only=True,
+            inactive_threshold=5.0,
+        )
+        consumer: str | None = None
+        try:
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            while True:
+                arrived.clear()
+                info = await subscription.consumer_info()
+                consumer = info.name
+                delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+                if not info.num_pending and len(received) >= delivered:
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"listing a namespace of {self._bucket(KV_DATA)} took over {self.timeout} s")
+                try:
+                    await asyncio.wait_for(arrived.wait(), 0.01)
+                except TimeoutError:
+                    pass
+        finally:
+            await subscription.unsubscribe()
+            if consumer is not None:
+                try:
+                    await js.delete_consumer(self._stream(KV_DATA), consumer)
+                except (NATSError, TimeoutError, ConnectionError):
+                    pass
+        latest: dict[str, dict[str, str] | None] = {}
+        for subject, headers in received:  # a key written during the scan comes twice: keep the newest
+            latest[subject[len(base) :]] = headers
+        # Hex of UTF-8 sorts as the bytes do; a key starts with the prefix iff its hex does.
+        live: list[tuple[str, KVRecord]] = []
+        for token, headers in latest.items():
+            if not token.startswith(wanted) or (floor is not None and token <= floor):
+                continue
+            record, _ = self._kv_record(headers, b"")
+            if record.value is not None and (record.expiration is None or record.expiration > now):
+                live.append((token, record))
+        live.sort(key=lambda item: item[0])
+        keys = [
+            KVKeyInfo(bytes.fromhex(token).decode("utf-8"), record.expiration, record.metadata)
+            for token, record in live[:limit]
+        ]
+        return keys, len(live) > limit
+
+    async def kv_purge(self, namespace_id: str) -> None:
+        js, objects = await self._kv_ready()
+        await js.purge_stream(self._stream(KV_DATA), subject=self._kv_subject(namespace_id) + ".>")
+        mine = f"{_escape(namespace_id)}/"
+        try:
+            infos = await objects.list(ignore_deletes=True)
+        except NotFoundError:
+            infos = []
+        for info in infos:
+            if info.name.startswith(mine):
+                await self._kv_delete_object(info.name)
+        # The namespace's own subject (one token short of a key) tells watchers it was purged.
+        await js.publish(self._kv_subject(namespace_id), b"", stream=self._stream(KV_DATA))
+
+    async def kv_changes(self) -> AsyncGenerator[KVChange, None]:
+        """A headers-only watch of the data bucket, from now on. Started afresh after a reconnection
+        (its consumer lived in one server's memory), and then, as after a queue overflow,
+        announced as a change of anything: what happened meanwhile is unknown."""
+        js, _ = await self._kv_ready()
+        prefix = f"$KV.{self._bucket(KV_DATA)}."
+        queue: asyncio.Queue[KVChange] = asyncio.Queue(KV_CHANGES_QUEUE)
+        lost = False
+
+        async def on_message(msg: Msg) -> None:
+            nonlocal lost
+            parts = msg.subject[len(prefix) :].split(".")
+            try:
+                namespace_id = _unescape(parts[0])
+                if len(parts) == 1:
+                    change = KVChange(namespace_id, None)
+                else:
+                    record, _ = self._kv_record(msg.headers, b"")
+                    key = bytes.fromhex(parts[1]).decode("utf-8")
+                    change = KVChange(namespace_id, key, record.stamp, record.writer)
+            except (ValueError, IndexError):
+                return  # not a message of ours
+            try:
+                queue.put_nowait(change)
+            except asyncio.QueueFull:
+                lost = True
+
+        async def watch() -> JetStreamContext.PushSubscription:
+            return await js.subscribe(
+                prefix + ">",
+                stream=self._stream(KV_DATA),
+                cb=on_message,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.NEW,
+                headers_only=True,
+                idle_heartbeat=WATCH_HEARTBEAT_S,
+            )
+
+        def reconnects() -> int:
+            return int(self._nc.stats.get("reconnects", 0)) if self._nc is not None else 0
+
+        subscription = await watch()
+        seen = reconnects()
+        try:
+            while True:
+                try:
+                    change: KVChange | None = await asyncio.wait_for(queue.get(), KV_WATCH_CHECK_S)
+                except TimeoutError:
+                    change = None
+                if reconnects() != seen and self._nc is not None and self._nc.is_connected:
+                    try:
+                        await subscription.unsubscribe()
+                    except NATSError:
+                        pass
+                    subscription = await watch()
+                    seen = reconnects()
+                    lost = True
+                if lost:
+                    lost = False
+                    while not queue.empty():
+                        queue.get_nowait()
+                    yield KVChange(None, None)
+                elif change is not None:
+                    yield change
+        finally:
+            try:
+                await subscription.unsubscribe()
+            except (NATSError, ConnectionError, TimeoutError):
+                pass
+
+    # == end of KV data ============================================================================
+
+    # == queues, cron schedules and cron claims (issue #10) =======================================
+    # KV buckets of their own, created on first use and outside KINDS (so they never move the
+    # revision; edge nodes re-read them on a timer, warren.triggers):
+    #
+    #     KV queues        <account>.<queue name>            -> Queue (with its consumer)
+    #     KV schedules     <account>.<script>                -> {crons, modified_on}
+    #     KV cron_claims   <account>.<script>.<sha256 of cron>.<ms> -> claimed (kept 2 days)
+    #     stream <prefix>_queue_<queue id>, subject <prefix>.queue.<queue id>: the messages
+    #
+    # A queue's stream has work-queue retention and one durable pull consumer ("warren") that
+    # every edge node pulls from, so JetStream hands each message to one node; one not acked
+    # within QUEUE_ACK_WAIT_S (extended while a batch runs: in_progress) goes to another. A
+    # cron occurrence is claimed by creating its key: the create fails if the key exists, so
+    # one node in the cluster fires it. A message's id, timestamp, content type, failed
+    # attempts and not-before time ride in headers; a retry is published again (attempts + 1,
+    # not before now + delay) and the old delivery acked; a message pulled before its time is
+    # nak'd with the remaining delay. Sending a batch is one publish per message: a failure
+    # part-way leaves the first ones sent.
+
+    def _queue_stream(self, queue_id: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{32}", queue_id):
+            raise NotFound(f"queue {queue_id!r} does not exist")
+        return f"{self.prefix}_queue_{queue_id}"
+
+    def _queue_subject(self, queue_id: str) -> str:
+        return f"{self.prefix}.queue.{queue_id}"
+
+    async def _ensure_issue10_buckets(self) -> None:
+        if getattr(self, "_issue10_ready", False):
+            return
+        js = self._jetstream()
+        for kind, max_age in (("queues", None), ("schedules", None), ("cron_claims", CRON_CLAIM_MAX_AGE_S)):
+            config = api.StreamConfig(
+                name=self._stream(kind),
+                description=f"warren {kind}",
+                subjects=[f"$KV.{self._bucket(kind)}.>"],
+                allow_rollup_hdrs=True,
+                deny_delete=True,
+                discard=api.DiscardPolicy.NEW,
+                max_age=max_age,
+                max_msgs=-1,
+                max_bytes=-1,
+                max_msgs_per_subject=1,
+                storage=api.StorageType.FILE,
+                num_replicas=self.bucket_replicas,
+                allow_direct=False,
+            )
+            try:
+                await js.stream_info(config.name or "")
+            except NotFoundError:
+                try:
+                    await js.add_stream(config)
+                except APIError:
+                    await js.stream_info(config.name or "")  # created meanwhile by another node
+        self._issue10_ready = True
+
+    async def _write10(
+        self, kind: str, key: str | None, value: bytes = b"", *, last: int | None = None, operation: str | None = None
+    ) -> bool:
+        """``_write`` to a bucket of this section: a bucket another node has just created may not
+        take messages for a moment (no responders), so that is retried briefly."""
+        for _ in range(40):
+            try:
+                return await self._write(kind, key, value, last=last, operation=operation)
+            except NoStreamResponseError:
+                await asyncio.sleep(0.05)
+        return await self._write(kind, key, value, last=last, operation=operation)
+
+    async def _ensure_queue_stream(self, queue_id: str) -> str:
+        js = self._jetstream()
+        name = self._queue_stream(queue_id)
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            try:
+                await js.add_stream(
+                    api.StreamConfig(
+                        name=name,
+                        description="warren queue messages",
+                        subjects=[self._queue_subject(queue_id)],
+                        retention=api.RetentionPolicy.WORK_QUEUE,
+                        discard=api.DiscardPolicy.NEW,
+                        max_msgs=-1,
+                        max_bytes=-1,
+                        duplicate_window=120,
+                        storage=api.StorageType.FILE,
+                        num_replicas=self.bucket_replicas,
+                    )
+                )
+            except APIError:
+                await js.stream_info(name)
+        try:
+            await js.consumer_info(name, QUEUE_CONSUMER)
+        except NotFoundError:
+            try:
+                await js.add_consumer(
+                    name,
+                    api.ConsumerConfig(
+                        durable_name=QUEUE_CONSUMER,
+                        ack_policy=api.AckPolicy.EXPLICIT,
+                        ack_wait=QUEUE_ACK_WAIT_S,
+                        max_deliver=-1,
+                        max_ack_pending=QUEUE_MAX_ACK_PENDING,
+                        max_waiting=512,
+                    ),
+                )
+            except APIError:
+                await js.consumer_info(name, QUEUE_CONSUMER)
+        return name
+
+    async def _queue_entry(self, account_id: str, queue: str) -> _Entry:
+        """The record of the account's queue named, or with the id, ``queue``."""
+        await self._ensure_issue10_buckets()
+        entry = await self._get("queues", _key(account_id, queue))
+        if entry.value is not None:
+            return entry
+        for found in await self._scan("queues", _escape(account_id) + ".*"):
+            if found.json()["id"] == queue:
+                return found
+        return _MISSING
+
+    async def create_queue(self, account_id: str, name: str) -> Queue:
+        name = validation.queue_name(name)
+        await self._require_account(account_id)
+        await self._ensure_issue10_buckets()
+        created = now()
+        queue = Queue(id=uuid.uuid4().hex, account_id=account_id, name=name, created_on=created, modified_on=created)
+        await self._ensure_queue_stream(queue.id)  # first: the record makes it usable
+        current = await self._get("queues", _key(account_id, name))
+        if current.value is not None or not await self._write10(
+            "queues", current.key, _dump(_queue_json(queue)), last=current.revision
+        ):
+            try:
+                await self._jetstream().delete_stream(self._queue_stream(queue.id))
+            except (NATSError, TimeoutError):
+                pass
+            raise Conflict(f"a queue named {name!r} already exists")
+        return queue
+
+    async def list_queues(self, account_id: str) -> list[Queue]:
+        await self._ensure_issue10_buckets()
+        queues = [_queue(entry.json()) for entry in await self._scan("queues", _escape(account_id) + ".*")]
+        return sorted(queues, key=lambda queue: queue.name)
+
+    async def get_queue(self, account_id: str, queue: str) -> Queue | None:
+        entry = await self._queue_entry(account_id, queue)
+        return _queue(entry.json()) if entry.value is not None else None
+
+    async def delete_queue(self, account_id: str, queue_id: str) -> bool:
+        entry = await self._queue_entry(account_id, queue_id)
+        if entry.value is None or entry.json()["id"] != queue_id:
+            return False
+        await self._write10("queues", entry.key, operation="DEL")
+        getattr(self, "_pullers", {}).pop(queue_id, None)
+        try:
+            await self._jetstream().delete_stream(self._queue_stream(queue_id))
+        except NotFoundError:
+            pass
+        return True
+
+    async def put_queue_consumer(self, account_id: str, queue_id: str, consumer: QueueConsumer) -> Queue:
+        script = validation.script_name(consumer.script)
+        settings = validation.consumer_settings({key: getattr(consumer, key) for key in validation.CONSUMER_LIMITS})
+        dead_letter = validation.queue_name(consumer.dead_letter_queue) if consumer.dead_letter_queue else ""
+        entry = await self._queue_entry(account_id, queue_id)
+        if entry.value is None or entry.json()["id"] != queue_id:
+            raise NotFound(f"queue {queue_id!r} does not exist")
+        result: list[Queue] = []
+
+        def change(record: Any) -> Any | None:
+            if record is None:
+                raise NotFound(f"queue {queue_id!r} does not exist")
+            queue = _queue(record)
+            if dead_letter == queue.name:
+                raise InvalidInput("a queue cannot be its own dead letter queue")
+            others = [existing for existing in queue.consumers if existing.script != script]
+            if others:
+                raise Conflict(f"queue {queue.name!r} already has a consumer: {others[0].script}")
+            created = queue.consumers[0].created_on if queue.consumers else now()
+            stored = QueueConsumer(script=script, dead_letter_queue=dead_letter, created_on=created, **settings)
+            updated = replace(queue, modified_on=now(), consumers=(stored,))
+            result[:] = [updated]
+            return _queue_json(updated)
+
+        await self._update_json("queues", entry.key, change)
+        return result[0]
+
+    async def delete_queue_consumer(self, account_id: str, queue_id: str, script: str) -> bool:
+        entry = await self._queue_entry(account_id, queue_id)
+        if entry.value is None or entry.json()["id"] != queue_id:
+            return False
+
+        def change(record: Any) -> Any | None:
+            if record is None:
+                return None
+            queue = _queue(record)
+            kept = tuple(consumer for consumer in queue.consumers if consumer.script != script)
+            if len(kept) == len(queue.consumers):
+                return None
+            return _queue_json(replace(queue, modified_on=now(), consumers=kept))
+
+        return await self._update_json("queues", entry.key, change)
+
+    async def queue_consumers(self) -> list[tuple[Queue, QueueConsumer]]:
+        await self._ensure_issue10_buckets()
+        queues = [_queue(entry.json()) for entry in await self._scan("queues")]
+        return [(queue, consumer) for queue in queues for consumer in queue.consumers]
+
+    async def queue_send(self, account_id: str, queue_id: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        js = self._jetstream()
+        stream, subject = self._queue_stream(queue_id), self._queue_subject(queue_id)
+        sent = _now_ms()
+        ids = []
+        for message in messages:
+            message_id = uuid.uuid4().hex
+            headers = {
+                "Nats-Msg-Id": message_id,
+                _Q_ID: message_id,
+                _Q_TIMESTAMP: str(sent),
+                _Q_TYPE: message.content_type,
+                _Q_ATTEMPTS: "0",
+                _Q_NOT_BEFORE: str(sent + message.delay_s * 1000),
+            }
+            try:
+                await js.publish(subject, message.body, stream=stream, headers=headers)
+            except (NotFoundError, NoStreamResponseError):
+                raise NotFound(f"queue {queue_id!r} does not exist") from None
+            ids.append(message_id)
+        return ids
+
+    async def _puller(self, queue_id: str) -> JetStreamContext.PullSubscription:
+        pullers: dict[str, JetStreamContext.PullSubscription] | None = getattr(self, "_pullers", None)
+        if pullers is None:
+            pullers = {}
+            self._pullers = pullers
+        puller = pullers.get(queue_id)
+        if puller is None:
+            stream = await self._ensure_queue_stream(queue_id)
+            puller = pullers[queue_id] = await self._jetstream().pull_subscribe_bind(QUEUE_CONSUMER, stream=stream)
+        return puller
+
+    def _held_messages(self) -> dict[str, Msg]:
+        held: dict[str, Msg] | None = getattr(self, "_held", None)
+        if held is None:
+            held = {}
+            self._held = held
+        return held
+
+    async def queue_receive(self, account_id: str, queue_id: str, limit: int, lease_s: float) -> list[QueueMessage]:
+        """As the protocol says; the lease is the consumer's ack wait (QUEUE_ACK_WAIT_S), not ``lease_s``."""
+        if limit <= 0:
+            return []
+        try:
+            puller = await self._puller(queue_id)
+            received = await puller.fetch(limit, timeout=QUEUE_FETCH_WAIT_S)
+        except TimeoutError:
+            return []
+        except NotFoundError:
+            return []  # the queue was deleted
+        held = self._held_messages()
+        moment = _now_ms()
+        messages = []
+        for msg in received:
+            headers = msg.headers or {}
+            not_before = _int(headers.get(_Q_NOT_BEFORE))
+            if not_before > moment:
+                await msg.nak(delay=(not_before - moment) / 1000)
+                continue
+            lease = f"{queue_id}/{msg.metadata.sequence.stream}/{uuid.uuid4().hex}"
+            held[lease] = msg
+            messages.append(
+                QueueMessage(
+                    id=headers.get(_Q_ID, str(msg.metadata.sequence.stream)),
+                    body=msg.data or b"",
+                    content_type=headers.get(_Q_TYPE, "bytes"),
+                    timestamp_ms=_int(headers.get(_Q_TIMESTAMP)),
+                    attempts=_int(headers.get(_Q_ATTEMPTS)) + 1,
+                    lease=lease,
+                )
+            )
+        return messages
+
+    async def queue_extend(
+        self, account_id: str, queue_id: str, messages: Sequence[QueueMessage], lease_s: float
+    ) -> None:
+        held = self._held_messages()
+        for message in messages:
+            msg = held.get(message.lease)
+            if msg is not None:
+                await msg.in_progress()
+
+    async def queue_ack(self, account_id: str, queue_id: str, messages: Sequence[QueueMessage]) -> None:
+        held = self._held_messages()
+        for message in messages:
+            msg = held.pop(message.lease, None)
+            if msg is not None:
+                await msg.ack_sync(timeout=self.timeout)
+
+    async def _republish(self, queue_id: str, message: QueueMessage, attempts: int, not_before: int) -> None:
+        headers = {
+            "Nats-Msg-Id": f"{message.id}:{attempts}:{message.lease}",
+            _Q_ID: message.id,
+            _Q_TIMESTAMP: str(message.timestamp_ms),
+            _Q_TYPE: message.content_type,
+            _Q_ATTEMPTS: str(attempts),
+            _Q_NOT_BEFORE: str(not_before),
+        }
+        try:
+            await self._jetstream().publish(
+                self._queue_subject(queue_id), message.body, stream=self._queue_stream(queue_id), headers=headers
+            )
+        except (NotFoundError, NoStreamResponseError):
+            raise NotFound(f"queue {queue_id!r} does not exist") from None
+
+    async def queue_retry(self, account_id: str, queue_id: str, retries: Sequence[tuple[QueueMessage, int]]) -> None:
+        held = self._held_messages()
+        for message, delay in retries:
+            msg = held.pop(message.lease, None)
+            if msg is None:
+                continue
+            await self._republish(queue_id, message, message.attempts, _now_ms() + delay * 1000)
+            await msg.ack_sync(timeout=self.timeout)
+
+    async def queue_dead_letter(
+        self, account_id: str, queue_id: str, messages: Sequence[QueueMessage], dead_letter_queue_id: str
+    ) -> None:
+        entry = await self._queue_entry(account_id, dead_letter_queue_id)
+        if entry.value is None or entry.json()["id"] != dead_letter_queue_id:
+            raise NotFound(f"queue {dead_letter_queue_id!r} does not exist")
+        held = self._held_messages()
+        for message in messages:
+            msg = held.pop(message.lease, None)
+            if msg is None:
+                continue
+            await self._republish(dead_letter_queue_id, message, 0, _now_ms())
+            await msg.ack_sync(timeout=self.timeout)
+
+    async def queue_backlog(self, account_id: str, queue_id: str) -> int:
+        try:
+            info = await self._jetstream().stream_info(self._queue_stream(queue_id))
+        except NotFoundError:
+            return 0
+        return int(info.state.messages)
+
+    async def put_schedules(self, account_id: str, script: str, crons: Sequence[str]) -> list[str]:
+        script = validation.script_name(script)
+        checked = list(validation.crons(list(crons)))
+        await self._require_account(account_id)
+        await self._ensure_issue10_buckets()
+        key = _key(account_id, script)
+        current = await self._get("schedules", key)
+        if (current.json() or {}).get("crons", []) == checked:
+            return checked
+        if checked:
+            await self._write10("schedules", key, _dump({"crons": checked, "modified_on": now()}))
+        else:
+            await self._write10("schedules", key, operation="DEL")
+        return checked
+
+    async def get_schedules(self, account_id: str, script: str) -> list[str]:
+        await self._ensure_issue10_buckets()
+        record = (await self._get("schedules", _key(account_id, script))).json()
+        return list(record["crons"]) if record else []
+
+    async def all_schedules(self) -> list[tuple[str, str, list[str]]]:
+        await self._ensure_issue10_buckets()
+        found = []
+        for entry in await self._scan("schedules"):
+            account_id, script = (_unescape(part) for part in entry.key.split("."))
+            found.append((account_id, script, list(entry.json()["crons"])))
+        return sorted(found)
+
+    async def claim_cron(self, account_id: str, script: str, cron: str, scheduled_ms: int) -> bool:
+        await self._ensure_issue10_buckets()
+        key = _key(account_id, script, _digest(cron)[:32], str(int(scheduled_ms)))
+        return await self._write10("cron_claims", key, b"1", last=0)
+
+    # == end of queues, cron schedules and cron claims ============================================
+
 def _incarnations(scripts: list[_Entry]) -> dict[str, str]:
     """Script key -> incarnation, of the scripts that exist."""
     return {entry.key: entry.json()["incarnation"] for entry in scripts}
@@ -1499,6 +2373,76 @@ def _alive_routes(
 
 def _route_json(route: Route) -> dict[str, Any]:
     return {"id": route.id, "account_id": route.account_id, "pattern": route.pattern, "script": route.script}
+
+
+
+# -- queues (issue #10) ---------------------------------------------------------------------------
+
+QUEUE_CONSUMER = "warren"  # the durable pull consumer of every queue's stream, shared by all edge nodes
+QUEUE_ACK_WAIT_S = 30.0  # a message not acked (nor extended) for this long is delivered again
+QUEUE_MAX_ACK_PENDING = 20_000
+QUEUE_FETCH_WAIT_S = 0.05
+CRON_CLAIM_MAX_AGE_S = 2 * 24 * 3600.0
+_Q_ID = "Warren-Message-Id"
+_Q_TIMESTAMP = "Warren-Timestamp"
+_Q_TYPE = "Warren-Content-Type"
+_Q_ATTEMPTS = "Warren-Attempts"  # failed deliveries before this copy was published
+_Q_NOT_BEFORE = "Warren-Not-Before"  # ms since the epoch
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _queue_json(queue: Queue) -> dict[str, Any]:
+    return {
+        "id": queue.id,
+        "account_id": queue.account_id,
+        "name": queue.name,
+        "created_on": queue.created_on,
+        "modified_on": queue.modified_on,
+        "consumers": [
+            {
+                "script": consumer.script,
+                "batch_size": consumer.batch_size,
+                "max_wait_ms": consumer.max_wait_ms,
+                "max_retries": consumer.max_retries,
+                "retry_delay": consumer.retry_delay,
+                "dead_letter_queue": consumer.dead_letter_queue,
+                "created_on": consumer.created_on,
+            }
+            for consumer in queue.consumers
+        ],
+    }
+
+
+def _queue(data: dict[str, Any]) -> Queue:
+    return Queue(
+        id=str(data["id"]),
+        account_id=str(data["account_id"]),
+        name=str(data["name"]),
+        created_on=str(data["created_on"]),
+        modified_on=str(data["modified_on"]),
+        consumers=tuple(
+            QueueConsumer(
+                script=str(item["script"]),
+                batch_size=int(item["batch_size"]),
+                max_wait_ms=int(item["max_wait_ms"]),
+                max_retries=int(item["max_retries"]),
+                retry_delay=int(item["retry_delay"]),
+                dead_letter_queue=str(item.get("dead_letter_queue", "")),
+                created_on=str(item.get("created_on", "")),
+            )
+            for item in data.get("consumers", [])
+        ),
+    )
 
 
 if TYPE_CHECKING:

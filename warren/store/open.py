@@ -3,8 +3,9 @@
 ``nats://host:port`` (or ``tls://``; several servers separated by commas) is a
 ``NATSStore`` on that NATS JetStream deployment; anything else is the path of a
 SQLite file. The NATS form takes two query parameters: ``replicas`` (of every
-bucket, for a JetStream cluster; default 1) and ``prefix`` (of the bucket
-names; default ``warren``), as in ``nats://n1:4222,nats://n2:4222?replicas=3``.
+bucket; default ``auto``: ``min(3, cluster size)``, 1 on a single server) and
+``prefix`` (of the bucket names; default ``warren``), as in
+``nats://n1:4222,nats://n2:4222?replicas=3``.
 A NATS store also needs the secrets key (``$WARREN_SECRETS_KEY``, see
 ``warren.store.nats``).
 """
@@ -41,10 +42,12 @@ def open_store(url: str) -> Store:
     unknown = sorted(set(options) - {"replicas", "prefix"})
     if unknown:
         raise ValueError(f"unknown store option(s) {', '.join(unknown)} in {describe(url)}; known: prefix, replicas")
-    try:
-        replicas = int(options.get("replicas", ["1"])[-1])
-    except ValueError:
-        raise ValueError(f"replicas must be a whole number in {describe(url)}") from None
+    replicas: int | None = None  # detected from the cluster when the store opens
+    if options.get("replicas", ["auto"])[-1] != "auto":
+        try:
+            replicas = int(options["replicas"][-1])
+        except ValueError:
+            raise ValueError(f"replicas must be a whole number (or auto) in {describe(url)}") from None
     server_list = [server.strip() for server in servers.split(",") if server.strip()]
     if not server_list or not all(is_nats_url(server) for server in server_list):
         raise ValueError(f"{describe(url)}: each server is nats://host:port or tls://host:port")

@@ -21,18 +21,23 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from warren.store import validation
 from warren.store.errors import Conflict, InvalidInput, NotFound
+from warren.store.kv_data import KVChange, KVKeyInfo, KVRecord, key_bytes, prefix_end
 from warren.store.model import (
     Account,
     Deployment,
     EdgeState,
     KVNamespace,
     ModuleRef,
+    OutgoingMessage,
+    Queue,
+    QueueConsumer,
+    QueueMessage,
     Route,
     ScriptInfo,
     Token,
@@ -105,6 +110,22 @@ _EVENT_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS event_stats (
         account_id TEXT NOT NULL, script TEXT NOT NULL, minute INTEGER NOT NULL, requests INTEGER NOT NULL,
         errors INTEGER NOT NULL, cpu_ms REAL NOT NULL, PRIMARY KEY (account_id, script, minute))""",
+)
+
+
+# KV data (warren.bindings.kv): tables outside the schema version, created on first use.
+KV_POLL_INTERVAL_S = 0.1  # how often a node looks for other nodes' KV writes: the floor of their staleness
+KV_CHANGES_KEPT_MS = 10 * 60 * 1000
+KV_TOMBSTONES_KEPT_MS = 24 * 3600 * 1000
+KV_PRUNE_EVERY_MS = 60 * 1000
+KV_CHANGES_BATCH = 1000
+_KV_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS kv_data (
+        namespace_id TEXT NOT NULL, key BLOB NOT NULL, value BLOB, metadata TEXT, expiration INTEGER,
+        stamp INTEGER NOT NULL, writer TEXT NOT NULL, PRIMARY KEY (namespace_id, key))""",
+    """CREATE TABLE IF NOT EXISTS kv_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, namespace_id TEXT NOT NULL, key BLOB NOT NULL,
+        stamp INTEGER NOT NULL, writer TEXT NOT NULL, at INTEGER NOT NULL)""",
 )
 
 
@@ -743,6 +764,491 @@ class SQLiteStore:
 
     # == end of invocation events ==============================================================
 
+    # == KV data (warren.bindings.kv) ===========================================================
+    # Namespace contents. Not configuration: writing them never moves the revision (edge nodes
+    # would reload on every put), so they have transactions of their own, and tables created on
+    # first use, outside the schema version. Keys are stored as their UTF-8 bytes (BLOBs compare
+    # with memcmp), so ORDER BY key is the UTF-8 byte order Workers lists keys in. A row keeps
+    # the stamp and writer of the write that made it (last write wins; a delete leaves a row
+    # without a value); each stored write is also appended to kv_changes, which kv_changes()
+    # polls: SQLite's change notification for the nodes that share the file.
+
+    def _kv_schema(self, conn: sqlite3.Connection) -> None:
+        if getattr(self, "_kv_ready", None) is conn:
+            return
+        for statement in _KV_SCHEMA:
+            conn.execute(statement)
+        self._kv_ready: sqlite3.Connection | None = conn
+
+    def _in_kv(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                self._kv_schema(conn)
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+    async def _kv(self, fn: Callable[[sqlite3.Connection], T], write: bool = False) -> T:
+        return await asyncio.to_thread(self._in_kv, fn, write)
+
+    async def kv_get(self, namespace_id: str, key: str) -> KVRecord | None:
+        found = await self.kv_get_many(namespace_id, [key])
+        return found.get(key)
+
+    async def kv_get_many(self, namespace_id: str, keys: Sequence[str]) -> dict[str, KVRecord]:
+        wanted = {key_bytes(key): key for key in keys}
+        if not wanted:
+            return {}
+
+        def read(conn: sqlite3.Connection) -> dict[str, KVRecord]:
+            found: dict[str, KVRecord] = {}
+            names = list(wanted)
+            for start in range(0, len(names), 500):
+                batch = names[start : start + 500]
+                rows = conn.execute(
+                    "SELECT key, value, metadata, expiration, stamp, writer FROM kv_data"
+                    f" WHERE namespace_id = ? AND key IN ({','.join('?' * len(batch))})",
+                    (namespace_id, *batch),
+                ).fetchall()
+                for row in rows:
+                    found[wanted[bytes(row[0])]] = _kv_record(row)
+            return found
+
+        return await self._kv(read)
+
+    async def kv_put(self, namespace_id: str, key: str, record: KVRecord) -> bool:
+        return await self.kv_put_many(namespace_id, [(key, record)]) == 1
+
+    async def kv_put_many(self, namespace_id: str, items: Sequence[tuple[str, KVRecord]]) -> int:
+        now_ms = _now_ms()
+        prune = now_ms - getattr(self, "_kv_pruned", 0) >= KV_PRUNE_EVERY_MS
+
+        def write(conn: sqlite3.Connection) -> int:
+            stored = 0
+            for key, record in items:
+                name = key_bytes(key)
+                row = conn.execute(
+                    "SELECT stamp, writer FROM kv_data WHERE namespace_id = ? AND key = ?", (namespace_id, name)
+                ).fetchone()
+                if row is not None and (int(row[0]), str(row[1])) >= record.order:
+                    continue  # a later write is already there: this one lost
+                conn.execute(
+                    "INSERT INTO kv_data (namespace_id, key, value, metadata, expiration, stamp, writer)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace_id, key) DO UPDATE SET"
+                    " value = excluded.value, metadata = excluded.metadata, expiration = excluded.expiration,"
+                    " stamp = excluded.stamp, writer = excluded.writer",
+                    (namespace_id, name, record.value, record.metadata, record.expiration, record.stamp, record.writer),
+                )
+                conn.execute(
+                    "INSERT INTO kv_changes (namespace_id, key, stamp, writer, at) VALUES (?, ?, ?, ?, ?)",
+                    (namespace_id, name, record.stamp, record.writer, now_ms),
+                )
+                stored += 1
+            if prune:
+                # Notifications are only for the nodes polling now; tombstones only have to outlive
+                # any write still on its way; expired values are gone for every reader.
+                conn.execute("DELETE FROM kv_changes WHERE at < ?", (now_ms - KV_CHANGES_KEPT_MS,))
+                conn.execute(
+                    "DELETE FROM kv_data WHERE (value IS NULL AND stamp < ?) OR expiration <= ?",
+                    ((now_ms - KV_TOMBSTONES_KEPT_MS) * 1000, now_ms // 1000),
+                )
+            return stored
+
+        stored = await self._kv(write, write=True)
+        if prune:
+            self._kv_pruned = now_ms
+        return stored
+
+    async def kv_list(
+        self, namespace_id: str, prefix: str, after: bytes | None, limit: int, now: float
+    ) -> tuple[list[KVKeyInfo], bool]:
+        low = key_bytes(prefix)
+        high = prefix_end(low)
+        query = (
+            "SELECT key, metadata, expiration FROM kv_data WHERE namespace_id = ? AND key >= ?"
+            " AND value IS NOT NULL AND (expiration IS NULL OR expiration > ?)"
+        )
+        parameters: list[Any] = [namespace_id, low, now]
+        if high is not None:
+            query += " AND key < ?"
+            parameters.append(high)
+        if after is not None:
+            query += " AND key > ?"
+            parameters.append(after)
+        query += " ORDER BY key LIMIT ?"
+        parameters.append(limit + 1)
+
+        def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return conn.execute(query, parameters).fetchall()
+
+        rows = await self._kv(read)
+        keys = [
+            KVKeyInfo(bytes(row[0]).decode("utf-8"), row[2], row[1])
+            for row in rows[:limit]
+        ]
+        return keys, len(rows) > limit
+
+    async def kv_purge(self, namespace_id: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM kv_data WHERE namespace_id = ?", (namespace_id,))
+            # An empty key stands for the whole namespace (a real key is never empty).
+            conn.execute(
+                "INSERT INTO kv_changes (namespace_id, key, stamp, writer, at) VALUES (?, ?, 0, '', ?)",
+                (namespace_id, b"", _now_ms()),
+            )
+
+        await self._kv(write, write=True)
+
+    async def kv_changes(self) -> AsyncGenerator[KVChange, None]:
+        """Polls kv_changes every KV_POLL_INTERVAL_S; notifications pruned before this reader saw
+        them (it fell behind by KV_CHANGES_KEPT_MS) are reported as a change of anything."""
+
+        def start(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM kv_changes").fetchone()[0])
+
+        def read(after: int, conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row]]:
+            first = int(conn.execute("SELECT COALESCE(MIN(seq), 0) FROM kv_changes").fetchone()[0])
+            rows = conn.execute(
+                "SELECT seq, namespace_id, key, stamp, writer FROM kv_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, KV_CHANGES_BATCH),
+            ).fetchall()
+            return first, rows
+
+        last = await self._kv(start)
+        while True:
+            first, rows = await self._kv(functools.partial(read, last))
+            if rows and first > last + 1:
+                yield KVChange(None, None)
+            for row in rows:
+                last = int(row[0])
+                name = bytes(row[2])
+                yield KVChange(str(row[1]), name.decode("utf-8") if name else None, int(row[3]), str(row[4]))
+            if len(rows) < KV_CHANGES_BATCH:
+                await asyncio.sleep(KV_POLL_INTERVAL_S)
+
+    # == end of KV data ============================================================================
+
+    # == queues, cron schedules and cron claims (issue #10) =======================================
+    # Queue records and schedules are configuration: written through _write, they move the
+    # revision so edge nodes pick them up at once. Messages and cron claims are data: they have
+    # transactions of their own that never move it. Tables are created on first use, outside
+    # the schema version. A message is delivered to one node at a time: receiving it sets a
+    # lease (a random token) and hides it until the lease runs out; only the holder of the
+    # lease acks, retries or dead-letters it.
+
+    def _queues_schema(self, conn: sqlite3.Connection) -> None:
+        if getattr(self, "_queues_ready", None) is conn:
+            return
+        for statement in _QUEUE_SCHEMA:
+            conn.execute(statement)
+        self._queues_ready: sqlite3.Connection | None = conn
+
+    def _in_queues(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                self._queues_schema(conn)
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+    async def _queue_data(self, fn: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
+        return await asyncio.to_thread(self._in_queues, fn, write)
+
+    async def _queue_config(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def wrapped(conn: sqlite3.Connection) -> T:
+            self._queues_schema(conn)
+            return fn(conn)
+
+        return await self._write(wrapped)
+
+    async def create_queue(self, account_id: str, name: str) -> Queue:
+        name = validation.queue_name(name)
+        created = now()
+        queue = Queue(id=uuid.uuid4().hex, account_id=account_id, name=name, created_on=created, modified_on=created)
+
+        def write(conn: sqlite3.Connection) -> Queue:
+            _require_account(conn, account_id)
+            if conn.execute("SELECT 1 FROM queues WHERE account_id = ? AND name = ?", (account_id, name)).fetchone():
+                raise Conflict(f"a queue named {name!r} already exists")
+            conn.execute(
+                "INSERT INTO queues (id, account_id, name, created_on, modified_on, consumers)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (queue.id, account_id, name, created, created, "[]"),
+            )
+            return queue
+
+        return await self._queue_config(write)
+
+    async def list_queues(self, account_id: str) -> list[Queue]:
+        def read(conn: sqlite3.Connection) -> list[Queue]:
+            rows = conn.execute("SELECT * FROM queues WHERE account_id = ? ORDER BY name", (account_id,)).fetchall()
+            return [_row_queue(row) for row in rows]
+
+        return await self._queue_data(read, write=False)
+
+    async def get_queue(self, account_id: str, queue: str) -> Queue | None:
+        """A queue by id or by name."""
+
+        def read(conn: sqlite3.Connection) -> Queue | None:
+            row = conn.execute(
+                "SELECT * FROM queues WHERE account_id = ? AND (id = ? OR name = ?)", (account_id, queue, queue)
+            ).fetchone()
+            return _row_queue(row) if row else None
+
+        return await self._queue_data(read, write=False)
+
+    async def delete_queue(self, account_id: str, queue_id: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute("DELETE FROM queues WHERE account_id = ? AND id = ?", (account_id, queue_id))
+            if deleted.rowcount:
+                conn.execute("DELETE FROM queue_messages WHERE queue_id = ?", (queue_id,))
+            return deleted.rowcount > 0
+
+        return await self._queue_config(write)
+
+    async def put_queue_consumer(self, account_id: str, queue_id: str, consumer: QueueConsumer) -> Queue:
+        """Set the queue's consumer (one per queue: another script's is a Conflict; the same script's is updated)."""
+        script = validation.script_name(consumer.script)
+        settings = validation.consumer_settings(
+            {key: getattr(consumer, key) for key in validation.CONSUMER_LIMITS}
+        )
+        dead_letter = validation.queue_name(consumer.dead_letter_queue) if consumer.dead_letter_queue else ""
+
+        def write(conn: sqlite3.Connection) -> Queue:
+            row = _queue_row(conn, account_id, queue_id)
+            if row is None:
+                raise NotFound(f"queue {queue_id!r} does not exist")
+            queue = _row_queue(row)
+            if dead_letter == queue.name:
+                raise InvalidInput("a queue cannot be its own dead letter queue")
+            others = [existing for existing in queue.consumers if existing.script != script]
+            if others:
+                raise Conflict(f"queue {queue.name!r} already has a consumer: {others[0].script}")
+            previous = queue.consumers[0].created_on if queue.consumers else now()
+            stored = QueueConsumer(script=script, dead_letter_queue=dead_letter, created_on=previous, **settings)
+            modified = now()
+            conn.execute(
+                "UPDATE queues SET consumers = ?, modified_on = ? WHERE id = ?",
+                (json.dumps([_consumer_json(stored)]), modified, queue_id),
+            )
+            return Queue(queue.id, account_id, queue.name, queue.created_on, modified, (stored,))
+
+        return await self._queue_config(write)
+
+    async def delete_queue_consumer(self, account_id: str, queue_id: str, script: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            row = _queue_row(conn, account_id, queue_id)
+            if row is None:
+                return False
+            queue = _row_queue(row)
+            kept = [consumer for consumer in queue.consumers if consumer.script != script]
+            if len(kept) == len(queue.consumers):
+                return False
+            conn.execute(
+                "UPDATE queues SET consumers = ?, modified_on = ? WHERE id = ?",
+                (json.dumps([_consumer_json(consumer) for consumer in kept]), now(), queue_id),
+            )
+            return True
+
+        return await self._queue_config(write)
+
+    async def queue_consumers(self) -> list[tuple[Queue, QueueConsumer]]:
+        """Every queue with a consumer, of every account: what edge nodes run."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[Queue, QueueConsumer]]:
+            rows = conn.execute("SELECT * FROM queues WHERE consumers != '[]' ORDER BY account_id, name").fetchall()
+            return [(queue, consumer) for queue in map(_row_queue, rows) for consumer in queue.consumers]
+
+        return await self._queue_data(read, write=False)
+
+    async def queue_send(self, account_id: str, queue_id: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        """Append messages (all or none); their ids. NotFound if the queue is gone."""
+        sent = _now_ms()
+        rows = [
+            (uuid.uuid4().hex, queue_id, message.body, message.content_type, sent, sent + message.delay_s * 1000)
+            for message in messages
+        ]
+
+        def write(conn: sqlite3.Connection) -> list[str]:
+            if _queue_row(conn, account_id, queue_id) is None:
+                raise NotFound(f"queue {queue_id!r} does not exist")
+            conn.executemany(
+                "INSERT INTO queue_messages (id, queue_id, body, content_type, timestamp_ms, visible_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return [row[0] for row in rows]
+
+        return await self._queue_data(write)
+
+    async def queue_receive(self, account_id: str, queue_id: str, limit: int, lease_s: float) -> list[QueueMessage]:
+        """Up to ``limit`` visible messages, oldest first, leased to the caller for ``lease_s`` seconds."""
+        lease = uuid.uuid4().hex
+
+        def any_visible(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "SELECT 1 FROM queue_messages WHERE queue_id = ? AND visible_at <= ? LIMIT 1", (queue_id, _now_ms())
+            ).fetchone() is not None
+
+        # Consumers poll: an empty queue is answered by a read, without the file's write lock.
+        if limit <= 0 or not await self._queue_data(any_visible, write=False):
+            return []
+
+        def write(conn: sqlite3.Connection) -> list[QueueMessage]:
+            moment = _now_ms()
+            rows = conn.execute(
+                "SELECT id, body, content_type, timestamp_ms, attempts FROM queue_messages"
+                " WHERE queue_id = ? AND visible_at <= ? ORDER BY seq LIMIT ?",
+                (queue_id, moment, max(0, int(limit))),
+            ).fetchall()
+            if rows:
+                conn.executemany(
+                    "UPDATE queue_messages SET attempts = attempts + 1, visible_at = ?, lease = ? WHERE id = ?",
+                    [(moment + int(lease_s * 1000), lease, row["id"]) for row in rows],
+                )
+            return [
+                QueueMessage(
+                    row["id"], bytes(row["body"]), row["content_type"], row["timestamp_ms"], row["attempts"] + 1, lease
+                )
+                for row in rows
+            ]
+
+        return await self._queue_data(write)
+
+    async def queue_extend(
+        self, account_id: str, queue_id: str, messages: Sequence[QueueMessage], lease_s: float
+    ) -> None:
+        """Keep holding these messages for ``lease_s`` more seconds (a long batch)."""
+        until = _now_ms() + int(lease_s * 1000)
+        await self._queue_data(
+            lambda conn: conn.executemany(
+                "UPDATE queue_messages SET visible_at = ? WHERE id = ? AND lease = ?",
+                [(until, message.id, message.lease) for message in messages],
+            )
+        )
+
+    async def queue_ack(self, account_id: str, queue_id: str, messages: Sequence[QueueMessage]) -> None:
+        await self._queue_data(
+            lambda conn: conn.executemany(
+                "DELETE FROM queue_messages WHERE id = ? AND lease = ?",
+                [(message.id, message.lease) for message in messages],
+            )
+        )
+
+    async def queue_retry(
+        self, account_id: str, queue_id: str, retries: Sequence[tuple[QueueMessage, int]]
+    ) -> None:
+        """Give messages back, each visible again after its delay (seconds)."""
+        moment = _now_ms()
+        await self._queue_data(
+            lambda conn: conn.executemany(
+                "UPDATE queue_messages SET visible_at = ?, lease = NULL WHERE id = ? AND lease = ?",
+                [(moment + delay * 1000, message.id, message.lease) for message, delay in retries],
+            )
+        )
+
+    async def queue_dead_letter(
+        self, account_id: str, queue_id: str, messages: Sequence[QueueMessage], dead_letter_queue_id: str
+    ) -> None:
+        """Move messages to another queue (its first delivery next), in one transaction."""
+        moment = _now_ms()
+
+        def write(conn: sqlite3.Connection) -> None:
+            if not conn.execute(
+                "SELECT 1 FROM queues WHERE account_id = ? AND id = ?", (account_id, dead_letter_queue_id)
+            ).fetchone():
+                raise NotFound(f"queue {dead_letter_queue_id!r} does not exist")
+            conn.executemany(
+                "UPDATE queue_messages SET queue_id = ?, attempts = 0, visible_at = ?, lease = NULL"
+                " WHERE id = ? AND lease = ?",
+                [(dead_letter_queue_id, moment, message.id, message.lease) for message in messages],
+            )
+
+        await self._queue_data(write)
+
+    async def queue_backlog(self, account_id: str, queue_id: str) -> int:
+        """Messages in the queue (delayed and leased ones included)."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT COUNT(*) FROM queue_messages WHERE queue_id = ?", (queue_id,)).fetchone()
+            return int(row[0])
+
+        return await self._queue_data(read, write=False)
+
+    async def put_schedules(self, account_id: str, script: str, crons: Sequence[str]) -> list[str]:
+        """Replace a script's cron triggers (an empty list removes them)."""
+        script = validation.script_name(script)
+        checked = validation.crons(list(crons))
+
+        def write(conn: sqlite3.Connection) -> list[str]:
+            _require_account(conn, account_id)
+            existing = conn.execute(
+                "SELECT crons FROM schedules WHERE account_id = ? AND script = ?", (account_id, script)
+            ).fetchone()
+            if existing is not None and json.loads(existing["crons"]) == list(checked):
+                return list(checked)  # unchanged: not a write, edge nodes need not reload
+            if not checked:
+                conn.execute("DELETE FROM schedules WHERE account_id = ? AND script = ?", (account_id, script))
+            else:
+                conn.execute(
+                    "INSERT INTO schedules (account_id, script, crons, modified_on) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (account_id, script) DO UPDATE SET crons = excluded.crons,"
+                    " modified_on = excluded.modified_on",
+                    (account_id, script, json.dumps(list(checked)), now()),
+                )
+            return list(checked)
+
+        return await self._queue_config(write)
+
+    async def get_schedules(self, account_id: str, script: str) -> list[str]:
+        def read(conn: sqlite3.Connection) -> list[str]:
+            row = conn.execute(
+                "SELECT crons FROM schedules WHERE account_id = ? AND script = ?", (account_id, script)
+            ).fetchone()
+            return list(json.loads(row["crons"])) if row else []
+
+        return await self._queue_data(read, write=False)
+
+    async def all_schedules(self) -> list[tuple[str, str, list[str]]]:
+        """(account id, script, crons) of every script with cron triggers."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str, list[str]]]:
+            rows = conn.execute("SELECT * FROM schedules ORDER BY account_id, script").fetchall()
+            return [(row["account_id"], row["script"], list(json.loads(row["crons"]))) for row in rows]
+
+        return await self._queue_data(read, write=False)
+
+    async def claim_cron(self, account_id: str, script: str, cron: str, scheduled_ms: int) -> bool:
+        """True for exactly one caller per (script, cron, scheduled time), across every node sharing the file."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            moment = _now_ms()
+            claimed = conn.execute(
+                "INSERT OR IGNORE INTO cron_claims (account_id, script, cron, scheduled_ms, claimed_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (account_id, script, cron, int(scheduled_ms), moment),
+            ).rowcount
+            if claimed and moment - getattr(self, "_claims_pruned", 0) > CRON_CLAIMS_PRUNE_EVERY_MS:
+                conn.execute("DELETE FROM cron_claims WHERE claimed_ms < ?", (moment - CRON_CLAIMS_MAX_AGE_MS,))
+                self._claims_pruned = moment
+            return claimed > 0
+
+        return await self._queue_data(write)
+
+    # == end of queues, cron schedules and cron claims ============================================
+
 # -- row helpers (called with the store's lock held, inside a transaction) --------------------
 
 
@@ -873,3 +1379,78 @@ def _script_info(conn: sqlite3.Connection, row: sqlite3.Row) -> ScriptInfo:
 
 def _row_route(row: sqlite3.Row) -> Route:
     return Route(id=row["id"], account_id=row["account_id"], pattern=row["pattern"], script=row["script"])
+
+
+def _kv_record(row: sqlite3.Row) -> KVRecord:
+    value = row[1]
+    return KVRecord(
+        value=bytes(value) if value is not None else None,
+        metadata=row[2],
+        expiration=row[3],
+        stamp=int(row[4]),
+        writer=str(row[5]),
+    )
+
+
+# -- queues (issue #10) ---------------------------------------------------------------------------
+
+CRON_CLAIMS_MAX_AGE_MS = 2 * 24 * 3600 * 1000
+CRON_CLAIMS_PRUNE_EVERY_MS = 3600 * 1000
+_QUEUE_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS queues (
+        id TEXT PRIMARY KEY, account_id TEXT NOT NULL, name TEXT NOT NULL, created_on TEXT NOT NULL,
+        modified_on TEXT NOT NULL, consumers TEXT NOT NULL, UNIQUE (account_id, name))""",
+    """CREATE TABLE IF NOT EXISTS queue_messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, queue_id TEXT NOT NULL,
+        body BLOB NOT NULL, content_type TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, visible_at INTEGER NOT NULL, lease TEXT)""",
+    "CREATE INDEX IF NOT EXISTS queue_messages_ready ON queue_messages (queue_id, visible_at, seq)",
+    """CREATE TABLE IF NOT EXISTS schedules (
+        account_id TEXT NOT NULL, script TEXT NOT NULL, crons TEXT NOT NULL, modified_on TEXT NOT NULL,
+        PRIMARY KEY (account_id, script))""",
+    """CREATE TABLE IF NOT EXISTS cron_claims (
+        account_id TEXT NOT NULL, script TEXT NOT NULL, cron TEXT NOT NULL, scheduled_ms INTEGER NOT NULL,
+        claimed_ms INTEGER NOT NULL, PRIMARY KEY (account_id, script, cron, scheduled_ms))""",
+)
+
+
+def _consumer_json(consumer: QueueConsumer) -> dict[str, Any]:
+    return {
+        "script": consumer.script,
+        "batch_size": consumer.batch_size,
+        "max_wait_ms": consumer.max_wait_ms,
+        "max_retries": consumer.max_retries,
+        "retry_delay": consumer.retry_delay,
+        "dead_letter_queue": consumer.dead_letter_queue,
+        "created_on": consumer.created_on,
+    }
+
+
+def _consumer(data: dict[str, Any]) -> QueueConsumer:
+    return QueueConsumer(
+        script=str(data["script"]),
+        batch_size=int(data["batch_size"]),
+        max_wait_ms=int(data["max_wait_ms"]),
+        max_retries=int(data["max_retries"]),
+        retry_delay=int(data["retry_delay"]),
+        dead_letter_queue=str(data.get("dead_letter_queue", "")),
+        created_on=str(data.get("created_on", "")),
+    )
+
+
+def _queue_row(conn: sqlite3.Connection, account_id: str, queue_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM queues WHERE account_id = ? AND id = ?", (account_id, queue_id)
+    ).fetchone()
+    return row
+
+
+def _row_queue(row: sqlite3.Row) -> Queue:
+    return Queue(
+        id=row["id"],
+        account_id=row["account_id"],
+        name=row["name"],
+        created_on=row["created_on"],
+        modified_on=row["modified_on"],
+        consumers=tuple(_consumer(item) for item in json.loads(row["consumers"])),
+    )

@@ -18,6 +18,7 @@ from warren.store.model import ModuleRef, canonical_json, content_hash
 
 MAX_SCRIPT_BYTES = 10 * 1024 * 1024  # all modules of a version together, as `warren dev`'s limit
 MAX_CPU_MS = 300_000
+MAX_SUBREQUESTS = 10_000  # [limits] subrequests, as Workers' paid plan caps it
 MAX_MODULE_NAME = 256
 MAX_MESSAGE = 1024
 MAX_TOKEN_NAME = 128
@@ -34,7 +35,7 @@ MODULE_CONTENT_TYPES = (
 )
 # What an isolate can start from: an ES module, or a service-worker script.
 MAIN_MODULE_CONTENT_TYPES = ("application/javascript+module", "text/javascript")
-BINDING_TYPES = ("plain_text", "json", "kv_namespace")
+BINDING_TYPES = ("plain_text", "json", "kv_namespace", "service", "queue", "durable_object_namespace")
 
 _ACCOUNT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _SCRIPT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -161,11 +162,24 @@ def bindings(values: object) -> tuple[dict[str, Any], ...]:
         elif kind == "kv_namespace":
             namespace_id = _text(binding.get("namespace_id"), f"binding {name!r}'s namespace_id")
             result.append({"type": kind, "name": name, "namespace_id": namespace_id})
+        elif kind in ("service", "queue"):
+            result.append(_worker_binding(kind, name, binding))
+        elif kind == "durable_object_namespace":
+            result.append(_durable_object_binding(name, binding))
         elif kind == "secret_text":
             raise InvalidInput(f"binding {name!r}: secrets are set with the secrets endpoint, not in an upload")
         else:
             raise InvalidInput(f"binding {name!r} has type {kind!r}; allowed: " + ", ".join(BINDING_TYPES))
     return tuple(result)
+
+
+def _durable_object_binding(name: str, binding: dict[str, Any]) -> dict[str, Any]:
+    """A Durable Object class: of the uploading script, or of ``script_name`` in the same account (issue #8)."""
+    class_name = identifier(binding.get("class_name"), f"binding {name!r}'s class_name")
+    spec: dict[str, Any] = {"type": "durable_object_namespace", "name": name, "class_name": class_name}
+    if binding.get("script_name") not in (None, ""):
+        spec["script_name"] = script_name(binding["script_name"])
+    return spec
 
 
 # Runtime processes are shared only within a level ("cordons"); an edge node
@@ -176,9 +190,11 @@ TRUST_LEVELS = ("trusted", "standard", "untrusted")
 def limits(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput("limits must be an object")
-    unknown = sorted(set(value) - {"cpu_ms", "trust_level"})
+    unknown = sorted(set(value) - {"cpu_ms", "trust_level", "subrequests"})
     if unknown:
-        raise InvalidInput(f"unknown limit(s) {', '.join(map(repr, unknown))}; supported: 'cpu_ms', 'trust_level'")
+        raise InvalidInput(
+            f"unknown limit(s) {', '.join(map(repr, unknown))}; supported: 'cpu_ms', 'subrequests', 'trust_level'"
+        )
     result: dict[str, Any] = {}
     if "trust_level" in value:
         if value["trust_level"] not in TRUST_LEVELS:
@@ -189,6 +205,11 @@ def limits(value: object) -> dict[str, Any]:
         if isinstance(cpu_ms, bool) or not isinstance(cpu_ms, int) or not 1 <= cpu_ms <= MAX_CPU_MS:
             raise InvalidInput(f"limits.cpu_ms must be a whole number from 1 to {MAX_CPU_MS}")
         result["cpu_ms"] = cpu_ms
+    if "subrequests" in value:
+        count = value["subrequests"]
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SUBREQUESTS:
+            raise InvalidInput(f"limits.subrequests must be a whole number from 1 to {MAX_SUBREQUESTS}")
+        result["subrequests"] = count
     return result
 
 
@@ -283,3 +304,80 @@ def upload(
         refs=refs,
         content_hash=content_hash(main_module, refs, date_text, binding_list, limit_map),
     )
+
+
+# == service bindings, queues and cron triggers (issue #10) ===================================
+
+MAX_QUEUE_DELAY_S = 43200  # 12 hours, as Workers
+MAX_CRONS = 10  # per script
+_QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# A consumer's settings as the store keeps them -> (lowest, highest, default); see warren.config.CONSUMER_SETTINGS
+CONSUMER_LIMITS = {
+    "batch_size": (1, 100, 10),
+    "max_wait_ms": (0, 60_000, 5000),
+    "max_retries": (0, 100, 3),
+    "retry_delay": (0, MAX_QUEUE_DELAY_S, 0),
+}
+
+
+def queue_name(name: object) -> str:
+    name = _text(name, "queue name")
+    if not _QUEUE_NAME.fullmatch(name):
+        raise InvalidInput(
+            f"invalid queue name {name!r}: 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def _worker_binding(kind: str, name: str, binding: dict[str, Any]) -> dict[str, Any]:
+    """A ``service`` binding (``service``, optional ``entrypoint``; ``environment`` is accepted
+    and dropped, as warren has no environments) or a ``queue`` producer (``queue_name``, optional
+    ``delivery_delay``). The queue must exist: the control API checks that before uploading."""
+    if kind == "service":
+        result: dict[str, Any] = {"type": kind, "name": name, "service": script_name(binding.get("service"))}
+        if binding.get("entrypoint") not in (None, ""):
+            result["entrypoint"] = identifier(binding.get("entrypoint"), f"binding {name!r}'s entrypoint")
+        return result
+    result = {"type": kind, "name": name, "queue_name": queue_name(binding.get("queue_name"))}
+    if "delivery_delay" in binding:
+        delay = binding["delivery_delay"]
+        if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= MAX_QUEUE_DELAY_S:
+            raise InvalidInput(
+                f"binding {name!r}: delivery_delay is a whole number of seconds, 0 to {MAX_QUEUE_DELAY_S}"
+            )
+        result["delivery_delay"] = delay
+    return result
+
+
+def consumer_settings(value: object) -> dict[str, int]:
+    """A queue consumer's settings, defaults filled in; raises InvalidInput."""
+    if not isinstance(value, dict):
+        raise InvalidInput("settings must be an object")
+    unknown = sorted(set(value) - set(CONSUMER_LIMITS) - {"max_concurrency"})
+    if unknown:
+        raise InvalidInput(f"unknown consumer setting(s) {', '.join(map(repr, unknown))}")
+    result = {}
+    for key, (low, high, default) in CONSUMER_LIMITS.items():
+        number = value.get(key, default)
+        if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+            raise InvalidInput(f"settings.{key} must be a whole number from {low} to {high}")
+        result[key] = number
+    return result
+
+
+def crons(values: object) -> tuple[str, ...]:
+    """Cron expressions of five fields (as Workers' triggers), at most MAX_CRONS, no repeats."""
+    from croniter import croniter
+
+    if not isinstance(values, list | tuple):
+        raise InvalidInput("schedules must be a list of {\"cron\": \"*/5 * * * *\"}")
+    if len(values) > MAX_CRONS:
+        raise InvalidInput(f"a script has at most {MAX_CRONS} cron triggers")
+    result: list[str] = []
+    for value in values:
+        expression = " ".join(_text(value, "cron").split())
+        if len(expression.split()) != 5 or not croniter.is_valid(expression):
+            raise InvalidInput(f"{value!r} is not a cron expression of five fields, like \"*/5 * * * *\"")
+        if expression not in result:
+            result.append(expression)
+    return tuple(result)

@@ -615,6 +615,42 @@ globalThis.__warrenCrypto = function install(global, internals, hostCrypto) {
   }
   defineInterface(Crypto, "Crypto");
   Object.defineProperty(Crypto.prototype, "DigestStream", { value: DigestStream, writable: true, configurable: true });
+
+  // Once the streams are loaded (after the vendored bundle), DigestStream
+  // becomes what it is on Workers: a WritableStream (pipeTo works), whose
+  // sink feeds the hash kept on the host.
+  internals.upgradeDigestStream = (WritableStream) => {
+    class DigestStream extends WritableStream {
+      constructor(algorithm) {
+        requireArgs(arguments.length, 1, "constructor", "DigestStream");
+        const state = {
+          algorithm: normalize(algorithm, "digest"), chunks: [], buffered: 0, hostState: null, done: false,
+          writer: null,
+        };
+        state.digest = new Promise((resolve, reject) => {
+          state.resolveDigest = resolve;
+          state.rejectDigest = reject;
+        });
+        state.closed = new Promise((resolve, reject) => {
+          state.resolveClosed = resolve;
+          state.rejectClosed = reject;
+        });
+        state.digest.catch(() => {});
+        state.closed.catch(() => {});
+        super({
+          write(chunk) { writeStream(state, chunk); },
+          close() { closeStream(state); },
+          abort(reason) { failStream(state, reason); },
+        });
+        streams.set(this, state);
+      }
+      get digest() {
+        return streamState(this).digest;
+      }
+    }
+    defineInterface(DigestStream, "DigestStream");
+    Object.defineProperty(Crypto.prototype, "DigestStream", { value: DigestStream, writable: true, configurable: true });
+  };
   const crypto = Object.create(Crypto.prototype);
 
   const defineGlobal = (name, value) =>

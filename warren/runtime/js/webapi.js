@@ -1023,69 +1023,133 @@ globalThis.__warrenWebAPI = function install(global, internals) {
       'Body has already been used. It can only be used once. Use tee() first if you need to read it twice.');
   }
 
-  // All body bytes live behind this class; it is what `.body` returns. It is
-  // deliberately tiny so it can later be swapped for a real ReadableStream:
-  // `locked`/`disturbed` mirror the stream states the Fetch spec checks, and
-  // readAll()/tee() are the only ways to get at the data.
+  // Every body lives behind this class, in one of three forms: bytes already
+  // in memory; a body on the host side (the client's request body, an origin's
+  // response) read through a host reader; or a ReadableStream. `.body` turns
+  // the first two into a ReadableStream on demand, so bodies nobody streams
+  // never pay for one, and a host body nobody touched can be handed back to
+  // the host whole (passed through without entering JavaScript).
+  // readers: { handle, read() -> Promise<Uint8Array|null>, readAll() -> Promise<Uint8Array>, release() }
+  const streamClasses = () => internals.streams;
+  // Streams made over a host reader: if one is used as a body untouched, the
+  // host body itself is used (a request body forwarded to fetch(), say).
+  const hostStreams = new WeakMap();
+  const EMPTY = new Uint8Array(0);
+
   class BodySource {
-    #bytes; // Uint8Array owned by this source, or null once taken / if lazy
-    #pull; // () => Promise<bytes>, for bodies produced on demand (host)
+    #bytes = null;
+    #reader = null;
+    #stream = null;
     #disturbed = false;
     #locked = false;
 
-    constructor(bytes, pull = null) {
+    constructor(bytes, reader = null, stream = null) {
       this.#bytes = bytes;
-      this.#pull = pull;
+      this.#reader = reader;
+      this.#stream = stream;
+    }
+
+    static fromStream(stream) {
+      return new BodySource(null, null, stream);
     }
 
     get locked() {
-      return this.#locked;
+      return this.#stream !== null ? this.#stream.locked : this.#locked;
     }
 
     get disturbed() {
-      return this.#disturbed;
+      return this.#stream !== null ? this.#stream._disturbed === true || this.#disturbed : this.#disturbed;
+    }
+
+    // The body as a ReadableStream (made on first use).
+    get stream() {
+      if (this.#stream !== null) return this.#stream;
+      const { ReadableStream } = streamClasses();
+      const reader = this.#reader;
+      if (reader !== null) {
+        this.#reader = null;
+        const stream = this.#stream = new ReadableStream({
+          type: 'bytes',
+          async pull(controller) {
+            const chunk = await reader.read();
+            if (chunk === null) {
+              controller.close();
+              const request = controller.byobRequest;
+              if (request) request.respond(0);
+            } else {
+              controller.enqueue(chunk);
+            }
+          },
+          cancel() { reader.release(); },
+        });
+        hostStreams.set(stream, reader);
+      } else {
+        const bytes = this.#bytes ?? EMPTY;
+        this.#bytes = null;
+        this.#stream = new ReadableStream({
+          type: 'bytes',
+          start(controller) {
+            if (bytes.length) controller.enqueue(bytes);
+            controller.close();
+          },
+        });
+      }
+      if (this.#disturbed) this.#stream._disturbed = true;
+      return this.#stream;
     }
 
     // Resolves with the whole body; the caller owns the returned bytes.
     async readAll() {
-      if (this.#disturbed || this.#locked) throw bodyUsedError();
+      if (this.disturbed || this.locked) throw bodyUsedError();
       this.#disturbed = true;
+      if (this.#stream !== null) return readStream(this.#stream);
       return this.#take();
     }
 
     async #take() {
-      let bytes = this.#bytes;
-      this.#bytes = null;
-      if (bytes === null) {
-        const pull = this.#pull;
-        this.#pull = null;
-        if (pull === null) return new Uint8Array(0);
-        const result = await pull();
-        const view = bufferSourceBytes(result);
-        if (view === null) throw new TypeError('Body reader must produce a Uint8Array.');
-        bytes = ownedBytes(view);
+      const reader = this.#reader;
+      if (reader !== null) {
+        this.#reader = null;
+        return reader.readAll();
       }
+      const bytes = this.#bytes ?? EMPTY;
+      this.#bytes = null;
       return bytes;
     }
 
-    // Two independent sources over the same data. Like ReadableStream.tee()
-    // it locks this one; the data is fetched once, when a branch first reads.
-    tee() {
-      if (this.#disturbed || this.#locked) throw bodyUsedError();
+    // For the host: the untouched host body's handle (this source is used up),
+    // or 0 when the body has to be produced by JavaScript.
+    takeHandle() {
+      if (this.#reader === null || this.#stream !== null || this.disturbed || this.locked) return 0;
+      const handle = this.#reader.handle;
+      this.#reader = null;
+      this.#disturbed = true;
       this.#locked = true;
-      let all = null;
-      const read = () => (all ??= this.#take());
-      const branch = () => new BodySource(null, async () => (await read()).slice());
-      return [branch(), branch()];
+      return handle;
+    }
+
+    // The bytes, if they are already in memory and nobody streamed them.
+    peekBytes() {
+      return this.#stream === null && this.#reader === null ? (this.#bytes ?? EMPTY) : null;
+    }
+
+    // Two independent sources over the same data, like ReadableStream.tee().
+    tee() {
+      if (this.disturbed || this.locked) throw bodyUsedError();
+      const bytes = this.peekBytes();
+      if (bytes !== null) return [new BodySource(bytes), new BodySource(bytes.slice())];
+      const [a, b] = this.stream.tee();
+      return [BodySource.fromStream(a), BodySource.fromStream(b)];
     }
 
     // Moves the content into a new source and leaves this one used up, as
     // workerd does when a Request is constructed from another Request.
     detach() {
-      if (this.#disturbed || this.#locked) throw bodyUsedError();
-      const moved = new BodySource(this.#bytes, this.#pull);
+      if (this.disturbed || this.locked) throw bodyUsedError();
+      const moved = new BodySource(this.#bytes, this.#reader, this.#stream);
       this.#bytes = null;
-      this.#pull = null;
+      this.#reader = null;
+      this.#stream = null;
       this.#disturbed = true;
       this.#locked = true;
       return moved;
@@ -1099,6 +1163,30 @@ globalThis.__warrenWebAPI = function install(global, internals) {
     value: 'BodySource', writable: false, enumerable: false, configurable: true,
   });
 
+  async function readStream(stream) {
+    const reader = stream.getReader();
+    const chunks = [];
+    let total = 0;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const bytes = bufferSourceBytes(value);
+      if (bytes === null) throw new TypeError('This ReadableStream did not return bytes.');
+      chunks.push(bytes);
+      total += bytes.length;
+    }
+    if (chunks.length === 1) return ownedBytes(chunks[0]);
+    const joined = new Uint8Array(total);
+    let at = 0;
+    for (const chunk of chunks) { joined.set(chunk, at); at += chunk.length; }
+    return joined;
+  }
+
+  function isReadableStream(o) {
+    const classes = internals.streams;
+    return classes !== undefined && o instanceof classes.ReadableStream;
+  }
+
   const isUnusable = (source) => source !== null && (source.disturbed || source.locked);
 
   // Fetch "extract a body": returns the source and its default Content-Type.
@@ -1107,13 +1195,24 @@ globalThis.__warrenWebAPI = function install(global, internals) {
       return { source: new BodySource(utf8Encode(init)), type: 'text/plain;charset=UTF-8' };
     }
     if (typeof init === 'object' && init !== null) {
-      if (BodySource.isSource(init)) {
-        if (isUnusable(init)) {
-          throw new TypeError('This body has already been used and cannot be used as a body.');
+      if (isReadableStream(init)) {
+        if (init.locked || init._disturbed === true) {
+          throw new TypeError('This ReadableStream is disturbed (has already been read from) or locked, and cannot be used as a body.');
         }
-        // Shared, like a ReadableStream passed to new Response(): reading
-        // either side consumes it for both.
-        return { source: init, type: null };
+        const reader = hostStreams.get(init);
+        if (reader !== undefined && !init.locked && init._disturbed !== true) {
+          init.getReader(); // locked for good, as using a stream as a body does
+          return { source: new BodySource(null, reader), type: null };
+        }
+        return { source: BodySource.fromStream(init), type: null };
+      }
+      if (internals.isBlob !== undefined && internals.isBlob(init)) {
+        const type = `${init.type}`;
+        return { source: new BodySource(internals.blobBytes(init)), type: type === '' ? null : type };
+      }
+      if (internals.isFormData !== undefined && internals.isFormData(init)) {
+        const { bytes, contentType } = internals.serializeFormData(init);
+        return { source: new BodySource(bytes), type: contentType };
       }
       const bytes = bufferSourceBytes(init);
       if (bytes !== null) return { source: new BodySource(bytes.slice()), type: null };
@@ -1148,7 +1247,8 @@ globalThis.__warrenWebAPI = function install(global, internals) {
 
   const BodyMixin = {
     get body() {
-      return bodyState(this).body;
+      const source = bodyState(this).body;
+      return source === null ? null : source.stream;
     },
     get bodyUsed() {
       const source = bodyState(this).body;
@@ -1165,6 +1265,18 @@ globalThis.__warrenWebAPI = function install(global, internals) {
     },
     async text() {
       return utf8Decode(await consumeBody(this));
+    },
+    async blob() {
+      const state = bodyState(this);
+      const bytes = await consumeBody(this);
+      if (internals.makeBlob === undefined) throw new TypeError('Blob is not available.');
+      return internals.makeBlob(ownedBytes(bytes), state.headers.get('content-type') ?? '');
+    },
+    async formData() {
+      const state = bodyState(this);
+      const bytes = await consumeBody(this);
+      if (internals.parseFormData === undefined) throw new TypeError('FormData is not available.');
+      return internals.parseFormData(bytes, state.headers.get('content-type') ?? '');
     },
   };
 
@@ -2189,66 +2301,71 @@ globalThis.__warrenWebAPI = function install(global, internals) {
 
   // An incoming request. Its headers are immutable, as in Workers and the
   // Service Worker spec; `new Request(request)` gives a mutable copy.
-  internals.requestFromHost = function requestFromHost(method, url, headerPairs, readBody, cf = undefined) {
-    if (readBody !== null && readBody !== undefined && typeof readBody !== 'function') {
-      throw new TypeError('requestFromHost: readBody must be a function or null.');
-    }
+  // `reader` reads the body from the host (see BodySource), or is null.
+  internals.requestFromHost = function requestFromHost(method, url, headerPairs, reader, cf = undefined) {
     method = toByteString(method, 'requestFromHost');
     const upper = asciiUpper(method);
     return makeRequest({
       method: NORMALIZED_METHODS.has(upper) ? upper : method,
       url: parseURL(toUSVString(url), 'requestFromHost').href,
       headers: headersWithGuard(headerPairs, 'immutable'),
-      body: typeof readBody === 'function' ? new BodySource(null, readBody) : null,
+      body: reader ? new BodySource(null, reader) : null,
       redirect: 'follow',
       cf,
       signal: undefined,
     });
   };
 
+  // What the host needs to send a body: the bytes when they are in memory, a
+  // host body's handle when it passes through untouched, else the stream.
+  function bodyToHost(source) {
+    if (source === null) return { bytes: null, handle: 0, stream: null };
+    if (source.disturbed || source.locked) throw bodyUsedError();
+    const bytes = source.peekBytes();
+    if (bytes !== null) {
+      source.detach();
+      return { bytes, handle: 0, stream: null };
+    }
+    const handle = source.takeHandle();
+    if (handle !== 0) return { bytes: null, handle, stream: null };
+    return { bytes: null, handle: 0, stream: source.stream };
+  }
+  internals.bodyToHost = bodyToHost;
+
   internals.responseToHost = function responseToHost(response) {
     const state = responseState(response);
     if (state === undefined) {
       throw new TypeError('The script produced something other than a Response object.');
     }
-    const result = {
+    return {
       status: state.status,
       statusText: state.statusText,
       // The raw header list keeps every set-cookie (and repeated) header.
       headers: H.list(state.headers).map(([name, value]) => [name, value]),
-      body: null,
+      ...bodyToHost(state.body),
     };
-    if (state.body === null) return Promise.resolve(result);
-    return state.body.readAll().then((body) => {
-      result.body = body;
-      return result;
-    });
   };
 
   internals.isResponse = (x) => responseState(x) !== undefined;
   internals.isRequest = (x) => requestState(x) !== undefined;
 
-  // For a host-side fetch(): the outgoing request, with its body read.
+  // For fetch(): the outgoing request (its body as bodyToHost gives it).
   internals.requestToHost = function requestToHost(request) {
     const state = requestState(request);
     if (state === undefined) throw new TypeError('requestToHost: not a Request.');
-    const result = {
+    return {
       method: state.method,
       url: state.url,
       headers: H.list(state.headers).map(([name, value]) => [name, value]),
       redirect: state.redirect,
-      body: null,
+      signal: state.signal,
+      ...bodyToHost(state.body),
     };
-    if (state.body === null) return Promise.resolve(result);
-    return state.body.readAll().then((body) => {
-      result.body = body;
-      return result;
-    });
   };
 
-  // For a host-side fetch(): a response from the network. Headers are
-  // immutable, as Workers makes them for fetch() results.
-  internals.responseFromHost = function responseFromHost(status, statusText, headerPairs, readBody,
+  // For fetch(): a response from the network. Headers are immutable, as
+  // Workers makes them for fetch() results.
+  internals.responseFromHost = function responseFromHost(status, statusText, headerPairs, reader,
     url = '', redirected = false) {
     return makeResponse({
       type: 'default',
@@ -2257,9 +2374,13 @@ globalThis.__warrenWebAPI = function install(global, internals) {
       status: status | 0,
       statusText: toByteString(statusText ?? '', 'responseFromHost'),
       headers: headersWithGuard(headerPairs, 'immutable'),
-      body: typeof readBody === 'function' ? new BodySource(null, readBody) : null,
+      body: reader ? new BodySource(null, reader) : null,
     });
   };
+
+  // A body for runtime JavaScript (bindings): from bytes or a host reader.
+  internals.bodySource = (bytes, reader = null, stream = null) => new BodySource(bytes, reader, stream);
+  internals.isBodySource = (o) => BodySource.isSource(o);
 
   internals.bytesToLatin1 = function (u8) {
     const bytes = bufferSourceBytes(u8);
@@ -2267,6 +2388,7 @@ globalThis.__warrenWebAPI = function install(global, internals) {
     return bytesToLatin1(bytes);
   };
   internals.latin1ToBytes = (str) => latin1ToBytes(`${str}`);
+  internals.bytesOf = (value) => bufferSourceBytes(value);
   internals.formatLogArgs = (args) => formatLogArgs(safe(() => hostList(args), []));
   internals.inspect = (value) => safe(() => inspect(value), '[object (uninspectable)]');
 };
