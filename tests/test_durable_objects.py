@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import Edge, ServiceProcess
 from warren.bindings.durable_objects import DurableObjects, id_from_name, object_id_valid
-from warren.config import ConfigError, load_project
+from warren.config import ConfigError, load_project, uploaded_durable_object
 from warren.runtime import WorkerScript
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "counter"
@@ -817,6 +817,12 @@ def test_wrangler_durable_object_bindings_and_migrations(tmp_path: Path) -> None
     ]
     assert any("other" in warning for warning in project.warnings)
     assert project.script().binding("A") is not None
+    # What `warren deploy` uploads: Cloudflare's shape, script_name only for another worker's class.
+    assert [uploaded_durable_object(spec, "w") for spec in project.durable_objects] == [
+        {"type": "durable_object_namespace", "name": "A", "class_name": "A"},
+        {"type": "durable_object_namespace", "name": "B", "class_name": "Renamed"},
+        {"type": "durable_object_namespace", "name": "C", "class_name": "Elsewhere", "script_name": "other"},
+    ]
 
     for bad, message in [
         ('[[migrations]]\nnew_classes = ["A"]\n', "needs 'tag'"),

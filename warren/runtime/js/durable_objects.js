@@ -29,7 +29,7 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
   const Response = global.Response;
   const encoder = new global.TextEncoder();
   const decoder = new global.TextDecoder();
-  const getRandomValues = global.crypto.getRandomValues.bind(global.crypto);
+  const getRandomValues = internals.getRandomValues;  // reading global.crypto would make WebCrypto now (bootstrap.js)
   const utf8 = (text) => encoder.encode(text);
   const fromUtf8 = (bytes) => decoder.decode(bytes);
   const hasOwn = (object, key) => Object.prototype.hasOwnProperty.call(object, key);
