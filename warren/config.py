@@ -771,7 +771,7 @@ def durable_object_bindings(
                 )
             spec["sqlite"] = classes.get(class_name, True)
         else:
-            warnings.append(f"{at}: the class {class_name} belongs to the worker {target}, which this project is not")
+            warnings.append(f"{at}: {class_name} is a class of the worker {target} (run it: --service {target}=DIR)")
         specs.append(spec)
     return specs
 
