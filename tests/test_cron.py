@@ -227,7 +227,14 @@ def test_schedules_api_and_deploy(tmp_path: Path, spawn: Any, monkeypatch: pytes
     )
     assert deployed.returncode == 0, deployed.stderr
     assert "schedules     */5 * * * *, 0 12 * * MON" in deployed.stdout
-    api = httpx.Client(base_url=control.url + API, headers={"authorization": f"Bearer {account['token']}"}, timeout=30)
+    with httpx.Client(
+        base_url=control.url + API, headers={"authorization": f"Bearer {account['token']}"}, timeout=30
+    ) as api:
+        _check_schedules(api, account["account_id"], project, env, store)
+
+
+def _check_schedules(api: httpx.Client, account_id: str, project: Path, env: dict[str, str], store: Path) -> None:
+    account = {"account_id": account_id}
     schedules = f"/accounts/{account['account_id']}/workers/scripts/ticker/schedules"
     assert api.get(schedules).json()["result"] == {"schedules": [{"cron": "*/5 * * * *"}, {"cron": "0 12 * * MON"}]}
 
@@ -250,7 +257,6 @@ def test_schedules_api_and_deploy(tmp_path: Path, spawn: Any, monkeypatch: pytes
     assert api.put(schedules, json=[{"cron": "* * * * *"}]).is_success
     assert api.delete(f"/accounts/{account['account_id']}/workers/scripts/ticker").is_success
     assert asyncio.run(_all_schedules(store)) == []
-    api.close()
 
 
 async def _all_schedules(path: Path) -> list[tuple[str, str, list[str]]]:

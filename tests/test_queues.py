@@ -449,3 +449,81 @@ def test_queue_commands_api_and_deploy(tmp_path: Path, spawn: Any) -> None:
         assert edge.api.get(edge.path("/queues/jobs")).status_code == 404
     finally:
         edge.close()
+
+
+# -- the store itself, both backends ---------------------------------------------------------------
+
+
+def _store(url: str) -> Any:
+    from warren.store.open import open_store
+
+    return open_store(url)
+
+
+def test_queue_store_contract(store_url: str) -> None:
+    import asyncio
+
+    from warren.store import Conflict, InvalidInput, NotFound, OutgoingMessage, QueueConsumer
+
+    async def body() -> None:
+        first, second = _store(store_url), _store(store_url)
+        await first.open()
+        await second.open()
+        try:
+            account = await first.create_account("queues")
+            other = await first.create_account("others")
+            jobs = await first.create_queue(account.id, "jobs")
+            dlq = await first.create_queue(account.id, "jobs-dlq")
+            with pytest.raises(Conflict):
+                await second.create_queue(account.id, "jobs")
+            with pytest.raises(InvalidInput):
+                await first.create_queue(account.id, "Not A Name")
+            await first.create_queue(other.id, "jobs")  # names are per account
+            assert [queue.name for queue in await second.list_queues(account.id)] == ["jobs", "jobs-dlq"]
+            assert (await second.get_queue(account.id, jobs.id)) == (await second.get_queue(account.id, "jobs"))
+            assert await second.get_queue(other.id, jobs.id) is None  # another account's id
+
+            consumer = QueueConsumer(script="worker", batch_size=5, max_retries=1, dead_letter_queue="jobs-dlq")
+            updated = await first.put_queue_consumer(account.id, jobs.id, consumer)
+            assert updated.consumers[0].script == "worker" and updated.consumers[0].batch_size == 5
+            with pytest.raises(Conflict):
+                await first.put_queue_consumer(account.id, jobs.id, QueueConsumer(script="another"))
+            with pytest.raises(InvalidInput):
+                await first.put_queue_consumer(account.id, jobs.id, QueueConsumer(script="worker", batch_size=0))
+            assert [(q.name, c.script) for q, c in await second.queue_consumers()] == [("jobs", "worker")]
+
+            sent = await first.queue_send(account.id, jobs.id, [OutgoingMessage(b"one", "text"),
+                                                                  OutgoingMessage(b"\x00\xff", "bytes"),
+                                                                  OutgoingMessage(b"later", "text", delay_s=2)])
+            assert len(sent) == 3 and await first.queue_backlog(account.id, jobs.id) == 3
+            # A message is leased to one receiver: the second store gets nothing while the first holds them.
+            got = await first.queue_receive(account.id, jobs.id, 10, 30)
+            assert [(m.body, m.content_type, m.attempts) for m in got] == [(b"one", "text", 1), (b"\x00\xff", "bytes", 1)]
+            assert await second.queue_receive(account.id, jobs.id, 10, 30) == []
+            await first.queue_retry(account.id, jobs.id, [(got[0], 0)])
+            await first.queue_ack(account.id, jobs.id, [got[1]])
+            again = await second.queue_receive(account.id, jobs.id, 10, 30)
+            assert [(m.id, m.body, m.attempts) for m in again] == [(got[0].id, b"one", 2)]
+            await second.queue_dead_letter(account.id, jobs.id, again, dlq.id)
+            dead = await first.queue_receive(account.id, dlq.id, 10, 30)
+            assert [(m.id, m.body, m.attempts) for m in dead] == [(got[0].id, b"one", 1)]
+            await first.queue_ack(account.id, dlq.id, dead)
+            await asyncio.sleep(2.1)  # the delayed one comes due
+            later = await second.queue_receive(account.id, jobs.id, 10, 30)
+            assert [m.body for m in later] == [b"later"]
+            await second.queue_ack(account.id, jobs.id, later)
+            assert await first.queue_backlog(account.id, jobs.id) == 0
+
+            assert await first.delete_queue_consumer(account.id, jobs.id, "worker")
+            assert not await first.delete_queue_consumer(account.id, jobs.id, "worker")
+            assert await second.queue_consumers() == []
+            assert await first.delete_queue(account.id, jobs.id)
+            assert not await first.delete_queue(account.id, jobs.id)
+            assert await second.get_queue(account.id, "jobs") is None
+            with pytest.raises(NotFound):
+                await second.queue_send(account.id, jobs.id, [OutgoingMessage(b"x", "text")])
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(body())

@@ -11,6 +11,10 @@ so: it is *stale* once it has not heard the store's revision for
 ``stale_after`` seconds (or the store reports its connection down). The admin
 port answers ``/healthz`` with that (JSON, 200 once any state has loaded) beside
 ``/metrics`` (``warren_store_stale``, ``warren_store_last_sync_seconds``).
+
+It also runs the node's triggers (issue #10, ``warren.triggers``): the cron
+scheduler and the queue consumers, and answers service bindings and queue sends
+(``warren.bindings.service``, ``warren.bindings.queues``).
 """
 
 from __future__ import annotations

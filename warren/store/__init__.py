@@ -3,7 +3,8 @@
 Owns: accounts, API tokens (only their SHA-256 is kept), immutable script
 versions and their modules (blobs, content-addressed by SHA-256), deployments,
 secrets, routes, KV namespaces and their contents (KV data: records with
-last-write-wins stamps, ``warren.store.kv_data``; never the revision), the revision
+last-write-wins stamps, ``warren.store.kv_data``; never the revision), queues (records,
+consumers and messages), cron schedules and their claims, the revision
 counter edge nodes poll, and the one consistent snapshot they serve from
 (``edge_state``). Validation of everything stored lives here too
 (``warren.store.validation``), so no caller can write what the API would refuse.
@@ -171,8 +172,9 @@ class Store(Protocol):
         notifications may have been lost (for one namespace, or all with ``namespace_id`` None)."""
         ...
 
-    # == queues and cron triggers (issue #10): queue records and schedules are configuration
-    # (they move the revision); messages and cron claims are data (they never do) ==========
+    # == queues and cron triggers (issue #10): edge nodes re-read queue records and schedules
+    # on a timer (warren.triggers; on SQLite their writes also move the revision, waking them);
+    # messages and cron claims are data and never move it ====================================
     async def create_queue(self, account_id: str, name: str) -> Queue:
         """Conflict if the account has a queue of that name."""
         ...

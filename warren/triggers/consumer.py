@@ -133,7 +133,9 @@ class QueueConsumers:
                 self.echo(f"✘ reading queue consumers failed: {exc!r}")
                 wanted = {key: (running.queue, running.consumer) for key, running in self._running.items()}
             for key, running in list(self._running.items()):
-                if wanted.get(key) != (running.queue, running.consumer) or running.task.done():
+                # A consumer whose settings are unchanged keeps running (its batch in progress too).
+                queue, consumer = wanted.get(key, (None, None))
+                if consumer != running.consumer or queue is None or running.task.done():
                     running.task.cancel()
                     del self._running[key]
             for key, (queue, consumer) in wanted.items():
@@ -194,6 +196,9 @@ class QueueConsumers:
         keeper = asyncio.get_running_loop().create_task(self._keep_leases(queue, batch))
         try:
             outcome, decisions = await self._invoke(queue, consumer, batch)
+        except Exception as exc:  # the batch could not run (a redeploy under way, say): it is retried
+            self.echo(f"✘ queue {queue.name}: delivering a batch failed: {exc!r}")
+            outcome, decisions = "exception", None
         finally:
             keeper.cancel()
         self.batches += 1
