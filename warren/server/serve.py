@@ -475,10 +475,14 @@ async def serve(
     metrics.registry.register(store_collector(node))
     control_app: Any = None
     try:
+        servers = []
+        if admin_port is not None:  # first: /healthz answers 503 while the initial state loads
+            admin = await listen(admin_app(node, metrics.asgi_app()), host, admin_port)
+            servers.append(admin)
+            echo(f"Metrics on http://{host}:{admin.port}/metrics, health on http://{host}:{admin.port}/healthz")
         await node.start()
         triggers.start(node)
         await objects.start()  # after the node knows its versions: due alarms fire at once
-        servers = []
         if control_port is not None:
             from warren.control import create_app
 
@@ -486,10 +490,6 @@ async def serve(
             control = await listen(control_app, host, control_port)
             servers.append(control)
             echo(f"Control-plane API on http://{host}:{control.port}")
-        if admin_port is not None:
-            admin = await listen(admin_app(node, metrics.asgi_app()), host, admin_port)
-            servers.append(admin)
-            echo(f"Metrics on http://{host}:{admin.port}/metrics, health on http://{host}:{admin.port}/healthz")
         visitors = Visitors(named or socket.gethostname(), geoip_paths)
         edge = await listen(EdgeApp(supervisor, node.resolve, visitors=visitors), host, port, date_header=False)
         servers.append(edge)
