@@ -119,16 +119,28 @@ class Edge:
     def __init__(self, **supervisor: Any) -> None:
         self.logs: list[tuple[str, str, str]] = []
         self.metering: dict[str, dict[str, Any]] = {}
+        self.finished: dict[str, int] = {}  # per worker name, invocations whose metering arrived
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self.supervisor = Supervisor(
             on_log=lambda *entry: self.logs.append(entry),
-            on_done=lambda name, exchange, *_: self.metering.__setitem__(name, exchange.metering),
+            on_done=lambda name, exchange, *_: self._done(name, exchange.metering),
             **supervisor,
         )
         self._server: uvicorn.Server | None = None
         self.port = self.run(self._start())
+
+    def _done(self, name: str, metering: dict[str, Any]) -> None:
+        self.metering[name] = metering
+        self.finished[name] = self.finished.get(name, 0) + 1
+
+    def metering_after(self, name: str, count: int, timeout: float = 5.0) -> dict[str, Any]:
+        """The metering of ``name``'s invocation number ``count`` + 1 (DONE may trail the response)."""
+        deadline = time.monotonic() + timeout
+        while self.finished.get(name, 0) <= count and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return self.metering.get(name, {})
 
     def run(self, coroutine: Any, timeout: float = 120) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cold_start import Edge, get, percentile, rss_kib  # noqa: E402
+from cold_start import Edge, get, percentile, rss_kib
 
 SCRIPT = """\
 export default {{
@@ -110,7 +110,10 @@ class Census:
 
     def line(self) -> str:
         rows = self.take()
-        parts = [f"p{i} {rss / 1024:7.0f} MiB {isolates:5d} iso {evicted:5d} ev" for i, (_, rss, isolates, evicted) in enumerate(rows)]
+        parts = [
+            f"p{i} {rss / 1024:7.0f} MiB {isolates:5d} iso {evicted:5d} ev"
+            for i, (_, rss, isolates, evicted) in enumerate(rows)
+        ]
         return " | ".join(parts)
 
     def per_isolate_mib(self) -> tuple[float, int, float]:
@@ -195,9 +198,10 @@ def run(edge: Edge, args: argparse.Namespace, budget_mib: float, started: float)
                     wrong.append(index)
             served = chunk.stop
             latencies += chunk_latencies
+            p50 = percentile([v * 1000 for v in chunk_latencies], 0.5) if chunk_latencies else 0.0
             print(
                 f"{served:6,} tenants: {census.line()} | avail {mem_available_mib():6,.0f} MiB | "
-                f"cold 1st req p50 {percentile([v * 1000 for v in chunk_latencies], 0.5) if chunk_latencies else 0:.1f} ms"
+                f"cold 1st req p50 {p50:.1f} ms"
             )
     elapsed = time.perf_counter() - loading
     if stopped:
@@ -217,10 +221,11 @@ def run(edge: Edge, args: argparse.Namespace, budget_mib: float, started: float)
         print(f"\n{title}")
         print(f"  runtime processes: {census.line()}")
         print(f"  RSS {total:,.0f} MiB in all, {isolates:,} isolates resident, {evicted:,} evicted so far")
-        print(f"  where it goes: {base_total:,.0f} MiB with no tenant; per resident isolate {per_isolate:.2f} MiB of RSS,")
+        print(f"  where it goes: {base_total:,.0f} MiB with no tenant; {per_isolate:.2f} MiB RSS per resident isolate,")
         print(f"    of which JS heap and buffers {heap:.2f} MiB (metered after each tenant's last request)")
         print(f"    and {per_isolate - heap:.2f} MiB V8's own per-isolate structures, malloc and warren's objects")
-        print(f"  supervisor (this process, {len(edge.supervisor.scripts):,} scripts known): {rss_kib(os.getpid()) / 1024:,.0f} MiB")
+        supervisor = rss_kib(os.getpid()) / 1024
+        print(f"  supervisor (this process, {len(edge.supervisor.scripts):,} scripts known): {supervisor:,.0f} MiB")
 
     memory_report(f"just after serving {served:,} tenants once:")
     if args.settle > 0:
@@ -242,15 +247,16 @@ def run(edge: Edge, args: argparse.Namespace, budget_mib: float, started: float)
         timings = []
         cold = 0
         for index in indices:
+            seen = edge.finished.get(f"t{index}", 0)
             _, elapsed, ok = request(edge, index)
             if ok:
                 timings.append(elapsed)
-                cold += bool(edge.metering.get(f"t{index}", {}).get("cold"))
+                cold += bool(edge.metering_after(f"t{index}", seen).get("cold"))
         print(f"  {title:34} {ms(timings)}, {cold} of {len(timings)} started an isolate")
 
     count = min(args.revisit, served // 2)
     if count:
-        print(f"\nrequests again, one at a time (new connection each):")
+        print("\nrequests again, one at a time (new connection each):")
         revisit(f"oldest {count} (evicted first)", range(count))
         revisit(f"newest {count} (resident)", range(served - count, served))
         if evicted:

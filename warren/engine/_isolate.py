@@ -170,7 +170,11 @@ class _V8Api:
     """The few V8 C++ entry points stpyv8 does not expose, called by symbol."""
 
     def __init__(self, library_path: str, version: str) -> None:
-        lib = ctypes.CDLL(library_path)
+        # Calls that return at once keep the GIL (PyDLL): releasing and taking it
+        # back around each costs ~35 us while another thread runs Python, and
+        # one runs with every slice. Calls that run for long release it (CDLL).
+        lib = ctypes.PyDLL(library_path)
+        slow = ctypes.CDLL(library_path)
         self.get_current = lib._ZN2v87Isolate10GetCurrentEv
         self.get_current.restype = ctypes.c_void_p
         self.get_current.argtypes = []
@@ -180,7 +184,7 @@ class _V8Api:
         self.cancel_terminate.argtypes = [ctypes.c_void_p]
         self.add_near_heap_limit = lib._ZN2v87Isolate24AddNearHeapLimitCallbackEPFmPvmmES1_
         self.add_near_heap_limit.argtypes = [ctypes.c_void_p, _NearHeapLimitCallback, ctypes.c_void_p]
-        self.low_memory_notification = lib._ZN2v87Isolate21LowMemoryNotificationEv
+        self.low_memory_notification = slow._ZN2v87Isolate21LowMemoryNotificationEv
         self.low_memory_notification.argtypes = [ctypes.c_void_p]
         self.set_oom_handler = lib._ZN2v87Isolate18SetOOMErrorHandlerEPFvPKcRKNS_10OOMDetailsEE
         self.set_oom_handler.argtypes = [ctypes.c_void_p, _OOMErrorCallback]
@@ -193,7 +197,7 @@ class _V8Api:
         self.shared: _SharedSourceApi | None = None
         if version == _V8_VERSION_CHECKED:
             try:
-                self.shared = _SharedSourceApi(lib)
+                self.shared = _SharedSourceApi(lib, slow)
             except (AttributeError, ValueError):  # a symbol missing: every isolate copies the text
                 self.shared = None
 
@@ -226,16 +230,17 @@ class _SharedSourceApi:
     """
 
     _VTABLE = "_ZTVN2v88internal20SimpleStringResourceIcNS_6String29ExternalOneByteStringResourceEEE"
-    _VTABLE_WORDS = 11  # offset to top, type info, 2 destructors, IsCacheable, Unaccount, Dispose, Lock, Unlock, data, length
+    # offset to top, type info, 2 destructors, IsCacheable, Unaccount, Dispose, Lock, Unlock, data, length
+    _VTABLE_WORDS = 11
     _DISPOSE, _LOCK = 6, 7
     _SCOPE_BYTES = 64  # v8::HandleScope is 3 words, v8::TryCatch 6: room to spare
     _TRY_CATCH_BYTES = 256
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
+    def __init__(self, lib: ctypes.CDLL, slow: ctypes.CDLL) -> None:
         pointer = ctypes.c_void_p
 
-        def function(symbol: str, restype: Any, *argtypes: Any) -> Any:
-            found = lib[symbol]
+        def function(symbol: str, restype: Any, *argtypes: Any, releases_gil: bool = False) -> Any:
+            found = (slow if releases_gil else lib)[symbol]
             found.restype = restype
             found.argtypes = list(argtypes)
             return found
@@ -256,9 +261,9 @@ class _SharedSourceApi:
         )
         self.compile = function(
             "_ZN2v86Script7CompileENS_5LocalINS_7ContextEEENS1_INS_6StringEEEPNS_12ScriptOriginE",
-            pointer, pointer, pointer, pointer,
+            pointer, pointer, pointer, pointer, releases_gil=True,
         )
-        self.run = function("_ZN2v86Script3RunENS_5LocalINS_7ContextEEE", pointer, pointer, pointer)
+        self.run = function("_ZN2v86Script3RunENS_5LocalINS_7ContextEEE", pointer, pointer, pointer, releases_gil=True)
         original = (ctypes.c_void_p * self._VTABLE_WORDS).from_address(
             ctypes.addressof(ctypes.c_void_p.in_dll(lib, self._VTABLE))
         )

@@ -24,8 +24,8 @@ globalThis.__warrenBlob = function install(global, internals) {
   const utf8Encode = (s) => encodeMethod.call(encoder, s);
   const utf8Decode = (bytes) => decodeMethod.call(decoder, bytes);
   const utf8DecodeKeepingBOM = (bytes) => decodeMethod.call(decoderKeepingBOM, bytes);
-  const crypto = global.crypto;
-  const getRandomValues = crypto && crypto.getRandomValues;
+  // The runtime's own, made on first use (bootstrap.js): reading global.crypto here would make it now.
+  const getRandomValues = internals.getRandomValues;
 
   const EMPTY = new Uint8Array(0);
   const STREAM_CHUNK = 65536;
@@ -410,7 +410,7 @@ globalThis.__warrenBlob = function install(global, internals) {
 
   function boundary() {
     const random = new Uint8Array(12);
-    if (typeof getRandomValues === 'function') getRandomValues.call(crypto, random);
+    if (typeof getRandomValues === 'function') getRandomValues(random);
     else for (let i = 0; i < random.length; i++) random[i] = Math.random() * 256;
     let hex = '';
     for (const b of random) hex += (b < 16 ? '0' : '') + b.toString(16);

@@ -68,6 +68,7 @@
       ours.add(accessors.get);
       Object.defineProperty(globalThis, name, { ...accessors, configurable: true, enumerable: false });
     }
+    return materialize;
   }
 
   // --- clocks --------------------------------------------------------------
@@ -699,7 +700,19 @@
   // before anyone owns them; configure() makes one a given worker's.
   function init() {
     installWebAPIs(globalThis, internals);
-    installCrypto(globalThis, internals, (operation, args, data) => host.crypto(operation, args, data));
+    // WebCrypto is ~100 KB of objects per isolate: made when a tenant first
+    // touches it, or the runtime needs random bytes (internals.getRandomValues).
+    let randomValues = null;
+    const makeCrypto = defineLazyGlobals(["crypto", "Crypto", "SubtleCrypto", "CryptoKey"], () => {
+      installCrypto(globalThis, internals, (operation, args, data) => host.crypto(operation, args, data));
+      const crypto = globalThis.crypto;
+      randomValues = crypto.getRandomValues.bind(crypto);
+      if (internals.streams !== undefined) internals.upgradeDigestStream(internals.streams.WritableStream);
+    });
+    internals.getRandomValues = (array) => {
+      makeCrypto();
+      return randomValues(array);
+    };
     installEvents(globalThis, internals);
     installBlob(globalThis, internals);
     installEncodingStreams(globalThis, internals);
@@ -740,7 +753,7 @@
     defineLazyGlobals(["URLPattern"], () => defineGlobal("URLPattern", vendor.loadURLPattern()));
     for (const [name, value] of Object.entries(vendor.streams)) defineGlobal(name, value);
     internals.streams = vendor.streams;
-    internals.upgradeDigestStream(vendor.streams.WritableStream);
+    if (internals.upgradeDigestStream !== undefined) internals.upgradeDigestStream(vendor.streams.WritableStream);
     // fflate loads on the first CompressionStream or DecompressionStream.
     Object.defineProperty(internals, "compression", { get: vendor.loadCompression });
     const clone = vendor.structuredClone;
