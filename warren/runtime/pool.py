@@ -40,6 +40,7 @@ HOST_FUNCTIONS = {
     "abortBody": "_host_abort_body",
     "asset": "_host_asset",
     "callSync": "_host_call_sync",
+    "webSocket": "_host_websocket",
 }
 
 
@@ -84,6 +85,7 @@ def prepare_isolate(memory_mb: int = DEFAULT_MEMORY_MB) -> PreparedIsolate:
             "js/queues.js",
             "js/kv.js",
             "js/durable_objects.js",
+            "js/websocket.js",
             "js/bootstrap.js",
         ):
             isolate.run_shared_script(runtime_js(name), f"warren:{name}", cpu_budget_ms=STARTUP_CPU_MS)

@@ -40,6 +40,7 @@ from warren.runtime.script import (
     WorkerScript,
 )
 from warren.runtime.subrequests import Fetcher, SubrequestError
+from warren.runtime.websockets import NO_SOCKET_101, WebSocketHost
 
 # Limits on calls from the isolate; they are the bindings' rules, enforced here
 # because the worker counts its invocations' operations.
@@ -122,6 +123,7 @@ class IncomingRequest:
     # (arguments in the body), for event "queue" the queue (the batch in the body).
     entrypoint: str = ""
     name: str = ""
+    websocket: bool = False  # an upgrade from the edge: may be answered 101 with a WebSocket
 
 
 @dataclass
@@ -130,6 +132,7 @@ class _Invocation:
     reply: Reply
     started: float = field(default_factory=time.monotonic)
     cpu_seconds: float = 0.0
+    cpu_base: float = 0.0  # cpu_seconds when its current event began (a WebSocket message starts one)
     responded: bool = False
     finished: bool = False
     outcome: str = "ok"
@@ -204,6 +207,7 @@ class Worker:
         self.cpu_seconds_total = 0.0
         self.last_used = time.monotonic()
         self._compacted_at = -1.0
+        self._sockets = WebSocketHost(self)  # its invocations' WebSockets (warren.runtime.websockets)
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -378,7 +382,7 @@ class Worker:
                 if not charged:
                     budget = TRANSFER_BUDGET_MS
                 elif invocation is not None:
-                    budget = max(0.0, self.script.cpu_ms - invocation.cpu_seconds * 1000.0)
+                    budget = max(0.0, self.script.cpu_ms - (invocation.cpu_seconds - invocation.cpu_base) * 1000.0)
                 self._current = request_id
                 self._log_bytes.pop(None, None)
                 failure: BaseException | None = None
@@ -554,6 +558,13 @@ class Worker:
     def _host_done(self, request_id: int) -> None:
         self._effects.append(("done", int(request_id)))
 
+    def _host_websocket(self, action: str, a: Any = None, b: Any = None, c: Any = None) -> Any:
+        return self._sockets.host_call(str(action), a, b, c)
+
+    def websocket_event(self, request_id: int, event: str, *args: Any) -> None:
+        """A message or close from the client of the WebSocket coupled to ``request_id``."""
+        self._sockets.incoming(request_id, event, args)
+
     # --- applying effects on the loop ---------------------------------------------------
 
     def _apply_effects(self) -> None:
@@ -569,6 +580,8 @@ class Worker:
                     self._log_sink(level, message)
             elif kind == "op":
                 self._start_op(*effect[1:])
+            elif kind == "ws":
+                self._sockets.apply(*effect[1:])
             elif kind == "cancel":
                 self._cancel_ops(effect[1].__eq__)
             elif kind == "sink":
@@ -633,6 +646,10 @@ class Worker:
         if headers is None or not 100 <= status <= 999:
             # Only a script that tampered with the runtime's own JavaScript gets here.
             invocation.reply.log("error", "The worker produced a malformed response.")
+            self._fail_invocation(invocation, 500, THREW, "exception", finish=False)
+            return
+        if status == 101:  # only a WebSocket coupled to this request answers 101 (warren.runtime.websockets)
+            invocation.reply.log("error", NO_SOCKET_101)
             self._fail_invocation(invocation, 500, THREW, "exception", finish=False)
             return
         invocation.responded = True

@@ -11,6 +11,7 @@ from typing import Any
 
 from warren.server.supervisor import Exchange, Supervisor
 from warren.server.visitor import Visitors
+from warren.server.websockets import serve_websocket
 
 MAX_REQUEST_BODY = 100 * 1024 * 1024
 MAX_HEADER_BYTES = 128 * 1024
@@ -92,8 +93,11 @@ class EdgeApp:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        if scope["type"] == "websocket":
+            await serve_websocket(self, scope, receive, send)  # warren.server.websockets
+            return
         if scope["type"] != "http":
-            return  # WebSockets arrive with a later issue; returning closes the socket
+            return
         await self._http(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -37,6 +37,11 @@ class Kind(enum.IntEnum):
     LOG = 25  # {script, level, message}
     DONE = 26  # {outcome, cpu_ms, wall_ms}
     CALL = 27  # a binding call from an isolate, on its request's stream (warren.bindings.encode_message)
+    # either way, on an accepted WebSocket's stream (payloads: warren.server.websockets)
+    WS_MESSAGE = 40  # kind byte (1 text, 2 binary) + the message
+    WS_CLOSE = 41  # {code, reason, error?}: this side closed (error: the edge refused a message)
+    # runtime -> supervisor
+    WS_ACK = 42  # {bytes}: the isolate took a message of the client's; the edge may read more
 
 
 def encode(kind: Kind, stream: int, payload: bytes = b"") -> bytes:

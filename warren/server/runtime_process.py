@@ -28,6 +28,7 @@ from warren.runtime import Compiler, IncomingRequest, ScriptLoadError, Worker, W
 from warren.runtime.bodies import QueueBody
 from warren.runtime.pool import DEFAULT_POOL_SIZE, IsolatePool
 from warren.runtime.subrequests import Fetcher, SubrequestPolicy
+from warren.server import websockets
 from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
 
 ACTIVITY_SLOTS = 16
@@ -144,6 +145,19 @@ class _FrameReply:
 
     def end(self) -> None:
         self._runtime.send(encode(Kind.END, self._stream))
+
+    # An accepted WebSocket's frames (warren.runtime.websockets); what the client has not
+    # taken counts as unconfirmed, as response body bytes do.
+    def ws_message(self, binary: bool, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.unconfirmed += len(data) + websockets.MESSAGE_OVERHEAD
+        self._runtime.send(encode(Kind.WS_MESSAGE, self._stream, websockets.encode_message(binary, data)))
+
+    def ws_close(self, code: int, reason: str) -> None:
+        self._runtime.send(encode(Kind.WS_CLOSE, self._stream, websockets.encode_close(code, reason)))
+
+    def ws_ack(self, count: int) -> None:
+        self._runtime.send(encode(Kind.WS_ACK, self._stream, websockets.encode_ack(count)))
 
     def error(self, status: int, message: str) -> None:
         self._runtime.send(encode_json(Kind.ERROR, self._stream, {"status": status, "message": message}))
@@ -390,6 +404,11 @@ class RuntimeServer:
             future = self._workers.get(key) if key else None
             if future is not None and future.done() and future.exception() is None:
                 future.result().cancel(stream)
+        elif kind in (Kind.WS_MESSAGE, Kind.WS_CLOSE):  # from the client of an accepted WebSocket
+            key = self._stream_keys.get(stream)
+            future = self._workers.get(key) if key else None
+            if future is not None and future.done() and future.exception() is None:
+                future.result().websocket_event(stream, *websockets.decode_incoming(kind, payload))
         elif kind == Kind.LOAD:
             message = json.loads(payload)
             key = message["key"]
@@ -456,6 +475,7 @@ class RuntimeServer:
             entrypoint=str(head.get("entrypoint", "")),
             name=str(head.get("name", "")),
             cf=head.get("cf") if isinstance(head.get("cf"), dict) else None,
+            websocket=bool(head.get("websocket")),
         )
         worker.fetch(request, reply)
 

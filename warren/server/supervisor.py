@@ -236,6 +236,9 @@ class RuntimeProcess:
         exchange = self.exchanges.get(stream)
         if exchange is None:
             return
+        if kind in (Kind.WS_MESSAGE, Kind.WS_CLOSE, Kind.WS_ACK):  # an accepted WebSocket's (warren.server.websockets)
+            exchange.events.put_nowait(("ws", kind, payload))
+            return
         if kind in (Kind.HEAD, Kind.ERROR):
             # Either one settles the response, so a crash from now on cannot replay it.
             exchange.head_received = True

@@ -27,6 +27,9 @@
   // Durable Objects (durable_objects.js): issue #8.
   const installDurableObjects = globalThis.__warrenDurableObjects;
   delete globalThis.__warrenDurableObjects;
+  // WebSocketPair, WebSocket and their events (websocket.js).
+  const installWebSocket = globalThis.__warrenWebSocket;
+  delete globalThis.__warrenWebSocket;
   delete globalThis.__warrenHost;
   delete globalThis.__warrenWebAPI;
   delete globalThis.__warrenCrypto;
@@ -648,6 +651,7 @@
         if (response.type === "error") throw new TypeError("The worker returned Response.error().");
         const out = internals.responseToHost(response);
         const headers = JSON.stringify(out.headers);
+        if (out.webSocket) return internals.respondWebSocket(requestId, out.webSocket, headers);
         if (out.handle) {
           host.respond(requestId, out.status, out.statusText || "", headers, null, 0, out.handle);
         } else if (out.stream !== null) {
@@ -722,6 +726,7 @@
     installServices(globalThis, internals);
     installQueues(globalThis, internals);
     installDurableObjects(globalThis, internals);
+    installWebSocket(globalThis, internals, (action, a, b, c) => host.webSocket(action, a, b, c), defineLazyGlobals);
     internals.hostAsset = (name) => host.asset(name);
     internals.reportError = (error) => reportException(error, "microtask");
     // For runtime JavaScript (AbortSignal.timeout, ...): immune to tenants replacing the globals.
@@ -872,6 +877,7 @@
       case "rpc": return dispatchRpc(a, b, c, d);
       case "queue": return dispatchQueue(a, b, c);
       case "object": return dispatchObject(a, b, c);
+      case "ws": return internals.webSocketEvent(a, b, c, d, e);
       case "forget": return forget(a);
       case "runtimeLoad": return runtimeLoaders[a]?.();
       case "init": return init();

@@ -1465,7 +1465,14 @@ globalThis.__warrenWebAPI = function install(global, internals) {
     status = status === undefined ? 200 : toUnsignedShort(status);
     let statusText = dict.statusText;
     statusText = statusText === undefined ? '' : toByteString(statusText, what);
-    if (status < 200 || status > 599) {
+    // Workers' `webSocket` (websocket.js): the client's end of a WebSocketPair, with status 101 only.
+    const webSocket = dict.webSocket ?? null;
+    if (webSocket !== null) {
+      if (!internals.isWebSocket?.(webSocket)) {
+        throw new TypeError(`${what}: member webSocket is not of type 'WebSocket'.`);
+      }
+      if (status !== 101) throw new RangeError('Responses with a WebSocket must have status code 101.');
+    } else if (status < 200 || status > 599) {
       throw new RangeError(`${what}: The status provided (${status}) is outside the range [200, 599].`);
     }
     if (!REASON_PHRASE_RE.test(statusText)) throw new TypeError(`${what}: Invalid statusText.`);
@@ -1480,7 +1487,7 @@ globalThis.__warrenWebAPI = function install(global, internals) {
     }
     return {
       type: 'default', url: '', redirected: false, status, statusText, headers,
-      body: extracted === null ? null : extracted.source,
+      body: extracted === null ? null : extracted.source, webSocket,
     };
   }
 
@@ -1555,8 +1562,13 @@ globalThis.__warrenWebAPI = function install(global, internals) {
       return this.#state.headers;
     }
 
+    get webSocket() {
+      return this.#state.webSocket ?? null;
+    }
+
     clone() {
       const state = this.#state;
+      if (state.webSocket) throw new TypeError('Cannot clone a response to a WebSocket handshake.');
       if (isUnusable(state.body)) {
         throw new TypeError("Failed to execute 'clone' on 'Response': Response body is already used");
       }
@@ -2343,6 +2355,7 @@ globalThis.__warrenWebAPI = function install(global, internals) {
       // The raw header list keeps every set-cookie (and repeated) header.
       headers: H.list(state.headers).map(([name, value]) => [name, value]),
       ...bodyToHost(state.body),
+      webSocket: state.webSocket ?? null,
     };
   };
 

@@ -1,0 +1,240 @@
+"""The host side of a worker's WebSockets, inside its runtime process.
+
+``js/websocket.js`` keeps the JavaScript side (``WebSocketPair``, ``WebSocket``,
+the events). When a fetch handler answers an upgrade with ``new Response(null,
+{status: 101, webSocket: client})``, the end the worker kept (the *server* end)
+is coupled to that invocation: its ``send``/``close`` become effects sent on the
+invocation's stream (``Reply.ws_message``/``ws_close``), and what the client
+sends arrives as "ws" entries into the isolate, one slice per message.
+
+The invocation stays alive while the socket is open: the coupling holds a host
+operation (so it is neither settled nor cut by the 30 s ``waitUntil`` limit) and
+keeps its response "open" (``body_open``), so it finishes once the socket has
+closed and its ``waitUntil`` work is done. Each incoming message is an event of
+its own for CPU (the invocation's budget starts again: ``cpu_base``) and for
+console output; a slice over the CPU limit discards the isolate, which ends the
+invocation, and the edge closes the client's socket with 1011.
+
+Backpressure: what the worker sends and the client has not yet taken is bounded
+per socket (``SOCKET_QUEUE_LIMIT``); past it the send is refused and the script
+sees the socket fail (an ``error`` event, the client gets 1011). Incoming
+messages are acknowledged (``Reply.ws_ack``) once dispatched in the isolate,
+which is what lets the edge read more from the client.
+
+Owns: the sockets coupled to a worker's invocations. Must not touch: frames and
+sockets (it reports through the invocation's ``Reply``), other workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from warren.runtime.worker import Worker, _Invocation
+
+SOCKET_QUEUE_LIMIT = 2 * 1024 * 1024  # bytes sent by the worker that the client has not taken yet
+MESSAGE_OVERHEAD = 64  # counted per message besides its bytes, as the edge does (warren.server.websockets)
+WITHOUT_UPGRADE = (
+    'Worker tried to return a WebSocket in a response to a request which did not contain the header '
+    '"Upgrade: websocket".'
+)
+GONE = "WebSocket disconnected without sending Close frame."
+NO_SOCKET_101 = (
+    "A 101 response must carry a WebSocket accepted from this request; WebSockets through "
+    "service bindings and Durable Object stubs are not supported yet."
+)
+
+
+@dataclass
+class _Socket:
+    """The server end of a pair, coupled to invocation ``request_id``."""
+
+    request_id: int
+    js_id: int
+    reply: Any
+    holder: asyncio.Task[None] | None = None
+    op_id: int = 0
+    closed_out: bool = False  # the worker closed its side (a close went to the client)
+    closed_in: bool = False  # the client's close (or disconnect) was handed to the isolate
+    ended: bool = False
+    unacked: int = 0  # bytes of the client's messages handed to the isolate and not yet taken
+
+
+class WebSocketHost:
+    """The WebSockets of one Worker. Host calls run on the JS thread, the rest on the loop."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._by_request: dict[int, _Socket] = {}
+        self._by_js: dict[int, _Socket] = {}
+        # Bytes of sends made in the slice running now, per socket: written on the JS
+        # thread, settled when its effects are applied (never at the same time).
+        self._pending: dict[int, int] = {}
+
+    @property
+    def open_count(self) -> int:
+        return len(self._by_request)
+
+    # --- host calls (JS thread): checks the script must see at once, then effects -----------
+
+    def host_call(self, action: str, a: Any = None, b: Any = None, c: Any = None) -> Any:
+        worker = self._worker
+        if action == "send":
+            js_id, binary = int(a), bool(b)
+            data = str(c).encode("latin-1") if binary else str(c).encode("utf-8", "replace")
+            socket = self._by_js.get(js_id)
+            taken = getattr(socket.reply, "unconfirmed", 0) if socket is not None else 0
+            pending = self._pending.get(js_id, 0) + len(data) + MESSAGE_OVERHEAD
+            if pending + taken > SOCKET_QUEUE_LIMIT:
+                return 1
+            self._pending[js_id] = pending
+            worker._effects.append(("ws", "send", js_id, binary, data))
+            return 0
+        if action == "couple":
+            request_id, js_id, headers = int(a), int(b), str(c)
+            invocation = worker._invocations.get(request_id)
+            if invocation is not None and not invocation.request.websocket:
+                return WITHOUT_UPGRADE
+            worker._effects.append(("ws", "couple", request_id, js_id, headers))
+            return ""
+        if action == "close":
+            worker._effects.append(("ws", "close", int(a), int(b), str(c)))
+        elif action == "ack":
+            worker._effects.append(("ws", "ack", int(a), int(b)))
+        elif action == "ended":
+            worker._effects.append(("ws", "ended", int(a)))
+        return None
+
+    # --- effects (loop) --------------------------------------------------------------------
+
+    def apply(self, action: str, *args: Any) -> None:
+        if action == "send":
+            js_id, binary, data = args
+            left = self._pending.get(js_id, 0) - len(data) - MESSAGE_OVERHEAD
+            if left > 0:
+                self._pending[js_id] = left
+            else:
+                self._pending.pop(js_id, None)
+            socket = self._by_js.get(js_id)
+            send = getattr(socket.reply, "ws_message", None) if socket is not None else None
+            if socket is not None and send is not None and not (socket.closed_out or socket.closed_in):
+                send(binary, data)
+        elif action == "couple":
+            self._couple(*args)
+        elif action == "close":
+            js_id, code, reason = args
+            socket = self._by_js.get(js_id)
+            if socket is not None and not (socket.closed_out or socket.closed_in):
+                socket.closed_out = True
+                close = getattr(socket.reply, "ws_close", None)
+                if close is not None:
+                    close(code, reason)
+        elif action == "ack":
+            js_id, count = args
+            socket = self._by_js.get(js_id)
+            ack = getattr(socket.reply, "ws_ack", None) if socket is not None else None
+            if socket is not None and ack is not None and not socket.closed_in:
+                count = max(0, min(count, socket.unacked))
+                socket.unacked -= count
+                ack(count)
+        elif action == "ended":
+            socket = self._by_js.get(args[0])
+            if socket is not None:
+                self._end(socket)
+
+    def _couple(self, request_id: int, js_id: int, headers_json: str) -> None:
+        from warren.runtime.worker import THREW, _Op, _valid_headers
+
+        worker = self._worker
+        invocation = worker._invocations.get(request_id)
+        if invocation is None or invocation.responded or invocation.outcome == "canceled":
+            # The client left during the handshake (or the invocation is over): the
+            # script's end sees the socket close as a disconnect.
+            if invocation is not None and not invocation.responded:
+                invocation.responded = True
+            worker._schedule(request_id if invocation is not None else None, "ws", js_id, "close", 1006, GONE, False)
+            return
+        headers = _valid_headers(headers_json)
+        if headers is None:
+            invocation.reply.log("error", "The worker produced a malformed response.")
+            worker._fail_invocation(invocation, 500, THREW, "exception", finish=False)
+            return
+        invocation.responded = True
+        invocation.reply.head(101, headers)
+        # Open until the socket closes: "done" then waits for it (finish_after_body).
+        invocation.body_open = True
+        socket = _Socket(request_id, js_id, invocation.reply)
+        self._by_request[request_id] = socket
+        self._by_js[js_id] = socket
+        # Held as a host operation of the invocation: it is not settled while the socket
+        # is open, and ending the invocation (a limit, a restart) cancels the holder.
+        op = _Op(request_id)
+        socket.op_id = op_id = worker._next_op
+        worker._next_op += 1
+        worker._ops[op_id] = op
+        worker._live_ops += 1
+        op.handle = socket.holder = asyncio.get_running_loop().create_task(self._hold(socket))
+
+    async def _hold(self, socket: _Socket) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._forget(socket)
+
+    def _forget(self, socket: _Socket) -> None:
+        if self._by_request.get(socket.request_id) is socket:
+            del self._by_request[socket.request_id]
+        if self._by_js.get(socket.js_id) is socket:
+            del self._by_js[socket.js_id]
+        self._pending.pop(socket.js_id, None)
+
+    def _end(self, socket: _Socket) -> None:
+        """Both sides are closed: the invocation may finish (once its waitUntil work is done)."""
+        if socket.ended:
+            return
+        socket.ended = True
+        worker = self._worker
+        self._forget(socket)
+        if worker._ops.pop(socket.op_id, None) is not None:
+            worker._live_ops -= 1
+        if socket.holder is not None:
+            socket.holder.cancel()
+        invocation = worker._invocations.get(socket.request_id)
+        if invocation is not None and invocation.body_open:
+            worker._body_closed(invocation)
+        worker._settle_idle()
+
+    # --- from the edge (loop) ----------------------------------------------------------------
+
+    def incoming(self, request_id: int, event: str, args: tuple[Any, ...]) -> None:
+        """A client's message or close, for the socket coupled to ``request_id``."""
+        socket = self._by_request.get(request_id)
+        worker = self._worker
+        invocation = worker._invocations.get(request_id)
+        if socket is None or socket.closed_in or invocation is None:
+            return
+        self._new_event(invocation)
+        if event == "message":
+            binary, data = bool(args[0]), bytes(args[1])
+            text = data.decode("latin-1") if binary else data.decode("utf-8", "replace")
+            socket.unacked += len(data)
+            worker._schedule(request_id, "ws", socket.js_id, "message", text, binary, len(data))
+            return
+        code, reason, error = int(args[0]), str(args[1]), args[2]
+        socket.closed_in = True
+        if error is not None:
+            worker._schedule(request_id, "ws", socket.js_id, "error", str(error), code, reason)
+        elif code == 1006:
+            worker._schedule(request_id, "ws", socket.js_id, "close", 1006, GONE, False)
+        else:
+            worker._schedule(request_id, "ws", socket.js_id, "close", code, reason, True)
+
+    def _new_event(self, invocation: _Invocation) -> None:
+        # Each message is an event of its own: a fresh CPU budget and log allowance.
+        invocation.cpu_base = invocation.cpu_seconds
+        self._worker._log_bytes.pop(invocation.request.request_id, None)
+
+
+__all__ = ["GONE", "MESSAGE_OVERHEAD", "NO_SOCKET_101", "SOCKET_QUEUE_LIMIT", "WITHOUT_UPGRADE", "WebSocketHost"]
