@@ -99,6 +99,12 @@ async def _open(store: Store) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="A MaxMind database (City/Country/ASN .mmdb) for request.cf geography (repeatable).",
 )
+@click.option(
+    "--node-name",
+    default=None,
+    envvar="WARREN_NODE_NAME",
+    help="This node's name in request.cf.colo, events and metrics (default: host:port).",
+)
 def serve(
     store_path: str,
     port: int,
@@ -110,6 +116,7 @@ def serve(
     trusted_accounts: tuple[str, ...],
     allowed_networks: tuple[str, ...],
     geoip_paths: tuple[str, ...],
+    node_name: str | None,
 ) -> None:
     """Run an edge node: serve what the control plane has deployed, following changes live."""
     from warren.runtime.subrequests import SubrequestPolicy
@@ -135,6 +142,7 @@ def serve(
                 frozenset(trusted_accounts),
                 subrequests=policy,
                 geoip_paths=geoip_paths,
+                node_name=node_name,
             )
         finally:
             await store.close()

@@ -1122,6 +1122,7 @@ globalThis.__warrenWebAPI = function install(global, internals) {
     takeHandle() {
       if (this.#reader === null || this.#stream !== null || this.disturbed || this.locked) return 0;
       const handle = this.#reader.handle;
+      if (!handle) return 0; // a reader of runtime JavaScript's own, with no host body behind it
       this.#reader = null;
       this.#disturbed = true;
       this.#locked = true;
