@@ -1,4 +1,4 @@
-"""Durable Objects on one node: placement of their events, their storage, their alarms.
+"""Durable Objects: placement of their events, their storage, their alarms (on one node, or across nodes).
 
 A worker exports a class; a ``durable_object_namespace`` binding
 (``{"type", "name", "class_name", "script_name"}``) names it. Ids are computed
@@ -24,27 +24,28 @@ response never gets ahead of the writes before it. Alarms are kept in the
 object's file and in a node-wide index, re-armed when the node starts;
 delivery is at least once, retried with exponential backoff.
 
-Across nodes (not built yet; today an object lives on whichever node serves
-its class, and two nodes would each have their own copy). The design:
-ownership is a lease in a NATS KV bucket (key: namespace directory and id;
-value: owner node, expiry), taken with create / update-if-revision (CAS)
-once the previous lease has expired and renewed at a third of its TTL; the
-lease's revision replaces the generation as the fencing token. A node that
-receives a stub call for an object leased elsewhere forwards it to the owner
-(nodes advertise an internal address in a bucket); with no live lease it takes
-the lease and hosts the object. Every write batch is appended to a JetStream
-stream replicated R=3 (subject per object) with an expected-last-sequence
-check, so a fenced owner's append fails, before the call returns (the output
-gate then covers it); the SQLite file becomes a cache rebuilt from the newest
-snapshot (object store) plus the stream after it, which is what a new owner
-does on takeover. SQL writes are logged as statements with bindings, refused
-where not deterministic. Alarms move to a KV bucket, armed by the owner.
-The test to pass: kill the owning node mid-load; requests resume on another
-node, no acknowledged increment lost, none applied twice.
+Across nodes (a NATS store; ``placement`` set, see ``warren.bindings.object_placement``):
+an object lives on the node holding its lease. A stub call goes through
+``_route``: delivered here if this node holds the lease (or takes it, the
+lease being free or expired: the file is then brought up to date from the
+object's log and a takeover marker appended), else forwarded to the holder's
+internal endpoint. Each write call is appended to the object's log with a
+sequence check before it is kept in the file and before the call returns, so
+a former owner's write fails (the call errors, the file is rolled back); a
+storage call first makes sure the lease is still this node's (renewing it if
+its time is up, as after a pause). SQL writes are logged as the tenant's
+statements and bindings, so a write that would not replay alike (random(),
+the time now, changes()) is refused; temporary tables are refused too.
+transactionSync() is logged at its outermost commit. Alarms: the owner arms
+them from the object's state; a shared index lets another node fire those of
+an owner that is gone. SQLite stores (``warren dev``, a single ``warren
+serve``) keep the one-node behaviour above, unchanged.
 
 Owns: object ids, the object registry, per-object SQLite files, the alarm
-index and scheduler. Must not touch: isolates (they live in runtime
-processes), the HTTP front, the control-plane store.
+index and scheduler, and (across nodes) when an object is taken, logged,
+forwarded or let go. Must not touch: isolates (they live in runtime
+processes), the HTTP front, the control-plane store's records (placement has
+buckets of its own, reached through ``object_placement``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from nats.errors import Error as NATSError
+
 from warren.bindings import BindingCall, BindingError, BindingHost, BindingResult
+from warren.bindings.object_placement import MAX_HOPS, LogGap, Placement, Unreachable
 from warren.bindings.service import collect
 
 if TYPE_CHECKING:
@@ -91,6 +95,10 @@ RESET = (
     "This Durable Object was reset (its script was redeployed, or it was evicted): "
     "the storage operation was not applied."
 )
+MOVED = "This Durable Object moved to another node: the storage operation was not applied."
+NO_STORE = "The Durable Object's placement store (NATS) did not answer; please retry."
+ROUTE_GRACE_S = 5.0  # a call waits this long past a lease's TTL for its owner to answer or the lease to free
+RENEW_BATCH = 64  # leases renewed at once
 _ID = re.compile(r"[0-9a-f]{64}")
 _HEADER_TEXT = re.compile(r"[^\r\n\0]*")
 _RESERVED_TABLE = "_cf_"
@@ -103,7 +111,37 @@ _PRAGMAS = frozenset(
     }
 )
 _DENIED_ACTIONS = frozenset({sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH, sqlite3.SQLITE_TRANSACTION})
+# Actions that change the file: a statement doing any of them is logged (objects placed across nodes).
+_WRITE_ACTIONS = frozenset(
+    getattr(sqlite3, name)
+    for name in (
+        "SQLITE_INSERT", "SQLITE_UPDATE", "SQLITE_DELETE", "SQLITE_CREATE_INDEX", "SQLITE_CREATE_TABLE",
+        "SQLITE_CREATE_TRIGGER", "SQLITE_CREATE_VIEW", "SQLITE_DROP_INDEX", "SQLITE_DROP_TABLE",
+        "SQLITE_DROP_TRIGGER", "SQLITE_DROP_VIEW", "SQLITE_ALTER_TABLE", "SQLITE_REINDEX", "SQLITE_ANALYZE",
+        "SQLITE_CREATE_VTABLE", "SQLITE_DROP_VTABLE",
+    )
+)
+# Temporary objects live in one connection, not in the file: a new owner replaying the log has none.
+_TEMP_ACTIONS = frozenset(
+    getattr(sqlite3, name)
+    for name in (
+        "SQLITE_CREATE_TEMP_INDEX", "SQLITE_CREATE_TEMP_TABLE", "SQLITE_CREATE_TEMP_TRIGGER",
+        "SQLITE_CREATE_TEMP_VIEW", "SQLITE_DROP_TEMP_INDEX", "SQLITE_DROP_TEMP_TABLE",
+        "SQLITE_DROP_TEMP_TRIGGER", "SQLITE_DROP_TEMP_VIEW",
+    )
+)
+# Functions whose result a replay of the statement on another node would not reproduce.
+_NONDETERMINISTIC = frozenset({"random", "randomblob", "changes", "total_changes", "last_insert_rowid"})
+# The time now: 'now', CURRENT_TIMESTAMP and friends, and the date functions called with no argument.
+_NOW = re.compile(
+    r"'\s*now\s*'|\bcurrent_(?:date|time|timestamp)\b|\b(?:date|time|datetime|julianday|unixepoch)\s*\(\s*\)", re.I
+)
 _NON_TABLE_ACTIONS = frozenset({sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_PRAGMA, sqlite3.SQLITE_SAVEPOINT})
+
+class _Transient(BindingError):
+    """Placed across nodes: NATS did not answer in time (a cluster electing a leader, a blip); the
+    call waits and tries again while its time allows."""
+
 
 # (account id, script name) -> the version key serving that script on this node, or None
 Resolver = Callable[[str, str], str | None]
@@ -212,7 +250,9 @@ def _sql_out(value: Any) -> Any:
 class ObjectStore:
     """One object's SQLite file: the KV API's table, the alarm, and the tenant's own SQL."""
 
-    def __init__(self, path: Path, max_bytes: int, statement_timeout: float, durable: bool = True) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int, statement_timeout: float, durable: bool = True, replicated: bool = False
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # No statement cache: the authorizer runs when a statement is prepared, so a
         # tenant's query must never reuse a statement prepared for the runtime.
@@ -227,6 +267,11 @@ class ObjectStore:
         self._deadline: float | None = None
         self._timeout = statement_timeout
         self.sync_depth = 0  # transactionSync() savepoints open
+        # Placed across nodes, every write is logged and replayed elsewhere: SQL must be deterministic.
+        self.replicated = replicated
+        self._wrote = False  # the tenant's statements prepared since the flag was cleared change the file
+        self._functions: set[str] = set()  # functions they call
+        self.last_wrote = False  # the last sql_exec() changed the file
         self._db.set_authorizer(self._authorize)
         self._db.set_progress_handler(self._progress, 10_000)
 
@@ -238,6 +283,12 @@ class ObjectStore:
         if not self._tenant:
             return sqlite3.SQLITE_OK
         if action in _DENIED_ACTIONS or action == sqlite3.SQLITE_SAVEPOINT:
+            return sqlite3.SQLITE_DENY
+        if action in _WRITE_ACTIONS:
+            self._wrote = True
+        elif action == sqlite3.SQLITE_FUNCTION:
+            self._functions.add((arg2 or "").lower())
+        elif action in _TEMP_ACTIONS and self.replicated:
             return sqlite3.SQLITE_DENY
         if action == sqlite3.SQLITE_PRAGMA:
             if (arg1 or "").lower() not in _PRAGMAS:
@@ -360,19 +411,46 @@ class ObjectStore:
 
     # -- the SQL API --
 
-    def sql_exec(self, query: str, bindings: list[Any]) -> dict[str, Any]:
+    def sql_exec(self, query: str, bindings: list[Any], replay: bool = False) -> dict[str, Any]:
+        """Run the tenant's statements. Replicated, the call is all or nothing and ``last_wrote`` says
+        whether it must be logged; a write that could not be replayed alike elsewhere is refused.
+        ``replay``: a logged call applied again (no time limit, no checks: it passed them once)."""
+        self.last_wrote = False
         statements = _split_statements(query)
         if not statements:
             return {"columns": [], "rows": [], "rowsRead": 0, "rowsWritten": 0}
         if len(statements) > 1 and bindings:
             raise BindingError("A query with several statements cannot take bindings.", "TypeError")
         values = [_sql_in(value) for value in bindings]
+        if not self.replicated or replay:
+            return self._sql_run(statements, values, None if replay else self._timeout)
+        self._wrote, self._functions = False, set()
+        self._db.execute("SAVEPOINT warren_exec")
+        try:
+            result = self._sql_run(statements, values, self._timeout)
+            if self._wrote and (self._functions & _NONDETERMINISTIC or _NOW.search(query) or any(
+                isinstance(value, str) and value.strip().lower() == "now" for value in values
+            )):
+                raise BindingError(
+                    "This Durable Object's storage is replicated across nodes, so a statement that writes must "
+                    "give the same result when replayed: random(), randomblob(), changes(), last_insert_rowid(), "
+                    "'now' and CURRENT_TIMESTAMP are not allowed in it (pass such values as bindings)."
+                )
+        except BaseException:
+            self._db.execute("ROLLBACK TO warren_exec")
+            self._db.execute("RELEASE warren_exec")
+            raise
+        self._db.execute("RELEASE warren_exec")
+        self.last_wrote = self._wrote
+        return result
+
+    def _sql_run(self, statements: list[str], values: list[Any], timeout: float | None) -> dict[str, Any]:
         before = self._db.total_changes
         columns: list[str] = []
         rows: list[list[Any]] = []
         read = 0
         self._tenant = True
-        self._deadline = time.monotonic() + self._timeout
+        self._deadline = time.monotonic() + timeout if timeout is not None else None
         try:
             for statement in statements:
                 cursor = self._db.execute(statement, values)
@@ -418,6 +496,69 @@ class ObjectStore:
         """Undo transactionSync() calls an isolate left open (it was stopped half-way)."""
         while self.sync_depth:
             self.rollback()
+
+    # -- placed across nodes: the file is a cache of the object's log (warren.bindings.object_placement) --
+
+    def log_seq(self) -> int:
+        """The log sequence this file has applied up to (0: none)."""
+        row = self._db.execute("SELECT value FROM _cf_METADATA WHERE key = 'log_seq'").fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def _write_log_seq(self, seq: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO _cf_METADATA (key, value) VALUES ('log_seq', ?)", (int(seq),))
+
+    def set_log_seq(self, seq: int) -> None:
+        self._atomic(lambda: self._write_log_seq(seq))
+
+    def copy_to(self, path: str) -> None:
+        """A consistent copy of the file (no transaction may be open)."""
+        self._db.execute("VACUUM INTO ?", (path,))
+
+    def open_call(self) -> None:
+        """A storage call's writes stay pending until its log entry is appended (then ``close_call``)."""
+        self._db.execute("SAVEPOINT warren_call")
+
+    def close_call(self, seq: int | None) -> None:
+        if seq is not None:
+            self._write_log_seq(seq)
+        self._db.execute("RELEASE warren_call")
+
+    def undo_call(self) -> None:
+        self._db.execute("ROLLBACK TO warren_call")
+        self._db.execute("RELEASE warren_call")
+
+    def commit_logged(self, seq: int | None) -> None:
+        """The outermost transactionSync() commit, its statements logged at ``seq``."""
+        if seq is not None and self.sync_depth == 1:
+            self._write_log_seq(seq)
+        self.commit()
+
+    def apply_logged(self, ops: list[Any], seq: int) -> None:
+        """A logged write applied again (a new owner catching up); ``seq`` is its place in the log."""
+
+        def work() -> None:
+            for op in ops:
+                self._replay(op)
+            self._write_log_seq(seq)
+
+        self._atomic(work)
+
+    def _replay(self, op: list[Any]) -> None:
+        kind = op[0]
+        if kind == "put":
+            self.put([(str(key), str(value)) for key, value in op[1]])
+        elif kind == "delete":
+            self.delete([str(key) for key in op[1]])
+        elif kind == "deleteAll":
+            self.delete_all(bool(op[1]))
+        elif kind == "batch":
+            self.batch(op[1])
+        elif kind == "alarm":
+            self.set_alarm(None if op[1] is None else int(op[1]))
+        elif kind == "sql":
+            self.sql_exec(str(op[1]), list(op[2]), replay=True)
+        else:
+            raise ValueError(f"unknown logged operation {kind!r}")
 
 
 def _sql_error(exc: sqlite3.Error, deadline: float | None) -> BindingError:
@@ -491,6 +632,16 @@ class _Object:
     last_used: float = field(default_factory=time.monotonic)
     sync_owner: int = 0  # the invocation (stream) with transactionSync() open
     alarm_running: int | None = None
+    # Placed across nodes (warren.bindings.object_placement):
+    lease: int = 0  # the revision of the lease this node holds (0: not this node's)
+    epoch: int = 0  # the revision the lease was taken with
+    lease_until: float = 0.0  # monotonic time until which the lease is surely this node's
+    rebuilt: bool = False  # its file has caught up with the log since the lease was taken
+    since_snapshot: int = 0  # log entries appended since its last snapshot
+    snapshotting: bool = False
+    log_seq: int = 0  # the last log message applied to the object's file
+    lease_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sync_log: list[list[list[Any]]] = field(default_factory=list)  # open transactionSync() levels' statements
 
     @property
     def label(self) -> str:
@@ -520,8 +671,11 @@ class DurableObjects:
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_S,
         durable: bool = True,
         log: LogHandler | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.supervisor = supervisor
+        # Set (before start) when nodes share a NATS store: objects are leased, logged and forwarded.
+        self.placement = placement
         self.root = Path(state_dir) / "durable_objects"
         self.resolve = resolve
         self.idle_timeout = idle_timeout
@@ -541,6 +695,8 @@ class DurableObjects:
         self._timers: dict[tuple[Namespace, str], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._claims: dict[tuple[Namespace, str], tuple[asyncio.Lock, int]] = {}
         self.alarms_delivered = 0
 
     def register(self, bindings: BindingHost) -> None:
@@ -550,28 +706,44 @@ class DurableObjects:
     # --- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the alarm index and re-arm every alarm it holds (past ones fire now)."""
+        """Open the alarm index and re-arm every alarm it holds (past ones fire now). Placed across
+        nodes, the alarms to fire come from the shared index instead, and leases are renewed."""
         loop = asyncio.get_running_loop()
-        self._alarms = await loop.run_in_executor(self._executor, AlarmIndex, self.root / "alarms.sqlite")
-        for namespace, object_id, name, when in await loop.run_in_executor(self._executor, self._alarms.all):
-            self._arm(namespace, object_id, name, when, 0)
+        if self.placement is not None:
+            await self.placement.start()
+            self._loops = [loop.create_task(self._renew_forever()), loop.create_task(self._scan_alarms_forever())]
+        else:
+            self._alarms = await loop.run_in_executor(self._executor, AlarmIndex, self.root / "alarms.sqlite")
+            for namespace, object_id, name, when in await loop.run_in_executor(self._executor, self._alarms.all):
+                self._arm(namespace, object_id, name, when, 0)
         self._sweeper = loop.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for task in self._loops:
+            task.cancel()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
         for task in list(self._tasks):
             task.cancel()
         loop = asyncio.get_running_loop()
+        held = []
         for obj in list(self._objects.values()):
             if obj.store is not None:
                 store, obj.store = obj.store, None
                 await loop.run_in_executor(self._executor, store.close)
+            if obj.lease:
+                held.append((self._lease_key(obj), obj.lease))
+                obj.lease = 0
         self._objects.clear()
         self._hosted.clear()
+        if self.placement is not None:
+            # Released, the objects move at once to the next node that is asked for them.
+            placement = self.placement
+            await asyncio.gather(*(placement.release(key, revision) for key, revision in held))
+            await placement.stop()
         if self._alarms is not None:
             await loop.run_in_executor(self._executor, self._alarms.close)
             self._alarms = None
@@ -601,8 +773,11 @@ class DurableObjects:
         if obj.store is None:
             path = self.root / obj.namespace.directory / f"{obj.id}.sqlite"
             loop = asyncio.get_running_loop()
+            # Placed across nodes the file is a cache of the replicated log: it need not be synced.
+            replicated = self.placement is not None
             obj.store = await loop.run_in_executor(
-                self._executor, ObjectStore, path, self.max_object_bytes, self.statement_timeout, self.durable
+                self._executor, ObjectStore, path, self.max_object_bytes, self.statement_timeout,
+                self.durable and not replicated, replicated,
             )
             await self._close_spare_files()
         return obj.store
@@ -644,7 +819,7 @@ class DurableObjects:
                     raise BindingError("malformed Durable Object request headers", "TypeError")
                 headers.append((pair[0], pair[1]))
             event = {"kind": "fetch", "method": method, "url": url, "headers": headers}
-            answer = await self._deliver(namespace, object_id, name, sql, event, call.data, call.depth + 1)
+            answer = await self._route(namespace, object_id, name, sql, event, call.data, call.depth + 1)
             if answer.status == ERROR_STATUS:
                 return BindingResult({"error": True}, answer.body)
             value = {"status": answer.status, "statusText": "", "headers": [list(pair) for pair in answer.headers]}
@@ -656,7 +831,7 @@ class DurableObjects:
             if call.data is None:
                 raise BindingError("malformed RPC call: no arguments", "TypeError")
             event = {"kind": "rpc", "method": method}
-            answer = await self._deliver(namespace, object_id, name, sql, event, call.data, call.depth + 1)
+            answer = await self._route(namespace, object_id, name, sql, event, call.data, call.depth + 1)
             return BindingResult(None, answer.body)
         raise BindingError(f"A Durable Object stub has no operation {call.method!r}.", "TypeError")
 
@@ -669,8 +844,10 @@ class DurableObjects:
         event: dict[str, Any],
         body: bytes | None,
         depth: int,
+        owned: _Object | None = None,
     ) -> _Answer:
-        """Send one event to the object's instance (in its class's worker) and wait for its answer."""
+        """Send one event to the object's instance (in its class's worker) and wait for its answer.
+        Placed across nodes, ``owned`` is the object as this node holds it (``_claim``)."""
         key = self.resolve(namespace.account_id, namespace.script)
         if key is None or key not in self.supervisor.scripts:
             raise BindingError(
@@ -680,7 +857,7 @@ class DurableObjects:
         refused = self.supervisor.quarantine_message(key)
         if refused is not None:
             raise BindingError(refused)
-        obj = self._object(namespace, object_id, name)
+        obj = owned if owned is not None else self._object(namespace, object_id, name)
         if sql is not None:
             obj.sql = sql
         if obj.key != key:
@@ -739,7 +916,382 @@ class DurableObjects:
             async with obj.lock:
                 if obj.sync_owner == exchange.stream and obj.store is not None:
                     obj.sync_owner = 0
+                    obj.sync_log.clear()
                     await asyncio.get_running_loop().run_in_executor(self._executor, obj.store.rollback_all)
+
+    # --- across nodes (a NATS store): ownership, the log, forwarding ---------------------------
+    # See warren.bindings.object_placement for the design; here is what it means for an object.
+
+    def _lease_key(self, obj: _Object | None = None, namespace: Namespace | None = None, object_id: str = "") -> str:
+        if obj is not None:
+            namespace, object_id = obj.namespace, obj.id
+        assert namespace is not None
+        return Placement.key(namespace.directory, object_id)
+
+    async def _route(
+        self,
+        namespace: Namespace,
+        object_id: str,
+        name: str | None,
+        sql: bool | None,
+        event: dict[str, Any],
+        body: bytes | None,
+        depth: int,
+        hops: int = 0,
+    ) -> _Answer:
+        """Deliver a stub's event where the object lives: here (taking it if nobody holds it), or by
+        forwarding it to the node holding its lease."""
+        placement = self.placement
+        if placement is None:
+            return await self._deliver(namespace, object_id, name, sql, event, body, depth)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + placement.lease_s + ROUTE_GRACE_S
+        pause = 0.05
+        while True:
+            try:
+                owner = await self._claim(namespace, object_id, name)
+            except _Transient as exc:
+                if loop.time() > deadline:
+                    raise BindingError(exc.message) from None
+                owner = ""
+            if isinstance(owner, _Object):
+                return await self._deliver(namespace, object_id, name, sql, event, body, depth, owner)
+            url = await self._node_url(owner) if owner and hops < MAX_HOPS else None
+            if url is not None:
+                call = {
+                    "account": namespace.account_id, "script": namespace.script, "class": namespace.class_name,
+                    "id": object_id, "name": name, "sql": sql, "event": event, "depth": depth, "hops": hops + 1,
+                }
+                try:
+                    header, data = await placement.forward(url, call, body)
+                except Unreachable:
+                    placement.forget_node(owner)
+                else:
+                    error = header.get("error")
+                    if isinstance(error, dict):
+                        raise BindingError(str(error.get("message", "")), str(error.get("name", "Error")))
+                    headers = [(str(k), str(v)) for k, v in header.get("headers", [])]
+                    return _Answer(int(header.get("status", 500)), headers, data or b"")
+            if loop.time() > deadline:
+                raise BindingError("The Durable Object's node cannot be reached; please retry.")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    async def _node_url(self, node: str) -> str | None:
+        assert self.placement is not None
+        try:
+            return await self.placement.node_url(node)
+        except Exception:  # NATS unreachable: the caller waits and asks again
+            return None
+
+    async def serve_forwarded(self, call: dict[str, Any], body: bytes | None) -> tuple[dict[str, Any], bytes | None]:
+        """A stub call another node forwarded here (the internal endpoint): delivered as if made here."""
+        try:
+            namespace = Namespace(str(call["account"]), str(call["script"]), str(call["class"]))
+            object_id, event, depth, hops = str(call["id"]), call["event"], int(call["depth"]), int(call["hops"])
+        except (KeyError, TypeError, ValueError):
+            raise BindingError("malformed forwarded call", "TypeError") from None
+        if not object_id_valid(namespace.script, namespace.class_name, object_id):
+            raise BindingError("Invalid Durable Object ID for this namespace.", "TypeError")
+        if not isinstance(event, dict) or event.get("kind") not in ("fetch", "rpc"):
+            raise BindingError("malformed forwarded call", "TypeError")
+        name = call.get("name") if isinstance(call.get("name"), str) else None
+        sql = call.get("sql") if isinstance(call.get("sql"), bool) else None
+        answer = await self._route(namespace, object_id, name, sql, event, body, depth, hops)
+        return {"status": answer.status, "headers": [list(pair) for pair in answer.headers]}, answer.body
+
+    async def _claim(self, namespace: Namespace, object_id: str, name: str | None) -> _Object | str:
+        """The object, held by this node (taken, and rebuilt from its log, if its lease was free or
+        expired), or the id of the node holding it ("" if that could not be read: ask again)."""
+        placement = self.placement
+        assert placement is not None
+        ident = (namespace, object_id)
+        obj = self._objects.get(ident)
+        if obj is not None and obj.lease and obj.rebuilt and time.monotonic() < obj.lease_until:
+            return obj
+        if not await placement.ready(placement.lease_s):
+            raise _Transient(NO_STORE)
+        lock, users = self._claims.get(ident) or (asyncio.Lock(), 0)
+        self._claims[ident] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._claim_locked(namespace, object_id, name)
+        finally:
+            lock, users = self._claims[ident]
+            if users <= 1:
+                del self._claims[ident]
+            else:
+                self._claims[ident] = (lock, users - 1)
+
+    async def _claim_locked(self, namespace: Namespace, object_id: str, name: str | None) -> _Object | str:
+        placement = self.placement
+        assert placement is not None
+        obj = self._objects.get((namespace, object_id))
+        if obj is not None:
+            if obj.lease and (time.monotonic() < obj.lease_until or await self._renew(obj)):
+                return obj
+            if obj.lease:
+                raise _Transient(NO_STORE)  # whether it is still this node's is unknown
+            self._forget(obj)
+        key = self._lease_key(namespace=namespace, object_id=object_id)
+        try:
+            lease, revision = await placement.lease(key)
+            if lease is not None and lease.node != placement.node_id and lease.live():
+                return lease.node
+            if self.resolve(namespace.account_id, namespace.script) is None:
+                # Not a node that can host it (its worker is not deployed here, or not yet).
+                raise BindingError(
+                    f'The Durable Object class "{namespace.class_name}" is not available: '
+                    f'the worker "{namespace.script}" is not deployed on this node.'
+                )
+            taken = await placement.take(key, revision)
+            if taken is None:  # another node took it in the meantime
+                lease, _ = await placement.lease(key)
+                return lease.node if lease is not None and lease.node != placement.node_id else ""
+        except BindingError:
+            raise
+        except Exception as exc:
+            self.log("warren", "warn", f"Durable Object lease of {namespace.class_name} {object_id}: {exc!r}")
+            raise _Transient(NO_STORE) from None
+        revision, sent = taken
+        obj = self._object(namespace, object_id, name)
+        obj.lease = obj.epoch = revision
+        obj.lease_until = sent + placement.valid_for
+        try:
+            async with obj.lock:
+                await self._rebuild(obj)
+            obj.rebuilt = True
+        except BaseException as exc:
+            held = obj.lease
+            self._forget(obj)
+            await placement.release(key, held)
+            if isinstance(exc, BindingError | asyncio.CancelledError):
+                raise
+            if isinstance(exc, TimeoutError | ConnectionError | NATSError):
+                self.log("warren", "warn", f"loading Durable Object {obj.label} from its log: {exc!r}; retrying")
+                raise _Transient(NO_STORE) from None
+            self.log("warren", "error", f"rebuilding Durable Object {obj.label} from its log failed: {exc!r}")
+            raise BindingError(f"The Durable Object could not be loaded from its log: {exc}") from None
+        return obj
+
+    async def _rebuild(self, obj: _Object) -> None:
+        """Bring the object's file up to date with its log (from the newest snapshot if the file is new
+        or too far behind), then append the takeover marker, which fences off any former owner.
+        Called holding ``obj.lock``, just after taking the lease."""
+        placement = self.placement
+        assert placement is not None
+        loop = asyncio.get_running_loop()
+        key = self._lease_key(obj)
+        for _ in range(20):  # each lost race (a former owner appending, a snapshot replacing) starts again
+            store = await self._store(obj)
+            anchor = await loop.run_in_executor(self._executor, store.log_seq)
+            if anchor == 0 or not await placement.nats.has(key, anchor):
+                # A file that never followed the log, or one the log has moved past: the newest snapshot.
+                if not await self._restore(obj, key):
+                    continue
+                store = await self._store(obj)
+                anchor = await loop.run_in_executor(self._executor, store.log_seq)
+            try:
+                async for seq, ops in placement.replay(key, anchor):
+                    if ops is None:
+                        await loop.run_in_executor(self._executor, store.set_log_seq, seq)
+                    else:
+                        await loop.run_in_executor(self._executor, store.apply_logged, ops, seq)
+                    anchor = seq
+            except LogGap:
+                await self._reset_file(obj)
+                continue
+            marked = await placement.mark(key, obj.epoch, anchor)
+            if marked is not None:
+                await loop.run_in_executor(self._executor, store.set_log_seq, marked)
+                obj.log_seq = marked
+                break
+        else:
+            raise BindingError("The Durable Object's log kept moving while it was being taken over; please retry.")
+        alarm = await loop.run_in_executor(self._executor, store.alarm)
+        if alarm is not None:
+            self._arm(obj.namespace, obj.id, obj.name, alarm, 0)
+
+    async def _restore(self, obj: _Object, key: str) -> bool:
+        """Replace the object's file with its newest snapshot (or nothing, if it has none); False if
+        that snapshot was replaced while being read."""
+        placement = self.placement
+        assert placement is not None
+        await self._reset_file(obj)
+        found = await placement.nats.snapshot(key)
+        if found is None:
+            return True
+        path = self.root / obj.namespace.directory / f"{obj.id}.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if await placement.nats.fetch_snapshot(found[1], str(path)):
+            return True
+        path.unlink(missing_ok=True)
+        return False
+
+    def _snapshot_soon(self, obj: _Object) -> None:
+        assert self.placement is not None
+        obj.since_snapshot += 1
+        if obj.since_snapshot >= self.placement.snapshot_every and not obj.snapshotting:
+            obj.snapshotting = True
+            self._spawn(self._snapshot(obj))
+
+    async def _snapshot(self, obj: _Object) -> None:
+        """Store a copy of the object's file as of its last log message, and let the log before it go."""
+        placement = self.placement
+        assert placement is not None
+        loop = asyncio.get_running_loop()
+        copy = self.root / obj.namespace.directory / f"{obj.id}.snapshot-{time.monotonic_ns()}"
+        try:
+            async with obj.lock:
+                if not obj.lease or self._objects.get((obj.namespace, obj.id)) is not obj:
+                    return
+                store = await self._store(obj)
+                if store.sync_depth:
+                    return  # inside transactionSync(): not a point the log has; the next entry tries again
+                seq = obj.log_seq
+                await loop.run_in_executor(self._executor, store.copy_to, str(copy))
+                obj.since_snapshot = 0
+            await placement.nats.save_snapshot(self._lease_key(obj), seq, str(copy))
+        except Exception as exc:  # the log still has everything: only the next takeover is slower
+            self.log(obj.namespace.script, "warn", f"snapshot of Durable Object {obj.label} failed: {exc!r}")
+        finally:
+            obj.snapshotting = False
+            copy.unlink(missing_ok=True)
+
+    async def _reset_file(self, obj: _Object) -> None:
+        path = self.root / obj.namespace.directory / f"{obj.id}.sqlite"
+        if obj.store is not None:
+            store, obj.store = obj.store, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    async def _renew(self, obj: _Object) -> bool:
+        """Extend the object's lease: False if it is lost (then forgotten here) or NATS did not answer."""
+        placement = self.placement
+        assert placement is not None
+        async with obj.lease_lock:
+            if not obj.lease:
+                return False
+            try:
+                taken = await placement.take(self._lease_key(obj), obj.lease)
+            except Exception:  # unknown: the lease lapses here unless a renewal gets through in time
+                return False
+            if taken is None:
+                self.log("warren", "warn", f"Durable Object {obj.label} was taken over by another node")
+                self._forget(obj)
+                return False
+            obj.lease, sent = taken
+            obj.lease_until = sent + placement.valid_for
+            return True
+
+    async def _check_lease(self, obj: _Object) -> None:
+        """Before a storage call: the lease must be surely this node's (renewed now if in doubt)."""
+        if not obj.lease or self._objects.get((obj.namespace, obj.id)) is not obj:
+            raise BindingError(MOVED)
+        if time.monotonic() >= obj.lease_until and not await self._renew(obj):
+            if obj.lease:
+                raise BindingError(NO_STORE)
+            raise BindingError(MOVED)
+
+    def _forget(self, obj: _Object) -> None:
+        """The object is no longer this node's: its instance may not write, its file closes."""
+        obj.lease = 0
+        obj.generation = self._next_generation()
+        ident = (obj.namespace, obj.id)
+        if self._objects.get(ident) is obj:
+            del self._objects[ident]
+        if obj.key is not None:
+            if self._hosted.get((obj.key, obj.namespace.class_name, obj.id)) is obj:
+                del self._hosted[(obj.key, obj.namespace.class_name, obj.id)]
+            pending = self._evicted.setdefault(obj.key, [])
+            if len(pending) < MAX_PENDING_EVICTIONS:
+                pending.append(obj.label)
+        self._disarm(obj.namespace, obj.id)
+        self._spawn(self._close_lost(obj))
+
+    async def _close_lost(self, obj: _Object) -> None:
+        async with obj.lock:
+            obj.sync_log.clear()
+            if obj.store is not None and obj.lease == 0:
+                store, obj.store = obj.store, None
+                await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
+
+    async def _append(self, obj: _Object, ops: list[list[Any]]) -> int:
+        """Log one write call (called holding ``obj.lock``); its sequence. A refused append means
+        another node has taken the object: it is forgotten here and the write fails."""
+        placement = self.placement
+        assert placement is not None
+        try:
+            seq = await placement.append(self._lease_key(obj), ops, obj.epoch, obj.log_seq)
+        except BaseException as exc:
+            # Landed or not is unknown: the file may be behind the log, so it is rebuilt before next use.
+            self._forget(obj)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise BindingError(
+                f"The Durable Object's write could not be confirmed ({type(exc).__name__}); it may have been applied."
+            ) from None
+        if seq is None:
+            self._forget(obj)
+            raise BindingError(MOVED)
+        self._snapshot_soon(obj)  # taken once this call's writes are kept (it waits for the object's lock)
+        return seq
+
+    async def _index_alarm(self, obj: _Object, when: int | None) -> None:
+        """Keep the shared alarm index in step (best effort: the object's own state is the truth)."""
+        placement = self.placement
+        assert placement is not None
+        key = self._lease_key(obj)
+        namespace = obj.namespace
+        try:
+            if when is None:
+                await placement.clear_alarm(key)
+            else:
+                record = {"ns": [namespace.account_id, namespace.script, namespace.class_name], "id": obj.id,
+                          "name": obj.name, "time": when}
+                await placement.set_alarm(key, record)
+        except Exception as exc:
+            self.log(namespace.script, "warn", f"alarm index of {obj.label} not updated: {exc!r}")
+
+    async def _renew_forever(self) -> None:
+        placement = self.placement
+        assert placement is not None
+        while True:
+            await asyncio.sleep(placement.renew_every)
+            held = [obj for obj in self._objects.values() if obj.lease]
+            try:
+                for start in range(0, len(held), RENEW_BATCH):
+                    await asyncio.gather(*(self._renew(obj) for obj in held[start : start + RENEW_BATCH]))
+            except Exception as exc:  # the loop must outlive one bad round: leases lapse without it
+                self.log("warren", "error", f"renewing Durable Object leases failed: {exc!r}")
+
+    async def _scan_alarms_forever(self) -> None:
+        """Arm the alarms of objects nobody holds (their owner is gone), so they are still delivered."""
+        placement = self.placement
+        assert placement is not None
+        while not await placement.ready(60.0):
+            pass
+        while True:
+            try:
+                horizon = time.time() * 1000 + placement.lease_s * 2000
+                for key, record in await placement.alarms():
+                    try:
+                        namespace = Namespace(*(str(part) for part in record["ns"]))
+                        object_id, when = str(record["id"]), int(record["time"])
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    ident = (namespace, object_id)
+                    if when > horizon or ident in self._timers or ident in self._objects:
+                        continue
+                    lease, _ = await placement.lease(key)
+                    if lease is not None and lease.node != placement.node_id and lease.live():
+                        continue
+                    name = record.get("name") if isinstance(record.get("name"), str) else None
+                    self._arm(namespace, object_id, name, when, 0)
+            except Exception as exc:
+                self.log("warren", "warn", f"reading the Durable Object alarm index failed: {exc!r}")
+            await asyncio.sleep(placement.lease_s)
 
     # --- ctx.storage: the object's own calls ----------------------------------------------------
 
@@ -758,18 +1310,24 @@ class DurableObjects:
             loop = asyncio.get_running_loop()
             method = call.method
             synchronous = method.startswith("sql")
+            if self.placement is not None:
+                await self._check_lease(obj)
             if not synchronous and store.sync_depth:
                 # transactionSync() is synchronous: an asynchronous call while one is open
                 # means the isolate was stopped inside it.
                 await loop.run_in_executor(self._executor, store.rollback_all)
                 obj.sync_owner = 0
+                obj.sync_log.clear()
             if method == "sqlBegin":
                 obj.sync_owner = call.stream
             alarm_delete_all = call.caller.compatibility_date >= DELETE_ALL_DELETES_ALARM
             try:
-                value, alarm = await loop.run_in_executor(
-                    self._executor, self._apply, obj, store, method, args, alarm_delete_all
-                )
+                if self.placement is None:
+                    value, alarm, _ = await loop.run_in_executor(
+                        self._executor, self._apply, obj, store, method, args, alarm_delete_all
+                    )
+                else:
+                    value, alarm = await self._apply_logged(obj, store, method, args, alarm_delete_all)
             except sqlite3.Error as exc:
                 raise _sql_error(exc, None) from None
             if method in ("sqlCommit", "sqlRollback") and store.sync_depth == 0:
@@ -777,16 +1335,67 @@ class DurableObjects:
             if alarm is not UNCHANGED:
                 if alarm is None:
                     self._disarm(namespace, object_id)
+                    if self.placement is not None:
+                        self._spawn(self._index_alarm(obj, None))
                 else:
                     self._arm(namespace, object_id, obj.name, int(alarm), 0)
         return BindingResult(value)
 
-    def _apply(
+    async def _apply_logged(
         self, obj: _Object, store: ObjectStore, method: str, args: dict[str, Any], delete_all_alarm: bool
     ) -> tuple[Any, Any]:
-        """One storage operation, on a worker thread: (the JSON answer, the alarm it set or UNCHANGED)."""
+        """``_apply`` for an object placed across nodes: what it writes is kept only once appended
+        to the object's log (a call inside transactionSync() is logged with the outermost commit)."""
+        loop = asyncio.get_running_loop()
+
+        async def run(work: Callable[..., Any], *args: Any) -> Any:
+            return await loop.run_in_executor(self._executor, work, *args)
+
+        if method in ("sqlBegin", "sqlRollback") or (method == "sqlCommit" and store.sync_depth != 1):
+            inner = obj.sync_log.pop() if method != "sqlBegin" and obj.sync_log else []
+            value, alarm, _ = await run(self._apply, obj, store, method, args, delete_all_alarm)
+            if method == "sqlBegin":
+                obj.sync_log.append([])
+            elif method == "sqlCommit" and obj.sync_log:
+                obj.sync_log[-1].extend(inner)  # an inner level's statements join the outer one
+            return value, alarm
+        if method == "sqlCommit":  # the outermost: its statements are logged, then committed
+            ops = obj.sync_log.pop() if obj.sync_log else []
+            seq: int | None = None
+            if ops:
+                try:
+                    seq = await self._append(obj, ops)
+                except BaseException:
+                    await run(store.rollback)
+                    raise
+            await run(store.commit_logged, seq)
+            obj.log_seq = seq or obj.log_seq
+            return None, UNCHANGED
+        if store.sync_depth or method in ("get", "list", "getAlarm", "sqlSize"):
+            value, alarm, ops = await run(self._apply, obj, store, method, args, delete_all_alarm)
+            if ops and obj.sync_log:
+                obj.sync_log[-1].extend(ops)
+            return value, alarm
+        await run(store.open_call)
+        try:
+            value, alarm, ops = await run(self._apply, obj, store, method, args, delete_all_alarm)
+            if isinstance(alarm, int):
+                await self._index_alarm(obj, alarm)  # the index first: it may only hold more
+            seq = await self._append(obj, ops) if ops else None
+        except BaseException:
+            await run(store.undo_call)
+            raise
+        await run(store.close_call, seq)
+        obj.log_seq = seq or obj.log_seq
+        return value, alarm
+
+    def _apply(
+        self, obj: _Object, store: ObjectStore, method: str, args: dict[str, Any], delete_all_alarm: bool
+    ) -> tuple[Any, Any, list[list[Any]]]:
+        """One storage operation, on a worker thread: (the JSON answer, the alarm it set or UNCHANGED,
+        what it wrote as log operations: see ``ObjectStore.apply_logged``)."""
         if method == "get":
-            return store.get(_keys(args.get("keys"))), UNCHANGED
+            return store.get(_keys(args.get("keys"))), UNCHANGED, []
         if method == "put":
             entries = args.get("entries")
             if not isinstance(entries, list) or len(entries) > MAX_KEYS:
@@ -795,16 +1404,17 @@ class DurableObjects:
             if len(checked) != len(entries):
                 raise BindingError("malformed put()", "TypeError")
             store.put(checked)
-            return None, UNCHANGED
+            return None, UNCHANGED, [["put", [list(pair) for pair in checked]]]
         if method == "delete":
-            return store.delete(_keys(args.get("keys"))), UNCHANGED
+            keys = _keys(args.get("keys"))
+            return store.delete(keys), UNCHANGED, [["delete", keys]]
         if method == "list":
             limit = args.get("limit")
             if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
                 raise BindingError("list() limit must be a positive integer.", "RangeError")
             bounds = [_optional_key(args.get(name)) for name in ("start", "startAfter", "end", "prefix")]
             start, start_after, end, prefix = bounds
-            return store.list_range(start, start_after, end, prefix, bool(args.get("reverse")), limit), UNCHANGED
+            return store.list_range(start, start_after, end, prefix, bool(args.get("reverse")), limit), UNCHANGED, []
         if method == "deleteAll":
             alarm: Any = UNCHANGED
             if delete_all_alarm and store.alarm() is not None:
@@ -812,7 +1422,7 @@ class DurableObjects:
             store.delete_all(delete_all_alarm)
             if alarm is None and self._alarms is not None:
                 self._alarms.remove(obj.namespace, obj.id)
-            return None, alarm
+            return None, alarm, [["deleteAll", delete_all_alarm]]
         if method == "batch":
             ops = args.get("ops")
             if not isinstance(ops, list):
@@ -833,11 +1443,11 @@ class DurableObjects:
             alarm = store.batch(checked_ops)
             if alarm is None and self._alarms is not None:
                 self._alarms.remove(obj.namespace, obj.id)
-            return None, alarm
+            return None, alarm, [["batch", checked_ops]]
         if method == "getAlarm":
             current = store.alarm()
             # While its handler runs, an alarm is not "set" (unless the handler set a new one).
-            return (None if current is not None and current == obj.alarm_running else current), UNCHANGED
+            return (None if current is not None and current == obj.alarm_running else current), UNCHANGED, []
         if method == "setAlarm":
             when = _alarm_time(args.get("time"))
             if when is not None and self._alarms is not None:
@@ -845,23 +1455,24 @@ class DurableObjects:
             store.set_alarm(when)
             if when is None and self._alarms is not None:
                 self._alarms.remove(obj.namespace, obj.id)
-            return None, when
+            return None, when, [["alarm", when]]
         if method == "sqlExec":
             query, bindings = args.get("query"), args.get("bindings", [])
             if not isinstance(query, str) or not isinstance(bindings, list):
                 raise BindingError("malformed SQL call", "TypeError")
-            return store.sql_exec(query, bindings), UNCHANGED
+            result = store.sql_exec(query, bindings)
+            return result, UNCHANGED, [["sql", query, bindings]] if store.last_wrote else []
         if method == "sqlSize":
-            return store.size(), UNCHANGED
+            return store.size(), UNCHANGED, []
         if method == "sqlBegin":
             store.begin()
-            return None, UNCHANGED
+            return None, UNCHANGED, []
         if method == "sqlCommit":
             store.commit()
-            return None, UNCHANGED
+            return None, UNCHANGED, []
         if method == "sqlRollback":
             store.rollback()
-            return None, UNCHANGED
+            return None, UNCHANGED, []
         raise BindingError(f"Durable Object storage has no operation {method!r}.", "TypeError")
 
     # --- alarms ------------------------------------------------------------------------------
@@ -886,13 +1497,40 @@ class DurableObjects:
             return await asyncio.get_running_loop().run_in_executor(self._executor, store.alarm)
 
     async def _fire(self, namespace: Namespace, object_id: str, name: str | None, when_ms: int, retry: int) -> None:
+        try:
+            await self._fire_once(namespace, object_id, name, when_ms, retry)
+        except BindingError as exc:  # placed across nodes: the store or the log failed; try again later
+            self.log(namespace.script, "warn", f"alarm of {namespace.class_name} {object_id} not delivered: "
+                     f"{exc.message}")
+            if (namespace, object_id) not in self._timers:
+                self._arm(namespace, object_id, name, when_ms, retry, self.alarm_retry_base)
+
+    async def _fire_once(
+        self, namespace: Namespace, object_id: str, name: str | None, when_ms: int, retry: int
+    ) -> None:
         self._timers.pop((namespace, object_id), None)
         loop = asyncio.get_running_loop()
-        obj = self._object(namespace, object_id, name)
+        if self.placement is not None and self.resolve(namespace.account_id, namespace.script) is None:
+            if (namespace, object_id) not in self._timers:
+                self._arm(namespace, object_id, name, when_ms, retry, WAIT_FOR_WORKER_S)
+            return
+        if self.placement is not None:
+            claimed = await self._claim(namespace, object_id, name)
+            if not isinstance(claimed, _Object):
+                return  # another node holds it, and fires its alarm
+            obj = claimed
+            self._disarm(namespace, object_id)  # taking it over armed its alarm again: this call delivers it
+        else:
+            obj = self._object(namespace, object_id, name)
         current = await self._alarm_now(obj)
+        if current != when_ms and current is not None and self.placement is not None:
+            self._arm(namespace, object_id, obj.name, current, 0)  # the shared index was behind
+            return
         if current != when_ms:
             if current is None and self._alarms is not None:
                 await loop.run_in_executor(self._executor, self._alarms.remove, namespace, object_id)
+            if current is None and self.placement is not None:
+                await self._index_alarm(obj, None)
             return  # deleted, or moved (and armed again when it was)
         if self.resolve(namespace.account_id, namespace.script) is None:
             # The class's worker is not (yet) running here, as when the node starts: not an attempt.
@@ -903,7 +1541,8 @@ class DurableObjects:
         error: str | None = None
         try:
             answer = await self._deliver(
-                namespace, object_id, None, None, {"kind": "alarm", "retryCount": retry, "isRetry": retry > 0}, None, 0
+                namespace, object_id, None, None, {"kind": "alarm", "retryCount": retry, "isRetry": retry > 0}, None, 0,
+                obj if self.placement is not None else None,
             )
             if answer.status != 200:
                 error = _answer_message(answer.body)
@@ -912,12 +1551,7 @@ class DurableObjects:
         self.alarms_delivered += 1
         if error is None:
             try:
-                async with obj.lock:
-                    store = await self._store(obj)
-                    if await loop.run_in_executor(self._executor, store.alarm) == when_ms:
-                        await loop.run_in_executor(self._executor, store.set_alarm, None)
-                        if self._alarms is not None:
-                            await loop.run_in_executor(self._executor, self._alarms.remove, namespace, object_id)
+                await self._clear_alarm(obj, when_ms)
             finally:
                 obj.alarm_running = None  # only now: getAlarm() must not show a delivered alarm meanwhile
             return
@@ -931,12 +1565,33 @@ class DurableObjects:
             return
         self.log(namespace.script, "error",
                  f"alarm of {namespace.class_name} {object_id} failed {retry + 1} times ({error}); giving up")
+        await self._clear_alarm(obj, when_ms)
+
+    async def _clear_alarm(self, obj: _Object, when_ms: int) -> None:
+        """Delete the object's alarm if it is still ``when_ms`` (it was delivered, or given up)."""
+        loop = asyncio.get_running_loop()
+        namespace, object_id = obj.namespace, obj.id
         async with obj.lock:
+            if self.placement is not None and (not obj.lease or self._objects.get((namespace, object_id)) is not obj):
+                return  # it moved: its new owner has the alarm
             store = await self._store(obj)
-            if await loop.run_in_executor(self._executor, store.alarm) == when_ms:
+            if await loop.run_in_executor(self._executor, store.alarm) != when_ms:
+                return
+            if self.placement is None:
                 await loop.run_in_executor(self._executor, store.set_alarm, None)
                 if self._alarms is not None:
                     await loop.run_in_executor(self._executor, self._alarms.remove, namespace, object_id)
+                return
+            await loop.run_in_executor(self._executor, store.open_call)
+            try:
+                await loop.run_in_executor(self._executor, store.set_alarm, None)
+                seq = await self._append(obj, [["alarm", None]])
+            except BaseException:
+                await loop.run_in_executor(self._executor, store.undo_call)
+                raise
+            await loop.run_in_executor(self._executor, store.close_call, seq)
+            obj.log_seq = seq
+        await self._index_alarm(obj, None)
 
     # --- eviction ----------------------------------------------------------------------------
 
@@ -969,6 +1624,9 @@ class DurableObjects:
                 if obj.store is not None:
                     store, obj.store = obj.store, None
                     await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
+                if obj.lease and self.placement is not None:
+                    revision, obj.lease = obj.lease, 0
+                    await self.placement.release(self._lease_key(obj), revision)
                 evicted.append(obj.label)
         return evicted
 

@@ -482,7 +482,16 @@ async def serve(
             echo(f"Metrics on http://{host}:{admin.port}/metrics, health on http://{host}:{admin.port}/healthz")
         await node.start()
         triggers.start(node)
+        # On a NATS store, objects are leased, logged and forwarded across the nodes (issue #8).
+        from warren.bindings.object_placement import enable as place_objects
+
+        internal = await place_objects(objects, store, host, named)
+        if internal is not None:
+            servers.append(internal)
         await objects.start()  # after the node knows its versions: due alarms fire at once
+        if objects.placement is not None:
+            echo(f"Durable Objects placed across nodes: node {objects.placement.node_id}, "
+                 f"internal endpoint on {objects.placement.url}")
         if control_port is not None:
             from warren.control import create_app
 

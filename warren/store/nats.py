@@ -2452,3 +2452,248 @@ if TYPE_CHECKING:
 
 
 __all__ = ["SECRETS_KEY_ENV", "NATSStore", "SecretsKeyError", "generate_secrets_key", "redact"]
+
+
+# == Durable Object placement (issue #8, part 2) ===================================================
+# Used by warren.bindings.object_placement; nothing above depends on it. The layout:
+#
+#     KV objects_leases   <namespace dir>.<object id> -> {node, expires_ms}: who owns an object
+#     KV objects_nodes    <escaped node id>            -> {url, started}: where a node takes forwarded calls
+#     KV objects_alarms   <namespace dir>.<object id> -> {ns, id, name, time}: objects with an alarm set
+#     KV objects_snapshots <namespace dir>.<object id> -> {seq, name}: the object's newest snapshot
+#     stream <prefix>_objects, subject <prefix>.objects.<namespace dir>.<object id>: an object's write log,
+#         kept from its newest snapshot on; each append is conditional on the subject's last sequence.
+#     Object store <prefix>_object_snapshots  <key>/<seq> -> the object's SQLite file as of log message seq
+#
+# A lease is taken and renewed with compare-and-set on its key's revision; the log's
+# conditional append is what fences a former owner off (see the placement module). A
+# snapshot's pointer only moves forward (compare-and-set), and only then is the log purged
+# below it; a reader that raced a purge finds a gap in the log's chain and starts again.
+
+OBJECT_KV_KINDS = ("objects_leases", "objects_nodes", "objects_alarms", "objects_snapshots")
+OBJECT_SNAPSHOTS = "object_snapshots"  # the object store's kind
+OBJECT_NODES_MAX_AGE_S = 24 * 3600.0  # a node re-advertises itself well within this
+_OBJECT_KEY = re.compile(r"[0-9a-f]{32}\.[0-9a-f]{64}")
+
+
+class ObjectsOnNATS:
+    """The NATS side of Durable Object placement: lease, node and alarm keys, and the write logs."""
+
+    def __init__(self, store: NATSStore) -> None:
+        self.store = store
+        self._ready = False
+        self._snapshots: ObjectStore | None = None
+
+    @property
+    def replicas(self) -> int:
+        return self.store.bucket_replicas
+
+    def log_stream(self) -> str:
+        return f"{self.store.prefix}_objects"
+
+    def log_subject(self, key: str) -> str:
+        if not _OBJECT_KEY.fullmatch(key):
+            raise InvalidInput(f"invalid object key {key!r}")
+        return f"{self.store.prefix}.objects.{key}"
+
+    def max_message(self) -> int:
+        """The largest log message (data and headers) this server takes, with room to spare."""
+        return max(64 * 1024, self.store._max_record() - 4096)
+
+    def node_secret(self) -> str:
+        """A secret every node holding this store's secrets key can compute (the internal endpoint's
+        default credential): a fixed AES-GCM encryption under that key, hashed."""
+        tag = self.store._box._aead.encrypt(b"\0" * 12, b"warren node secret", b"warren durable objects")
+        return hashlib.sha256(tag).hexdigest()
+
+    async def ready(self, attempts: int = 8) -> None:
+        """Create the buckets and the log stream (idempotent; several nodes may race to do it). On a
+        cluster that is busy placing streams (nodes starting together) a request may time out: the
+        whole is tried again."""
+        for attempt in range(attempts):
+            try:
+                await self._create()
+                return
+            except (TimeoutError, NATSError):
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    async def _create(self) -> None:
+        if self._ready:
+            return
+        store = self.store
+        for kind in OBJECT_KV_KINDS:
+            await store._ensure_stream(
+                api.StreamConfig(
+                    name=store._stream(kind),
+                    description=f"warren {kind}",
+                    subjects=[f"$KV.{store._bucket(kind)}.>"],
+                    allow_rollup_hdrs=True,
+                    deny_delete=True,
+                    discard=api.DiscardPolicy.NEW,
+                    max_age=OBJECT_NODES_MAX_AGE_S if kind == "objects_nodes" else None,
+                    max_msgs=-1,
+                    max_bytes=-1,
+                    max_msgs_per_subject=1,
+                    storage=api.StorageType.FILE,
+                    num_replicas=store.bucket_replicas,
+                    allow_direct=False,
+                )
+            )
+        await store._ensure_stream(
+            api.StreamConfig(
+                name=self.log_stream(),
+                description="warren Durable Object write logs",
+                subjects=[f"{store.prefix}.objects.>"],
+                discard=api.DiscardPolicy.NEW,
+                max_msgs=-1,
+                max_bytes=-1,
+                max_msgs_per_subject=-1,
+                storage=api.StorageType.FILE,
+                num_replicas=store.bucket_replicas,
+                allow_direct=False,
+            )
+        )
+        js = store._jetstream()
+        try:
+            self._snapshots = await js.object_store(store._bucket(OBJECT_SNAPSHOTS))
+        except BucketNotFoundError:
+            try:
+                self._snapshots = await js.create_object_store(
+                    store._bucket(OBJECT_SNAPSHOTS),
+                    api.ObjectStoreConfig(
+                        description="warren Durable Object snapshots",
+                        storage=api.StorageType.FILE,
+                        replicas=store.bucket_replicas,
+                    ),
+                )
+            except APIError:
+                self._snapshots = await js.object_store(store._bucket(OBJECT_SNAPSHOTS))
+        self._ready = True
+
+    async def _publish(self, subject: str, stream: str, data: bytes, headers: dict[str, str]) -> int | None:
+        """One conditional append; its sequence, or None if the subject moved on (compare-and-set lost).
+        A new stream may not take messages for a moment (no responders): that is retried briefly."""
+        for attempt in range(40):
+            try:
+                ack = await self.store._jetstream().publish(subject, data, stream=stream, headers=headers)
+                return int(ack.seq)
+            except APIError as exc:
+                if exc.err_code in _WRONG_LAST_SEQUENCE:
+                    return None
+                raise
+            except NoStreamResponseError:
+                if attempt == 39:
+                    raise
+                await asyncio.sleep(0.05)
+        return None
+
+    async def get(self, kind: str, key: str) -> tuple[bytes | None, int]:
+        """A key's value (None if absent or deleted) and its revision (0 if never written)."""
+        entry = await self.store._get(kind, key)
+        return entry.value, entry.revision
+
+    async def swap(self, kind: str, key: str, value: bytes | None, last: int | None) -> int | None:
+        """Write (or with None, delete) a key if its revision is still ``last`` (None: whatever it is).
+        The new revision, or None if the key had moved on."""
+        headers: dict[str, str] = {}
+        if last is not None:
+            headers[_EXPECTED_LAST] = str(last)
+        if value is None:
+            headers[_KV_OPERATION] = "DEL"
+        return await self._publish(self.store._subject(kind, key), self.store._stream(kind), value or b"", headers)
+
+    async def scan(self, kind: str) -> list[tuple[str, bytes, int]]:
+        """Every live key of a bucket: (key, value, revision)."""
+        return [(entry.key, entry.value or b"", entry.revision) for entry in await self.store._scan(kind)]
+
+    async def append(self, key: str, data: bytes, headers: dict[str, str], last: int) -> int | None:
+        """Append to an object's log if its last message is still ``last`` (0: none); the new sequence,
+        or None if another writer appended first."""
+        return await self._publish(
+            self.log_subject(key), self.log_stream(), data, {**headers, _EXPECTED_LAST: str(last)}
+        )
+
+    async def read(self, key: str, after: int) -> AsyncIterator[tuple[int, dict[str, str], bytes]]:
+        """An object's log messages after sequence ``after``, oldest first: (sequence, headers, data)."""
+        js = self.store._jetstream()
+        subject = self.log_subject(key)
+        seq = after + 1
+        while True:
+            try:
+                msg = await js.get_msg(self.log_stream(), seq=seq, subject=subject, next=True)
+            except NotFoundError:
+                return
+            yield int(msg.seq or 0), dict(msg.headers or {}), msg.data or b""
+            seq = int(msg.seq or 0) + 1
+
+    async def last(self, key: str) -> int:
+        """The sequence of the object's last log message (0 if it has none)."""
+        try:
+            msg = await self.store._jetstream().get_msg(self.log_stream(), subject=self.log_subject(key))
+        except NotFoundError:
+            return 0
+        return int(msg.seq or 0)
+
+    async def snapshot(self, key: str) -> tuple[int, str] | None:
+        """The object's newest snapshot: (the log sequence it includes, its name), or None."""
+        value, _ = await self.get("objects_snapshots", key)
+        if value is None:
+            return None
+        record = _load(value)
+        return int(record["seq"]), str(record["name"])
+
+    async def fetch_snapshot(self, name: str, path: str) -> bool:
+        """Write the snapshot to ``path``; False if it is gone (replaced meanwhile: ask again)."""
+        if self._snapshots is None:
+            raise RuntimeError("placement buckets are not ready")
+        try:
+            with open(path, "wb") as sink:
+                await self._snapshots.get(name, writeinto=sink)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    async def save_snapshot(self, key: str, seq: int, path: str) -> bool:
+        """Store the file at ``path`` as the object's state as of log message ``seq``, point to it if it
+        is newer than the snapshot pointed to, then drop the log below it and the older snapshot."""
+        if self._snapshots is None:
+            raise RuntimeError("placement buckets are not ready")
+        name = f"{key}/{seq}"
+        with open(path, "rb") as source:
+            await self._snapshots.put(name, source)
+        for _ in range(CAS_ATTEMPTS):
+            value, revision = await self.get("objects_snapshots", key)
+            current = _load(value) if value is not None else None
+            if current is not None and int(current["seq"]) >= seq:
+                await self._drop_snapshot(name)
+                return False
+            if await self.swap("objects_snapshots", key, _dump({"seq": seq, "name": name}), revision) is not None:
+                break
+        else:
+            await self._drop_snapshot(name)
+            return False
+        await self.store._jetstream().purge_stream(self.log_stream(), seq=seq, subject=self.log_subject(key))
+        if current is not None:
+            await self._drop_snapshot(str(current["name"]))
+        return True
+
+    async def _drop_snapshot(self, name: str) -> None:
+        if self._snapshots is None:
+            return
+        try:
+            await self._snapshots.delete(name)
+        except (NATSError, TimeoutError):
+            pass  # garbage: a snapshot nothing points to is never read
+
+    async def has(self, key: str, seq: int) -> bool:
+        """Whether the log message ``seq`` exists and is the object's (a cache's anchor is still valid)."""
+        try:
+            msg = await self.store._jetstream().get_msg(self.log_stream(), seq=seq)
+        except NotFoundError:
+            return False
+        return msg.subject == self.log_subject(key)
+
+
+# == end of Durable Object placement ==============================================================
