@@ -7,7 +7,9 @@ In this process it runs warren's Supervisor behind EdgeApp on uvicorn (127.0.0.1
 port 0, routed by the first path segment; bench/cold_start.py's Edge) with
 ``--processes`` runtime processes (default: one per core, as ``warren serve``)
 and the default memory budget (70% of the machine's memory, shared by the
-processes) unless ``--memory-budget-mb`` says otherwise. Then:
+processes) unless ``--memory-budget-mb`` says otherwise. The idle timeout is an
+hour (``--idle-timeout``; warren's default is 5 minutes, less than loading
+10,000 tenants takes), so what is evicted is evicted for the budget. Then:
 
 * registers ``--tenants`` distinct small module workers without starting them,
   and requests each once (``--concurrency`` at a time, a new TCP connection
@@ -23,7 +25,10 @@ processes) unless ``--memory-budget-mb`` says otherwise. Then:
 * requests the ``--revisit`` oldest tenants again (evicted first, if anything
   was evicted) and the newest ones (still resident), one at a time, and prints
   the latency of each group and how many of them had to start an isolate
-  (``cold`` in the metering): the cost of an evicted tenant's next request.
+  (``cold`` in the metering): the cost of an evicted tenant's next request;
+* last, makes a few isolates in this process, empty and with the runtime
+  loaded, and prints their RSS and JS heap once collected: the anatomy of a
+  tenant's cost.
 
 The runtime processes get ``oom_score_adj`` 1000: if the machine runs out of
 memory after all, the kernel kills them first, not someone else's work.
@@ -125,6 +130,45 @@ class Census:
         return total / 1024, isolates, (total - base) / 1024 / isolates if isolates else 0.0
 
 
+def anatomy(count: int = 40) -> None:
+    """Where one isolate's memory goes, measured on isolates made here (compacted, as when idle)."""
+    import gc
+
+    from warren.engine import Isolate
+    from warren.runtime.pool import prepare_isolate
+
+    def rss() -> int:
+        gc.collect()
+        return rss_kib(os.getpid()) * 1024
+
+    for _ in range(3):  # the process' one-off costs (V8's platform, the shared runtime source)
+        prepare_isolate().isolate.dispose()
+    print(f"\nanatomy of an isolate ({count} made in this process, each fully collected):")
+    before = rss()
+    empty = [Isolate() for _ in range(count)]
+    for isolate in empty:
+        isolate.compact()
+    middle = rss()
+    prepared = [prepare_isolate() for _ in range(count)]
+    for each in prepared:
+        each.isolate.compact()
+    after = rss()
+    heap_empty = statistics.mean(isolate.memory_bytes for isolate in empty)
+    heap_prepared = statistics.mean(each.isolate.memory_bytes for each in prepared)
+    print(
+        f"  V8 isolate with one context, nothing loaded: {(middle - before) / count / MIB:.2f} MiB RSS "
+        f"(JS heap {heap_empty / MIB:.2f} MiB; the rest is V8's per-isolate tables and malloc)"
+    )
+    print(
+        f"  with warren's runtime loaded (Web APIs, bundle, bootstrap, warmed): {(after - middle) / count / MIB:.2f} "
+        f"MiB RSS (JS heap {heap_prepared / MIB:.2f} MiB); a tenant adds its script, and garbage until compacted"
+    )
+    for isolate in empty:
+        isolate.dispose()
+    for each in prepared:
+        each.isolate.dispose()
+
+
 def request(edge: Edge, index: int) -> tuple[int, float, bool]:
     """(index, seconds, answered correctly) for one GET on a new connection."""
     try:
@@ -139,6 +183,10 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, default=10_000, help="distinct tenants (default 10,000)")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="runtime processes (default: cores)")
     parser.add_argument("--memory-budget-mb", type=int, default=0, help="per process; 0: warren's default")
+    parser.add_argument(
+        "--idle-timeout", type=float, default=3600.0,
+        help="seconds before an idle isolate is evicted (warren's default is 300; loading 10,000 takes longer)",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight while loading (default 4)")
     parser.add_argument("--report-every", type=int, default=1000, help="progress line every N tenants")
     parser.add_argument("--reserve-mb", type=int, default=2048, help="stop loading below this MemAvailable")
@@ -150,7 +198,7 @@ def main() -> int:
 
     budget_mib = args.memory_budget_mb or default_memory_budget(args.processes) / MIB
     started = time.perf_counter()
-    edge = Edge(processes=args.processes, memory_budget_mb=args.memory_budget_mb)
+    edge = Edge(processes=args.processes, memory_budget_mb=args.memory_budget_mb, idle_timeout=args.idle_timeout)
     try:
         return run(edge, args, budget_mib, started)
     finally:
@@ -215,7 +263,7 @@ def run(edge: Edge, args: argparse.Namespace, budget_mib: float, started: float)
 
     def memory_report(title: str) -> None:
         total, isolates, per_isolate = census.per_isolate_mib()
-        heaps = [m["memory"] for m in edge.metering.values() if m.get("memory")]
+        heaps = [m["memory"] for m in dict(edge.metering).values() if m.get("memory")]
         heap = statistics.mean(heaps) / MIB if heaps else 0.0
         evicted = sum(row[3] for row in census.take())
         print(f"\n{title}")
@@ -264,6 +312,7 @@ def run(edge: Edge, args: argparse.Namespace, budget_mib: float, started: float)
     errors = [entry for entry in edge.logs if entry[1] == "error"]
     if errors:
         print(f"\n{len(errors)} errors logged by the runtime, e.g.: {errors[0]}")
+    anatomy()
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 
