@@ -180,3 +180,28 @@ def test_a_tenant_that_defines_a_lazy_global_first_keeps_its_own() -> None:
         assert isolate.run_script("URLPattern", "t.js") == "mine"
     finally:
         prepared.isolate.dispose()
+
+
+def test_a_script_that_fails_to_compile_hands_its_prepared_isolate_back() -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from warren.runtime import Compiler, ScriptLoadError, Worker
+    from warren.runtime.pool import IsolatePool
+
+    async def scenario() -> tuple[int, int, int]:
+        pool = IsolatePool(ThreadPoolExecutor(1), size=2)
+        pool.refill()
+        while len(pool._ready) < 2:
+            await asyncio.sleep(0.01)
+        broken = WorkerScript(name="broken", source="export default { fetch( { };")
+        worker = Worker(broken, ThreadPoolExecutor(1), Compiler(), lambda level, message: None, pool=pool)
+        with pytest.raises(ScriptLoadError):
+            await worker.start()
+        await asyncio.sleep(0)  # handed back through the loop (before the refill, 100 ms later)
+        ready = len(pool._ready)
+        pool.close()
+        return ready, pool.taken, pool.missed
+
+    ready, taken, missed = asyncio.run(scenario())
+    assert (ready, taken, missed) == (2, 1, 0)  # taken once, and back: not wasted on a syntax error
