@@ -288,6 +288,7 @@ def test_a_paused_owner_resumed_after_its_lease_moved_cannot_write(platform: Pla
         os.kill(owner.process.pid, signal.SIGCONT)
     writer.join(30)
     assert outcome["status"] == 500, outcome  # its write was refused: it no longer owned the object
+    owner.wait_for("Uncaught Error: This Durable Object moved to another node: the storage operation was not applied")
     assert call(other, "/get/fence", "GET") == 4
     assert call(owner, "/get/fence", "GET") == 4  # the resumed node now forwards to the owner
     assert call(owner, "/inc/fence") == 5

@@ -723,6 +723,7 @@ class DurableObjects:
             self._sweeper.cancel()
         for task in self._loops:
             task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -735,14 +736,14 @@ class DurableObjects:
                 store, obj.store = obj.store, None
                 await loop.run_in_executor(self._executor, store.close)
             if obj.lease:
-                held.append((self._lease_key(obj), obj.lease))
+                held.append(self._lease_key(obj))
                 obj.lease = 0
         self._objects.clear()
         self._hosted.clear()
         if self.placement is not None:
             # Released, the objects move at once to the next node that is asked for them.
             placement = self.placement
-            await asyncio.gather(*(placement.release(key, revision) for key, revision in held))
+            await asyncio.gather(*(placement.release(key) for key in held))
             await placement.stop()
         if self._alarms is not None:
             await loop.run_in_executor(self._executor, self._alarms.close)
@@ -1625,7 +1626,8 @@ class DurableObjects:
                     store, obj.store = obj.store, None
                     await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
                 if obj.lease and self.placement is not None:
-                    revision, obj.lease = obj.lease, 0
+                    async with obj.lease_lock:  # not while a renewal is in flight
+                        revision, obj.lease = obj.lease, 0
                     await self.placement.release(self._lease_key(obj), revision)
                 evicted.append(obj.label)
         return evicted

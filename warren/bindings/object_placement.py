@@ -273,9 +273,15 @@ class Placement:
         revision = await self.nats.swap(LEASES, key, json.dumps(record).encode(), last)
         return None if revision is None else (revision, sent)
 
-    async def release(self, key: str, last: int) -> None:
-        """Free the lease if it is still the one held (best effort: an unreleased lease expires)."""
+    async def release(self, key: str, last: int | None = None) -> None:
+        """Free the lease if it is still the one held (revision ``last``), or with None if it names this
+        node (a stopping node, whose last renewal may have landed unseen). Best effort: a lease not
+        released expires."""
         try:
+            if last is None:
+                lease, last = await asyncio.wait_for(self.lease(key), 2.0)
+                if lease is None or lease.node != self.node_id:
+                    return
             await asyncio.wait_for(self.nats.swap(LEASES, key, None, last), 2.0)
         except Exception:
             pass

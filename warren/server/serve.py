@@ -505,6 +505,9 @@ async def serve(
         if not named:  # several nodes may share a host: the port tells them apart
             metrics.node = f"{socket.gethostname()}:{edge.port}"
         echo(f"Ready on http://{host}:{edge.port} (workers domain {workers_domain}, store revision {node.revision})")
+        # uvicorn re-raises a signal it caught once it has stopped, which ended the process before
+        # the clean-up below ran (Durable Object leases released, events flushed): the node takes them.
+        _stop_on_signals([server.server for server in servers])
         # Either server stopping (a signal reaches both) ends the node.
         await asyncio.wait([server.task for server in servers], return_when=asyncio.FIRST_COMPLETED)
         for server in servers:
@@ -521,6 +524,25 @@ async def serve(
         await supervisor.stop()
         await kv.close()
         await publisher.stop()
+
+
+def _stop_on_signals(servers: list[Any]) -> None:
+    """SIGINT and SIGTERM stop every uvicorn server of the node (a second SIGINT forces it), without
+    the signal being raised again afterwards, so ``serve``'s clean-up runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only; whoever runs the node there handles them
+
+    def stop(signum: int, frame: Any) -> None:
+        for server in servers:
+            if server.should_exit and signum == signal.SIGINT:
+                server.force_exit = True
+            server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 
 class _Triggers:
