@@ -108,6 +108,18 @@ export default {
 """
 
 
+class Node(ServiceProcess):
+    """A ``warren serve`` that does not outlive a start that failed (it is stopped before the error)."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        try:
+            super().__init__(args, cwd)
+        except BaseException:
+            if getattr(self, "process", None) is not None:
+                self.stop()
+            raise
+
+
 class Platform:
     """A NATS store with an account, a control plane and the counter worker deployed; nodes on demand."""
 
@@ -123,6 +135,7 @@ class Platform:
         self.account_id = account["account_id"]
         self.control = ServiceProcess(["control", "--store", store], root)
         self.nodes: list[ServiceProcess] = []
+        self._lock = threading.Lock()
         files = {
             "metadata": (None, json.dumps({"main_module": "index.js", "bindings": [
                 {"type": "durable_object_namespace", "name": "COUNTER", "class_name": "Counter"}]}), "application/json"),
@@ -132,7 +145,9 @@ class Platform:
             response = api.put(
                 f"{self.control.url}/client/v4/accounts/{self.account_id}/workers/scripts/counter", files=files
             )
-        assert response.status_code == 200, response.text
+        if response.status_code != 200:
+            self.control.stop()
+            raise AssertionError(response.text)
 
     def start_nodes(self, count: int) -> list[ServiceProcess]:
         """``count`` more edge nodes, each in a directory (so a state directory) of its own, serving the worker."""
@@ -141,10 +156,12 @@ class Platform:
         def start(index: int) -> ServiceProcess:
             cwd = self.root / f"node{index}"
             cwd.mkdir()
-            node = ServiceProcess(
+            node = Node(
                 ["serve", "--store", self.store, "--workers-domain", DOMAIN, "--processes", "1",
                  "--node-name", f"node{index}"], cwd,
             )
+            with self._lock:
+                self.nodes.append(node)  # stopped by stop() whatever happens next
             deadline = time.monotonic() + 30
             while node.get("/ready/x", headers=HOST).text != "ready":
                 assert time.monotonic() < deadline, node.output
@@ -152,18 +169,17 @@ class Platform:
             return node
 
         with ThreadPoolExecutor(count) as pool:
-            started = list(pool.map(start, range(first, first + count)))
-        self.nodes += started
-        return started
+            return list(pool.map(start, range(first, first + count)))
 
     def stop(self) -> None:
         for node in self.nodes:
             if node.process.poll() is None:
                 os.kill(node.process.pid, signal.SIGCONT)  # a test may have left it paused
             node.stop()
-            if os.environ.get("DEBUG_NODES"):  # DEBUG_NODES=1 pytest -s: what each node said, requests aside
-                print("\n".join(line for line in node.lines if not re.search(r" (GET|POST) /", line)))
         self.control.stop()
+        if os.environ.get("DEBUG_NODES"):  # DEBUG_NODES=1 pytest -s: what each node said, requests aside
+            for node in self.nodes:
+                print("\n".join(line for line in node.lines if not re.search(r" (GET|POST) /", line)))
 
 
 def call(node: ServiceProcess, path: str, method: str = "POST") -> Any:
