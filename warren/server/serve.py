@@ -447,12 +447,17 @@ async def serve(
             publisher.submit(account_id, event)
 
     from warren.bindings import BindingHost
+    from warren.bindings.cache import CacheHandler
     from warren.bindings.kv import KVHandler
 
     bindings = BindingHost()
     # Its node id breaks ties between KV writes stamped in the same microsecond on two nodes.
     kv = KVHandler(store, named or f"{socket.gethostname()}-{os.getpid()}", report=echo)
     bindings.register("kv_namespace", kv)
+    # The Cache API's entries: the node's own, on its disk (as a data centre's cache is).
+    node_state = Path(state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    node_state.mkdir(parents=True, exist_ok=True)
+    bindings.register("cache", CacheHandler(node_state / "cache.sqlite3"))
     supervisor = Supervisor(
         on_log=log, on_done=done, processes=processes, subrequests=subrequests, bindings=bindings
     )

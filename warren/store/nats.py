@@ -1590,7 +1590,7 @@ class NATSStore:
         reconnection). A reader that falls FOLLOW_QUEUE messages behind loses the newest."""
         import datetime
 
-        js = self._jetstream()
+        self._jetstream()  # fails at once if the store is closed or NATS unreachable
         stream = await self._ensure_events_stream(account_id)
         queue: asyncio.Queue[bytes] = asyncio.Queue(FOLLOW_QUEUE)
 
@@ -1605,7 +1605,7 @@ class NATSStore:
             deliver_policy=api.DeliverPolicy.BY_START_TIME,
             opt_start_time=datetime.datetime.fromtimestamp(start, datetime.UTC),
         )
-        subscription = await js.subscribe(
+        subscription = await self._subscribe(
             self._events_subject(account_id, script),
             stream=stream,
             cb=on_message,
@@ -1837,7 +1837,7 @@ class NATSStore:
             arrived.set()
 
         # Headers only: a list never reads values. Caught up as in _scan (the consumer's info decides).
-        subscription = await js.subscribe(
+        subscription = await self._subscribe(
             base + ">",
             stream=self._stream(KV_DATA),
             cb=on_message,
@@ -1905,7 +1905,7 @@ class NATSStore:
         """A headers-only watch of the data bucket, from now on. Started afresh after a reconnection
         (its consumer lived in one server's memory), and then, as after a queue overflow,
         announced as a change of anything: what happened meanwhile is unknown."""
-        js, _ = await self._kv_ready()
+        await self._kv_ready()
         prefix = f"$KV.{self._bucket(KV_DATA)}."
         queue: asyncio.Queue[KVChange] = asyncio.Queue(KV_CHANGES_QUEUE)
         lost = False
@@ -1929,7 +1929,7 @@ class NATSStore:
                 lost = True
 
         async def watch() -> JetStreamContext.PushSubscription:
-            return await js.subscribe(
+            return await self._subscribe(
                 prefix + ">",
                 stream=self._stream(KV_DATA),
                 cb=on_message,
