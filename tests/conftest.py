@@ -171,7 +171,14 @@ class Edge:
             return self.supervisor.deployments.get(path.split("/")[1])
 
         config = uvicorn.Config(
-            EdgeApp(self.supervisor, resolve), host="127.0.0.1", port=0, lifespan="off", log_level="warning"
+            EdgeApp(self.supervisor, resolve),
+            host="127.0.0.1",
+            port=0,
+            lifespan="off",
+            log_level="warning",
+            # Load tests keep connections busy for many seconds: a 5 s keep-alive closing one
+            # just as the client reuses it would be a client-side race, not what they measure.
+            timeout_keep_alive=60,
         )
         self._server = uvicorn.Server(config)
         self._serving = asyncio.get_running_loop().create_task(self._server.serve())
