@@ -657,25 +657,24 @@ class SQLiteStore:
         return await self._read(read)
 
 
-    # == invocation events (warren.observability) ===========================================
-    # A bounded ring, written by edge nodes and read by the control plane's tails and
-    # analytics. It is not configuration: writing it never moves the revision (edge nodes
-    # would reload on every request otherwise), so it has transactions of its own. The
-    # tables are created on first use, outside the schema version.
+    # == sections outside the versioned schema ==================================================
+    # Invocation events, KV data and queues create their tables on first use and run in
+    # transactions of their own (writing them never moves the revision); this is how.
 
-    def _events_schema(self, conn: sqlite3.Connection) -> None:
-        if getattr(self, "_events_ready", None) is conn:
+    def _ensure_tables(self, conn: sqlite3.Connection, statements: Sequence[str]) -> None:
+        ready: dict[int, sqlite3.Connection] = self.__dict__.setdefault("_tables_ready", {})
+        if ready.get(id(statements)) is conn:
             return
-        for statement in _EVENT_SCHEMA:
+        for statement in statements:
             conn.execute(statement)
-        self._events_ready: sqlite3.Connection | None = conn
+        ready[id(statements)] = conn
 
-    def _in_events(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+    def _in_section(self, statements: Sequence[str], fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
         with self._lock:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                self._events_schema(conn)
+                self._ensure_tables(conn, statements)
                 result = fn(conn)
                 conn.execute("COMMIT")
             except BaseException:
@@ -683,6 +682,18 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 raise
             return result
+
+    # == invocation events (warren.observability) ===========================================
+    # A bounded ring, written by edge nodes and read by the control plane's tails and
+    # analytics. It is not configuration: writing it never moves the revision (edge nodes
+    # would reload on every request otherwise), so it has transactions of its own. The
+    # tables are created on first use, outside the schema version.
+
+    def _events_schema(self, conn: sqlite3.Connection) -> None:
+        self._ensure_tables(conn, _EVENT_SCHEMA)
+
+    def _in_events(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        return self._in_section(_EVENT_SCHEMA, fn, write)
 
     async def publish_events(self, account_id: str, events: Sequence[dict[str, Any]]) -> None:
         """Append invocation events (warren.observability) to the ring, and count them per minute."""
@@ -774,25 +785,10 @@ class SQLiteStore:
     # polls: SQLite's change notification for the nodes that share the file.
 
     def _kv_schema(self, conn: sqlite3.Connection) -> None:
-        if getattr(self, "_kv_ready", None) is conn:
-            return
-        for statement in _KV_SCHEMA:
-            conn.execute(statement)
-        self._kv_ready: sqlite3.Connection | None = conn
+        self._ensure_tables(conn, _KV_SCHEMA)
 
     def _in_kv(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                self._kv_schema(conn)
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+        return self._in_section(_KV_SCHEMA, fn, write)
 
     async def _kv(self, fn: Callable[[sqlite3.Connection], T], write: bool = False) -> T:
         return await asyncio.to_thread(self._in_kv, fn, write)
@@ -943,25 +939,10 @@ class SQLiteStore:
     # lease acks, retries or dead-letters it.
 
     def _queues_schema(self, conn: sqlite3.Connection) -> None:
-        if getattr(self, "_queues_ready", None) is conn:
-            return
-        for statement in _QUEUE_SCHEMA:
-            conn.execute(statement)
-        self._queues_ready: sqlite3.Connection | None = conn
+        self._ensure_tables(conn, _QUEUE_SCHEMA)
 
     def _in_queues(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                self._queues_schema(conn)
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+        return self._in_section(_QUEUE_SCHEMA, fn, write)
 
     async def _queue_data(self, fn: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
         return await asyncio.to_thread(self._in_queues, fn, write)
