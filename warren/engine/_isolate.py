@@ -25,6 +25,8 @@ WebAssembly.Module``), and the answer is no unless the isolate's own private
 from __future__ import annotations
 
 import ctypes
+import json
+import math
 import os
 import re
 import shutil
@@ -498,15 +500,27 @@ HostFunction = Callable[..., Primitive]
 # objects: a call through those aborts the process (ToLocalChecked on an empty
 # result) when the watchdog terminates it, while a script evaluation unwinds.
 # The script's arguments come from a queue only the engine fills, so a tenant
-# calling the trampoline itself gets nothing.
+# calling the trampoline itself gets nothing. They cross in one call back into
+# Python, packed as JSON: each call from the JS thread takes the GIL, and
+# waits for it while the event loop's thread runs (a dozen such calls per
+# request cost more than the request's JavaScript). Long strings and numbers
+# JSON cannot carry follow one call each ({} marks where).
 _CALL_SOURCE = "__warrenCall()"
 _TRAMPOLINE = """(function (next) {
   "use strict";
   const entries = new Map();
+  const parse = JSON.parse;
+  const apply = Reflect.apply;
   Object.defineProperty(globalThis, "__warrenCall", { value: function () {
-    const op = next();
+    const packed = next();
+    if (typeof packed !== "string") return undefined;
+    const items = parse(packed);
+    for (let i = 0; i < items.length; i++) {
+      if (items[i] !== null && typeof items[i] === "object") items[i] = next();
+    }
+    const op = items[0];
     if (op === "take") {
-      const name = next();
+      const name = items[1];
       const fn = globalThis[name];
       if (typeof fn !== "function" || entries.has(name)) return "missing";
       entries.set(name, fn);
@@ -514,16 +528,45 @@ _TRAMPOLINE = """(function (next) {
       return "ok";
     }
     if (op === "call") {
-      const fn = entries.get(next());
-      const count = next();
+      const fn = entries.get(items[1]);
       const args = [];
-      for (let i = 0; i < count; i++) args.push(next());
+      for (let i = 2; i < items.length; i++) args[i - 2] = items[i];
       if (fn === undefined) throw new Error("unknown entry point");
-      return fn(...args);
+      return apply(fn, undefined, args);
     }
     return undefined;
   } });
 })"""
+# Strings longer than this cross on their own: JSON would escape a latin-1 body's upper half six-fold.
+_PACKED_STRING_LIMIT = 4096
+_pack = json.JSONEncoder(separators=(",", ":")).encode
+_SEPARATE: dict[str, Any] = {}  # stands for an item that follows on its own
+
+
+def _pack_items(items: tuple[Primitive, ...]) -> tuple[str, list[Primitive]]:
+    """The JSON the trampoline parses, and the items that follow it one by one."""
+    inline: list[Any] = []
+    separate: list[Primitive] = []
+    for item in items:
+        kind = type(item)
+        if not (kind is str or kind is float or kind is int or kind is bool or item is None):
+            # What the engine never passes: a subclass as its base type, anything else as null.
+            item = _primitive_value(item)
+            kind = type(item)
+        if (kind is str and len(item) > _PACKED_STRING_LIMIT) or (  # type: ignore[arg-type]
+            kind is float and not math.isfinite(item)  # type: ignore[arg-type]
+        ):
+            separate.append(item)
+            item = _SEPARATE
+        inline.append(item)
+    return _pack(inline), separate
+
+
+def _primitive_value(item: Any) -> Primitive:
+    for base in (bool, int, float, str):
+        if isinstance(item, base):
+            return base(item)
+    return None
 
 
 # The only way to compile WebAssembly in an isolate: opens the gate that
@@ -777,8 +820,11 @@ class Isolate:
         return self._pending.popleft() if self._pending else None
 
     def _trampoline(self, cpu_budget_ms: float, *items: Primitive) -> Primitive:
+        packed, separate = _pack_items(items)
+
         def action() -> Any:
-            self._pending.extend(items)
+            self._pending.append(packed)
+            self._pending.extend(separate)
             try:
                 return self._ctx.eval(_CALL_SOURCE, "warren:call")
             finally:
@@ -793,7 +839,7 @@ class Isolate:
 
     def call(self, entry_point: str, *args: Primitive, cpu_budget_ms: float) -> Primitive:
         """Call an entry point with primitive arguments under a CPU budget."""
-        return self._trampoline(cpu_budget_ms, "call", entry_point, len(args), *args)
+        return self._trampoline(cpu_budget_ms, "call", entry_point, *args)
 
     def compact(self) -> None:
         """Collect all garbage now (V8's low-memory notification): for an isolate gone idle."""
