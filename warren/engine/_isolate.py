@@ -547,15 +547,14 @@ def _pack_items(items: tuple[Primitive, ...]) -> tuple[str, list[Primitive]]:
     """The JSON the trampoline parses, and the items that follow it one by one."""
     inline: list[Any] = []
     separate: list[Primitive] = []
+    item: Any
     for item in items:
         kind = type(item)
         if not (kind is str or kind is float or kind is int or kind is bool or item is None):
             # What the engine never passes: a subclass as its base type, anything else as null.
             item = _primitive_value(item)
             kind = type(item)
-        if (kind is str and len(item) > _PACKED_STRING_LIMIT) or (  # type: ignore[arg-type]
-            kind is float and not math.isfinite(item)  # type: ignore[arg-type]
-        ):
+        if (kind is str and len(item) > _PACKED_STRING_LIMIT) or (kind is float and not math.isfinite(item)):
             separate.append(item)
             item = _SEPARATE
         inline.append(item)
