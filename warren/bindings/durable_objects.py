@@ -51,10 +51,12 @@ buckets of its own, reached through ``object_placement``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -69,7 +71,7 @@ from nats.errors import Error as NATSError
 
 from warren.bindings import BindingCall, BindingError, BindingHost, BindingResult
 from warren.bindings.object_placement import MAX_HOPS, LogGap, Placement, Unreachable
-from warren.bindings.service import collect
+from warren.bindings.service import collect, is_upgrade
 
 if TYPE_CHECKING:
     from warren.server.supervisor import Exchange, Supervisor
@@ -170,6 +172,20 @@ def id_from_name(script: str, class_name: str, name: str) -> str:
     body = bytearray(hmac.new(key, b"name\0" + name.encode(), hashlib.sha256).digest()[:16])
     body[0] &= 0x7F
     return bytes(body).hex() + hmac.new(key, bytes(body), hashlib.sha256).digest()[:16].hex()
+
+
+def rekeyed_id(script: str, class_name: str, object_id: str, name: str | None) -> str | None:
+    """The id that the object ``object_id`` of another class of ``script`` has in ``class_name``'s namespace
+    (ids are keyed by the class's name: a renamed class gives its objects new ids). A named object is
+    found by its name; a unique one keeps its body; None for a named id whose name is not known."""
+    if name is not None:
+        return id_from_name(script, class_name, name)
+    if not _ID.fullmatch(object_id):
+        return None
+    body = bytes.fromhex(object_id[:32])
+    if not body[0] & 0x80:
+        return None
+    return body.hex() + hmac.new(namespace_key(script, class_name), body, hashlib.sha256).digest()[:16].hex()
 
 
 @dataclass(frozen=True)
@@ -653,6 +669,7 @@ class _Answer:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    socket: str | None = None  # a 101's WebSocket, held by the node (warren.server.websockets.HeldSockets)
 
 
 class DurableObjects:
@@ -698,9 +715,12 @@ class DurableObjects:
         self._loops: list[asyncio.Task[None]] = []
         self._claims: dict[tuple[Namespace, str], tuple[asyncio.Lock, int]] = {}
         self.alarms_delivered = 0
+        # (account id, script) -> its class state after migrations (set_classes; warren.control.migrations)
+        self._classes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._rekeyed: set[tuple[str, str, str, str]] = set()  # renames whose alarms were moved
 
     def register(self, bindings: BindingHost) -> None:
-        bindings.register("durable_object_namespace", self.namespace_call)
+        bindings.register("durable_object_namespace", self._namespace_call_of_live_class)
         bindings.register("durable_object_storage", self.storage_call)
 
     # --- life cycle ---------------------------------------------------------------------
@@ -772,7 +792,7 @@ class DurableObjects:
     async def _store(self, obj: _Object) -> ObjectStore:
         """The object's file, opened if need be. Called holding ``obj.lock``."""
         if obj.store is None:
-            path = self.root / obj.namespace.directory / f"{obj.id}.sqlite"
+            path = self._path(obj)
             loop = asyncio.get_running_loop()
             # Placed across nodes the file is a cache of the replicated log: it need not be synced.
             replicated = self.placement is not None
@@ -819,11 +839,17 @@ class DurableObjects:
                 if not all(_HEADER_TEXT.fullmatch(part) for part in pair):
                     raise BindingError("malformed Durable Object request headers", "TypeError")
                 headers.append((pair[0], pair[1]))
-            event = {"kind": "fetch", "method": method, "url": url, "headers": headers}
-            answer = await self._route(namespace, object_id, name, sql, event, call.data, call.depth + 1)
+            event: dict[str, Any] = {"kind": "fetch", "method": method, "url": url, "headers": headers}
+            if is_upgrade(headers):
+                event["websocket"] = True
+            answer = await self._route(namespace, object_id, name, sql, event, call.data, call.depth + 1,
+                                       owner=call.stream)
             if answer.status == ERROR_STATUS:
                 return BindingResult({"error": True}, answer.body)
             value = {"status": answer.status, "statusText": "", "headers": [list(pair) for pair in answer.headers]}
+            if answer.socket is not None:
+                value["webSocket"] = answer.socket
+                return BindingResult(value, None)
             return BindingResult(value, answer.body)
         if call.method == "rpc":
             method = args.get("method")
@@ -846,9 +872,11 @@ class DurableObjects:
         body: bytes | None,
         depth: int,
         owned: _Object | None = None,
+        owner: int = 0,
     ) -> _Answer:
         """Send one event to the object's instance (in its class's worker) and wait for its answer.
-        Placed across nodes, ``owned`` is the object as this node holds it (``_claim``)."""
+        Placed across nodes, ``owned`` is the object as this node holds it (``_claim``). A WebSocket
+        the object accepts is held for the exchange ``owner`` (the stub's caller; 0: another node)."""
         key = self.resolve(namespace.account_id, namespace.script)
         if key is None or key not in self.supervisor.scripts:
             raise BindingError(
@@ -869,8 +897,9 @@ class DurableObjects:
             obj.key = key
             self._hosted[(key, namespace.class_name, object_id)] = obj
         evict = self._evicted.pop(key, [])
+        upgrade = bool(event.get("websocket"))
         description = {
-            **event,
+            **{name: value for name, value in event.items() if name != "websocket"},
             "class": namespace.class_name,
             "script": namespace.script,
             "id": object_id,
@@ -890,7 +919,7 @@ class DurableObjects:
         try:
             exchange = await self.supervisor.open_exchange(
                 key, method, url, headers, has_body=body is not None, depth=depth,
-                extra={"event": "object", "name": json.dumps(description)},
+                extra={"event": "object", "name": json.dumps(description), **({"websocket": True} if upgrade else {})},
             )
         except KeyError:  # retired between resolve and open
             obj.active -= 1
@@ -904,10 +933,11 @@ class DurableObjects:
         if body is not None:
             await exchange.send_body(body)
             exchange.end_body()
-        answer = await collect(exchange, MAX_RESULT_BYTES)
+        sockets = self.supervisor.held_sockets if upgrade else None
+        answer = await collect(exchange, MAX_RESULT_BYTES, sockets, owner)
         if answer.error is not None:
             raise BindingError(f"The Durable Object was reset: {answer.error}")
-        return _Answer(answer.status, answer.headers, answer.body)
+        return _Answer(answer.status, answer.headers, answer.body, answer.socket)
 
     async def _finished(self, obj: _Object, exchange: Exchange) -> None:
         await exchange.completed.wait()
@@ -939,25 +969,26 @@ class DurableObjects:
         body: bytes | None,
         depth: int,
         hops: int = 0,
+        owner: int = 0,
     ) -> _Answer:
         """Deliver a stub's event where the object lives: here (taking it if nobody holds it), or by
         forwarding it to the node holding its lease."""
         placement = self.placement
         if placement is None:
-            return await self._deliver(namespace, object_id, name, sql, event, body, depth)
+            return await self._deliver(namespace, object_id, name, sql, event, body, depth, owner=owner)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + placement.lease_s + ROUTE_GRACE_S
         pause = 0.05
         while True:
             try:
-                owner = await self._claim(namespace, object_id, name)
+                holder = await self._claim(namespace, object_id, name)
             except _Transient as exc:
                 if loop.time() > deadline:
                     raise BindingError(exc.message) from None
-                owner = ""
-            if isinstance(owner, _Object):
-                return await self._deliver(namespace, object_id, name, sql, event, body, depth, owner)
-            url = await self._node_url(owner) if owner and hops < MAX_HOPS else None
+                holder = ""
+            if isinstance(holder, _Object):
+                return await self._deliver(namespace, object_id, name, sql, event, body, depth, holder, owner)
+            url = await self._node_url(holder) if holder and hops < MAX_HOPS else None
             if url is not None:
                 call = {
                     "account": namespace.account_id, "script": namespace.script, "class": namespace.class_name,
@@ -966,12 +997,19 @@ class DurableObjects:
                 try:
                     header, data = await placement.forward(url, call, body)
                 except Unreachable:
-                    placement.forget_node(owner)
+                    placement.forget_node(holder)
                 else:
                     error = header.get("error")
                     if isinstance(error, dict):
                         raise BindingError(str(error.get("message", "")), str(error.get("name", "Error")))
                     headers = [(str(k), str(v)) for k, v in header.get("headers", [])]
+                    socket = header.get("socket")
+                    if isinstance(socket, str) and event.get("websocket"):
+                        # Held by the owner's node: this node's edge bridges its client there.
+                        local = self.supervisor.held_sockets.hold_remote(
+                            placement.socket_url(url, socket), placement.authorization, owner
+                        )
+                        return _Answer(101, headers, b"", local)
                     return _Answer(int(header.get("status", 500)), headers, data or b"")
             if loop.time() > deadline:
                 raise BindingError("The Durable Object's node cannot be reached; please retry.")
@@ -999,7 +1037,16 @@ class DurableObjects:
         name = call.get("name") if isinstance(call.get("name"), str) else None
         sql = call.get("sql") if isinstance(call.get("sql"), bool) else None
         answer = await self._route(namespace, object_id, name, sql, event, body, depth, hops)
-        return {"status": answer.status, "headers": [list(pair) for pair in answer.headers]}, answer.body
+        header: dict[str, Any] = {"status": answer.status, "headers": [list(pair) for pair in answer.headers]}
+        if answer.socket is not None:  # claimed by the caller's node through the internal endpoint
+            header["socket"] = answer.socket
+        return header, answer.body
+
+    async def serve_forwarded_socket(self, token: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Another node's edge claims a socket one of this node's objects accepted for its client."""
+        from warren.server.websockets import serve_held  # the HTTP front's relay, run for the other node
+
+        await serve_held(self.supervisor, token, scope, receive, send)
 
     async def _claim(self, namespace: Namespace, object_id: str, name: str | None) -> _Object | str:
         """The object, held by this node (taken, and rebuilt from its log, if its lease was free or
@@ -1635,6 +1682,107 @@ class DurableObjects:
     def active_objects(self) -> int:
         return len(self._objects)
 
+    # --- class migrations (warren.control.migrations): renamed and deleted classes ---------------
+
+    def set_classes(self, states: dict[tuple[str, str], dict[str, Any]]) -> None:
+        """The class state of each deployed script ((account id, script) -> state, from its main version).
+
+        A deleted class is refused from now on; on one node (no placement) its objects' files and
+        alarms are removed. A renamed class keeps its objects where its first name put them
+        (``_path``): alarms set under an earlier name are moved to the new name."""
+        self._classes = states
+        if self.placement is None:
+            deleted = [Namespace(account, script, name)
+                       for (account, script), state in states.items() for name in state.get("deleted", ())]
+            if deleted:
+                self._spawn(self._delete_classes(deleted))
+        renames = {
+            (account, script, name, earlier)
+            for (account, script), state in states.items()
+            for name, info in state.get("classes", {}).items()
+            for earlier in info.get("renamed_from", ())
+        }
+        if self._alarms is not None and renames - self._rekeyed:
+            self._rekeyed |= renames
+            self._spawn(self._move_alarms(renames))
+
+    def _origin(self, namespace: Namespace) -> str | None:
+        """The first name of a renamed class, or None."""
+        state = self._classes.get((namespace.account_id, namespace.script))
+        info = state.get("classes", {}).get(namespace.class_name) if state else None
+        earlier = info.get("renamed_from") if isinstance(info, dict) else None
+        return str(earlier[-1]) if earlier else None
+
+    def _path(self, obj: _Object) -> Path:
+        """The object's file. A renamed class's objects stay in its first name's directory, under the id
+        they have there, so a rename moves nothing and a rollback past it finds them where they were."""
+        namespace, object_id = obj.namespace, obj.id
+        origin = self._origin(namespace) if self.placement is None else None
+        if origin is not None:
+            earlier_id = rekeyed_id(namespace.script, origin, object_id, obj.name)
+            if earlier_id is not None:
+                namespace, object_id = Namespace(namespace.account_id, namespace.script, origin), earlier_id
+        return self.root / namespace.directory / f"{object_id}.sqlite"
+
+    def deleted_message(self, namespace: Namespace) -> str | None:
+        state = self._classes.get((namespace.account_id, namespace.script))
+        if state is None or namespace.class_name not in state.get("deleted", ()):
+            return None
+        return (
+            f'The Durable Object class "{namespace.class_name}" of the worker "{namespace.script}" was deleted '
+            "by a migration (deleted_classes): its objects and their storage are gone."
+        )
+
+    async def _namespace_call_of_live_class(self, call: BindingCall) -> BindingResult:
+        spec = call.binding
+        namespace = Namespace(
+            call.caller.account_id, str(spec.get("script_name") or call.caller.name), str(spec.get("class_name", ""))
+        )
+        refused = self.deleted_message(namespace)
+        if refused is not None:
+            raise BindingError(refused)
+        return await self.namespace_call(call)
+
+    async def _delete_classes(self, namespaces: list[Namespace]) -> None:
+        loop = asyncio.get_running_loop()
+        for namespace in namespaces:
+            directory = self.root / namespace.directory
+            held = [obj for (ns, _), obj in list(self._objects.items()) if ns == namespace]
+            if not held and not await loop.run_in_executor(self._executor, directory.exists):
+                continue
+            for obj in held:
+                async with obj.lock:
+                    self._forget(obj)
+                    store, obj.store = obj.store, None
+                    if store is not None:
+                        await loop.run_in_executor(self._executor, store.close)
+            if self._alarms is not None:
+                alarms = self._alarms
+                for found, object_id, _, _ in await loop.run_in_executor(self._executor, alarms.all):
+                    if found == namespace:
+                        self._disarm(found, object_id)
+                        await loop.run_in_executor(self._executor, alarms.remove, found, object_id)
+            await loop.run_in_executor(self._executor, functools.partial(shutil.rmtree, directory, True))
+            self.log("warren", "info", f"deleted the storage of Durable Object class {namespace.class_name} "
+                     f"of {namespace.script} (deleted_classes)")
+
+    async def _move_alarms(self, renames: set[tuple[str, str, str, str]]) -> None:
+        alarms = self._alarms
+        if alarms is None:
+            return
+        loop = asyncio.get_running_loop()
+        targets = {(account, script, earlier): name for account, script, name, earlier in renames}
+        for namespace, object_id, name, when in await loop.run_in_executor(self._executor, alarms.all):
+            target = targets.get((namespace.account_id, namespace.script, namespace.class_name))
+            new_id = rekeyed_id(namespace.script, target, object_id, name) if target is not None else None
+            if target is None or new_id is None:
+                continue
+            moved = Namespace(namespace.account_id, namespace.script, target)
+            await loop.run_in_executor(self._executor, alarms.set, moved, new_id, name, when)
+            await loop.run_in_executor(self._executor, alarms.remove, namespace, object_id)
+            self._disarm(namespace, object_id)
+            self._arm(moved, new_id, name, when, 0)
+
 
 def _answer_message(body: bytes) -> str:
     try:
@@ -1718,4 +1866,5 @@ __all__ = [
     "namespace_key",
     "node_binding",
     "object_id_valid",
+    "rekeyed_id",
 ]

@@ -63,6 +63,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -89,6 +90,7 @@ NODE_URL_CACHE_S = 5.0
 ADVERTISE_EVERY_S = 600.0
 MAX_FORWARDED_BYTES = 40 * 1024 * 1024  # a forwarded call's request or answer (bodies are at most 32 MiB)
 CALL_PATH = "/objects/call"
+SOCKET_PATH = "/objects/socket/"  # + token: a WebSocket an object here accepted, claimed by another node's edge
 
 LEASES = "objects_leases"
 NODES = "objects_nodes"
@@ -244,6 +246,18 @@ class Placement:
         self._urls[node] = (url, time.monotonic())
         return url
 
+    @property
+    def authorization(self) -> str:
+        """The header value other nodes' internal endpoints accept."""
+        return f"Bearer {self.secret}"
+
+    @staticmethod
+    def socket_url(node_url: str, token: str) -> str:
+        """Where another node's edge claims a socket held on the node at ``node_url`` (ws:// or wss://)."""
+        base = node_url.rstrip("/")
+        base = "ws" + base[4:] if base.startswith("http") else base
+        return base + SOCKET_PATH + quote(token, safe="")
+
     def forget_node(self, node: str) -> None:
         self._urls.pop(node, None)
 
@@ -389,10 +403,12 @@ def _label(text: str) -> str:
 # --- the internal endpoint ----------------------------------------------------------------------
 
 CallHandler = Callable[[dict[str, Any], bytes | None], Awaitable[tuple[dict[str, Any], bytes | None]]]
+SocketHandler = Callable[[str, dict[str, Any], Any, Any], Awaitable[None]]
 
 
-def internal_app(secret: str, handler: CallHandler) -> Any:
-    """The ASGI app other nodes forward stub calls to: ``POST /objects/call`` with the node secret."""
+def internal_app(secret: str, handler: CallHandler, socket_handler: SocketHandler | None = None) -> Any:
+    """The ASGI app other nodes forward stub calls to: ``POST /objects/call`` with the node secret,
+    and ``/objects/socket/<token>`` (a WebSocket) to relay a client to a socket an object here accepted."""
     expected = f"Bearer {secret}".encode()
 
     async def respond(send: Any, status: int, body: bytes, kind: bytes = b"text/plain; charset=utf-8") -> None:
@@ -401,6 +417,15 @@ def internal_app(secret: str, handler: CallHandler) -> Any:
         await send({"type": "http.response.body", "body": body})
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            path = str(scope["path"])
+            if socket_handler is None or not path.startswith(SOCKET_PATH) or not hmac.compare_digest(given, expected):
+                if (await receive())["type"] == "websocket.connect":
+                    await send({"type": "websocket.close", "code": 1008})
+                return
+            await socket_handler(unquote(path[len(SOCKET_PATH):]), scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         if scope["path"] != CALL_PATH:
@@ -462,7 +487,9 @@ async def enable(objects: DurableObjects, store: Store, host: str, node_name: st
             port = int(port_text)
         except ValueError:
             raise ValueError(f"{INTERNAL_ADDRESS_ENV} must be host:port, not {address!r}") from None
-    internal = await listen(internal_app(secret, objects.serve_forwarded), listen_host, port)
+    internal = await listen(
+        internal_app(secret, objects.serve_forwarded, objects.serve_forwarded_socket), listen_host, port
+    )
     advertised = os.environ.get(INTERNAL_URL_ENV, "").strip()
     if not advertised:
         shown = socket.gethostname() if listen_host in ("0.0.0.0", "::", "") else listen_host

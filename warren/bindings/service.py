@@ -14,7 +14,10 @@ as subrequests of the caller (``warren.runtime.worker.SUBREQUEST_TYPES``).
 RPC arguments and results travel as serialized JSON (``services.js``) in the
 exchange's body; the callee's runtime dispatches them as an "rpc" invocation.
 Bodies through a service binding (a request, a response, RPC values) are held
-whole, up to ``MAX_BODY`` bytes each.
+whole, up to ``MAX_BODY`` bytes each. A WebSocket upgrade goes through: the
+exchange is opened as an upgrade, and a 101 with a socket the service accepted
+is held by the node (``warren.server.websockets.HeldSockets``) for the caller to
+return (``collect`` with ``sockets``).
 
 Owns: the ``service`` binding handler and ``collect`` (an exchange's answer as
 bytes). Must not touch: isolates, the HTTP front, the store.
@@ -29,10 +32,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from warren.bindings import BindingCall, BindingError, BindingResult
+from warren.runtime.websockets import RELAY_HEADER
 
 if TYPE_CHECKING:
     from warren.runtime.script import WorkerScript
     from warren.server.supervisor import Exchange, Supervisor
+    from warren.server.websockets import HeldSockets
 
 MAX_BODY = 32 * 1024 * 1024
 MAX_METHOD_NAME = 256
@@ -50,16 +55,28 @@ class Answer:
     headers: list[tuple[str, str]]
     body: bytes
     error: str | None = None
+    socket: str | None = None  # a 101's WebSocket, held by the node under this token
 
 
-async def collect(exchange: Exchange, limit: int = MAX_BODY) -> Answer:
-    """Read an exchange's response whole. Raises BindingError past ``limit`` bytes or when cut short."""
+def is_upgrade(headers: list[tuple[str, str]]) -> bool:
+    """Whether a request asks for a WebSocket (and its exchange should be opened as an upgrade)."""
+    return any(name.lower() == "upgrade" and value.strip().lower() == "websocket" for name, value in headers)
+
+
+async def collect(exchange: Exchange, limit: int = MAX_BODY, sockets: HeldSockets | None = None,
+                  owner: int = 0) -> Answer:
+    """Read an exchange's response whole. Raises BindingError past ``limit`` bytes or when cut short.
+
+    With ``sockets``, a 101 (the callee accepted a WebSocket) ends the answer at once: the socket
+    is held there for the exchange ``owner`` (the caller's) to return to its client."""
     status, headers, chunks, size = 0, [], [], 0
     while True:
         event = await exchange.next_event()
         kind = event[0]
         if kind == "head":
             status, headers = int(event[1]), [(str(name), str(value)) for name, value in event[2]]
+            if status == 101:
+                return _held(exchange, headers, sockets, owner)
         elif kind == "error":
             return Answer(int(event[1]), [], b"", str(event[2]))
         elif kind == "body":
@@ -74,6 +91,19 @@ async def collect(exchange: Exchange, limit: int = MAX_BODY) -> Answer:
             return Answer(status, headers, b"".join(chunks))
         elif kind == "abort":
             raise BindingError("The service's response was cut short (its runtime process crashed).")
+
+
+def _held(exchange: Exchange, headers: list[tuple[str, str]], sockets: HeldSockets | None, owner: int) -> Answer:
+    relayed = next((value for name, value in headers if name.lower() == RELAY_HEADER), None)
+    headers = [pair for pair in headers if pair[0].lower() != RELAY_HEADER]
+    if sockets is None:
+        raise BindingError("A WebSocket cannot be returned through this call.")
+    if relayed is None:
+        return Answer(101, headers, b"", socket=sockets.hold(exchange, owner))
+    # The callee returned a socket held for it in turn (a service in front of a Durable Object).
+    if not sockets.pass_on(relayed, exchange.stream, owner):
+        raise BindingError("The WebSocket the callee returned is no longer available.")
+    return Answer(101, headers, b"", socket=relayed)
 
 
 class ServiceBindings:
@@ -124,8 +154,15 @@ class ServiceBindings:
             if not all(_HEADER_TEXT.fullmatch(part) for part in pair):
                 raise BindingError("malformed service binding request headers", "TypeError")
             headers.append((pair[0], pair[1]))
-        exchange = await self._open(call, key, method, url, headers, {"entrypoint": entrypoint} if entrypoint else {})
-        answer = await collect(exchange)
+        extra: dict[str, Any] = {"entrypoint": entrypoint} if entrypoint else {}
+        if is_upgrade(headers):
+            extra["websocket"] = True
+        exchange = await self._open(call, key, method, url, headers, extra)
+        answer = await collect(exchange, sockets=self.supervisor.held_sockets, owner=call.stream)
+        if answer.socket is not None:
+            value = {"status": 101, "statusText": "", "headers": [list(pair) for pair in answer.headers],
+                     "webSocket": answer.socket}
+            return BindingResult(value, None)
         if answer.error is not None:
             # As an HTTP request would get it: the callee's failure is a response, not an exception.
             value = {
@@ -152,4 +189,4 @@ class ServiceBindings:
         return BindingResult(None, answer.body)
 
 
-__all__ = ["MAX_BODY", "Answer", "Resolver", "ServiceBindings", "collect"]
+__all__ = ["MAX_BODY", "Answer", "Resolver", "ServiceBindings", "collect", "is_upgrade"]

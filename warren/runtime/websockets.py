@@ -21,6 +21,13 @@ sees the socket fail (an ``error`` event, the client gets 1011). Incoming
 messages are acknowledged (``Reply.ws_ack``) once dispatched in the isolate,
 which is what lets the edge read more from the client.
 
+A socket accepted by another invocation (a Durable Object's, a service's: the
+node holds it, ``warren.server.websockets.HeldSockets``) reaches the worker as a
+101 answer of its stub with a token; returning it (``host("relay")``) answers
+the worker's own invocation 101 with the token in ``RELAY_HEADER``, which only
+the runtime writes (a worker's own header of that name is dropped), and the
+edge relays the client to the holder from then on.
+
 Owns: the sockets coupled to a worker's invocations. Must not touch: frames and
 sockets (it reports through the invocation's ``Reply``), other workers.
 """
@@ -41,10 +48,8 @@ WITHOUT_UPGRADE = (
     '"Upgrade: websocket".'
 )
 GONE = "WebSocket disconnected without sending Close frame."
-NO_SOCKET_101 = (
-    "A 101 response must carry a WebSocket accepted from this request; WebSockets through "
-    "service bindings and Durable Object stubs are not supported yet."
-)
+NO_SOCKET_101 = "A 101 response must carry a WebSocket (new Response(null, { status: 101, webSocket }))."
+RELAY_HEADER = "x-warren-websocket-relay"  # on a 101 head: the token of a socket the node holds
 
 
 @dataclass
@@ -99,6 +104,13 @@ class WebSocketHost:
                 return WITHOUT_UPGRADE
             worker._effects.append(("ws", "couple", request_id, js_id, headers))
             return ""
+        if action == "relay":
+            request_id, token, headers = int(a), str(b), str(c)
+            invocation = worker._invocations.get(request_id)
+            if invocation is not None and not invocation.request.websocket:
+                return WITHOUT_UPGRADE
+            worker._effects.append(("ws", "relay", request_id, token, headers))
+            return ""
         if action == "close":
             worker._effects.append(("ws", "close", int(a), int(b), str(c)))
         elif action == "ack":
@@ -123,6 +135,8 @@ class WebSocketHost:
                 send(binary, data)
         elif action == "couple":
             self._couple(*args)
+        elif action == "relay":
+            self._relay(*args)
         elif action == "close":
             js_id, code, reason = args
             socket = self._by_js.get(js_id)
@@ -162,7 +176,7 @@ class WebSocketHost:
             worker._fail_invocation(invocation, 500, THREW, "exception", finish=False)
             return
         invocation.responded = True
-        invocation.reply.head(101, headers)
+        invocation.reply.head(101, [pair for pair in headers if pair[0].lower() != RELAY_HEADER])
         # Open until the socket closes: "done" then waits for it (finish_after_body).
         invocation.body_open = True
         socket = _Socket(request_id, js_id, invocation.reply)
@@ -176,6 +190,27 @@ class WebSocketHost:
         worker._ops[op_id] = op
         worker._live_ops += 1
         op.handle = socket.holder = asyncio.get_running_loop().create_task(self._hold(socket))
+
+    def _relay(self, request_id: int, token: str, headers_json: str) -> None:
+        """Answer ``request_id`` 101 with a socket the node holds; the invocation itself is then over
+        but for its waitUntil work (if it is gone, the node drops the unclaimed socket on its own)."""
+        from warren.runtime.worker import THREW, WAIT_UNTIL_LIMIT_S, _valid_headers
+
+        worker = self._worker
+        invocation = worker._invocations.get(request_id)
+        if invocation is None or invocation.responded or invocation.outcome == "canceled":
+            return
+        headers = _valid_headers(headers_json)
+        if headers is None:
+            invocation.reply.log("error", "The worker produced a malformed response.")
+            worker._fail_invocation(invocation, 500, THREW, "exception", finish=False)
+            return
+        invocation.responded = True
+        headers = [pair for pair in headers if pair[0].lower() != RELAY_HEADER]
+        headers.append((RELAY_HEADER, token))
+        invocation.deadline = worker._loop.call_later(WAIT_UNTIL_LIMIT_S, worker._finish, invocation)
+        invocation.reply.head(101, headers)
+        invocation.reply.end()
 
     async def _hold(self, socket: _Socket) -> None:
         try:
@@ -237,4 +272,12 @@ class WebSocketHost:
         self._worker._log_bytes.pop(invocation.request.request_id, None)
 
 
-__all__ = ["GONE", "MESSAGE_OVERHEAD", "NO_SOCKET_101", "SOCKET_QUEUE_LIMIT", "WITHOUT_UPGRADE", "WebSocketHost"]
+__all__ = [
+    "GONE",
+    "MESSAGE_OVERHEAD",
+    "NO_SOCKET_101",
+    "RELAY_HEADER",
+    "SOCKET_QUEUE_LIMIT",
+    "WITHOUT_UPGRADE",
+    "WebSocketHost",
+]

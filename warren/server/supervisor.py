@@ -27,6 +27,7 @@ from warren.runtime import ScriptLoadError, WorkerScript
 from warren.runtime.subrequests import SubrequestPolicy
 from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
 from warren.server.runtime_process import ACTIVITY_SLOT_SIZE, ACTIVITY_SLOTS, read_activity
+from warren.server.websockets import HeldSockets
 
 REPLAY_BODY_LIMIT = 1024 * 1024
 IN_MEMORY_CACHE_BYTES = 64 * 1024 * 1024
@@ -341,6 +342,16 @@ class Supervisor:
         self._cordons: dict[str, list[_Slot]] = {}
         self._started = False
         self._stream = 0
+        # WebSockets a Durable Object or a service accepted, until the edge relays them (warren.server.websockets)
+        self.held_sockets = HeldSockets(self)
+
+    def find_exchange(self, stream: int) -> Exchange | None:
+        """The exchange open on ``stream`` in any runtime process, if any."""
+        for slots in self._cordons.values():
+            for slot in slots:
+                if slot.process is not None and stream in slot.process.exchanges:
+                    return slot.process.exchanges[stream]
+        return None
 
     def next_stream(self) -> int:
         self._stream = self._stream % 0xFFFFFFF0 + 1

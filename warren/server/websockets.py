@@ -23,8 +23,22 @@ Bounds, so that neither side can pile up memory in the node:
 
 If the invocation ends abnormally (CPU or memory limit, the isolate restarted,
 the runtime process crashed) the client's socket is closed with 1011 and the
-reason. Owns: the ASGI ``websocket`` scope, the WS frame payloads (also decoded
-by ``runtime_process``). Must not touch: isolates, the HTTP path of ``app.py``.
+reason.
+
+Sockets accepted elsewhere: a Durable Object (or a service behind a binding)
+may accept the socket and the worker return the stub's 101 as its own. The
+binding then *holds* the object's exchange (``HeldSockets``) under a random
+token bound to the caller's exchange; the caller's 101 carries the token
+(``RELAY_HEADER``, written only by the runtime), and the edge relays the client
+to the held exchange instead. A socket nobody claims is closed (1006) shortly
+after its caller's invocation ends. Across nodes, the owner's node holds it and
+the caller's node holds a *remote* reference; the edge then bridges the client
+to the owner's internal endpoint, where the same relay runs
+(``serve_internal_socket``).
+
+Owns: the ASGI ``websocket`` scope, the WS frame payloads (also decoded by
+``runtime_process``), held sockets. Must not touch: isolates, the HTTP path of
+``app.py``.
 """
 
 from __future__ import annotations
@@ -32,10 +46,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import weakref
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from warren.runtime.websockets import RELAY_HEADER
 from warren.server.protocol import Kind, encode
 
 if TYPE_CHECKING:
@@ -66,6 +83,9 @@ OUTCOME_REASONS = {
     "exception": "Worker threw an exception.",
 }
 ENDED = "The worker's invocation ended."
+HELD_GONE = "The WebSocket accepted by the Durable Object or service is no longer available."
+HOLD_GRACE_S = 5.0  # after the caller's invocation ended, how long a held socket waits to be claimed
+HOLD_LIMIT_S = 30.0  # at most, when there is no caller exchange to watch (a call forwarded from another node)
 
 _TEXT = 1
 _BINARY = 2
@@ -148,6 +168,86 @@ def open_sockets(supervisor: Supervisor) -> Counter[str]:
     return counts
 
 
+# --- sockets accepted by another invocation, until the edge relays them ---------------------
+
+
+@dataclass(eq=False)
+class HeldSocket:
+    """A socket a Durable Object or service accepted: its exchange here, or where it lives."""
+
+    exchange: Exchange | None  # the invocation holding it on this node
+    owner: int  # the exchange that may claim it (the caller's stream; 0: another node, by token)
+    remote: tuple[str, str] | None = None  # (owner node's internal URL, its token there)
+    expiry: asyncio.Task[None] | None = None
+
+
+class HeldSockets:
+    """The node's held sockets, by token (unguessable, and claimable only by their owner)."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._held: dict[str, HeldSocket] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, exchange: Exchange, owner: int) -> str:
+        return self._add(HeldSocket(exchange, owner))
+
+    def hold_remote(self, url: str, token: str, owner: int) -> str:
+        return self._add(HeldSocket(None, owner, (url, token)))
+
+    def pass_on(self, token: str, from_stream: int, to_stream: int) -> bool:
+        """A service returned the socket to its caller (``to_stream``), who may claim it now."""
+        held = self._held.get(token)
+        if held is None or held.owner != from_stream:
+            return False
+        held.owner = to_stream
+        self._watch(token, held)
+        return True
+
+    def claim(self, token: str, stream: int) -> HeldSocket | None:
+        held = self._held.get(token)
+        if held is None or held.owner != stream:
+            return None
+        del self._held[token]
+        if held.expiry is not None:
+            held.expiry.cancel()
+        return held
+
+    def _add(self, held: HeldSocket) -> str:
+        token = secrets.token_urlsafe(24)
+        self._held[token] = held
+        self._watch(token, held)
+        return token
+
+    def _watch(self, token: str, held: HeldSocket) -> None:
+        if held.expiry is not None:
+            held.expiry.cancel()
+        held.expiry = asyncio.get_running_loop().create_task(self._expire(token, held))
+
+    async def _expire(self, token: str, held: HeldSocket) -> None:
+        caller = self._supervisor.find_exchange(held.owner) if held.owner else None
+        try:
+            if caller is not None:
+                await asyncio.wait_for(caller.completed.wait(), HOLD_LIMIT_S)
+                await asyncio.sleep(HOLD_GRACE_S)
+            else:
+                await asyncio.sleep(HOLD_LIMIT_S)
+        except TimeoutError:
+            pass
+        if self._held.get(token) is held:
+            del self._held[token]
+            abandon(held)
+
+
+def abandon(held: HeldSocket) -> None:
+    """Nobody relays ``held``: its holder sees the client gone."""
+    exchange = held.exchange
+    if exchange is not None and exchange.process is not None and not exchange.finished:
+        exchange.process.send(encode(Kind.WS_CLOSE, exchange.stream, encode_close(1006, "")))
+
+
 # --- the ASGI side -----------------------------------------------------------------------
 
 
@@ -224,7 +324,7 @@ async def serve_websocket(app: EdgeApp, scope: Scope, receive: Receive, send: Se
     try:
         extra = {"websocket": True}
         exchange = await app.supervisor.open_exchange(target, "GET", url, headers, False, cf=cf, extra=extra)
-        await _Relay(exchange, scope, receive, send).run()
+        await _Relay(app.supervisor, exchange, scope, receive, send).run()
     finally:
         counts[""] -= 1
         counts[target] -= 1
@@ -232,10 +332,115 @@ async def serve_websocket(app: EdgeApp, scope: Scope, receive: Receive, send: Se
             del counts[target]
 
 
+def _handshake(headers: list[tuple[str, str]]) -> tuple[str | None, list[tuple[bytes, bytes]]]:
+    """The subprotocol and the extra headers of the client's handshake, from the worker's 101."""
+    subprotocol = None
+    extra: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "sec-websocket-protocol":
+            subprotocol = value
+        elif lower not in _HANDSHAKE_HEADERS and lower != RELAY_HEADER:
+            extra.append((lower.encode("latin-1"), value.encode("latin-1")))
+    return subprotocol, extra
+
+
+async def serve_held(supervisor: Supervisor, token: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """Another node's edge connects its client to a socket held here (with no caller on this node)."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    held = supervisor.held_sockets.claim(token, 0)
+    if held is None or held.exchange is None:
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await _Relay(supervisor, held.exchange, scope, receive, send).relay([])
+
+
+async def _bridge_remote(remote: tuple[str, str], headers: list[tuple[str, str]], scope: Scope, receive: Receive,
+                         send: Send) -> None:
+    """The client's socket, relayed to the node holding the socket (its internal endpoint)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, WebSocketException
+
+    url, authorization = remote
+    try:
+        upstream = await connect(
+            url, additional_headers={"authorization": authorization}, max_size=MAX_MESSAGE_BYTES + 1024,
+            open_timeout=10, ping_interval=None, compression=None,
+        )
+    except (OSError, TimeoutError, WebSocketException):
+        await _refuse(scope, send, 502, HELD_GONE)
+        return
+    subprotocol, extra = _handshake(headers)
+    try:
+        await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": extra})
+    except (OSError, RuntimeError):
+        upstream.transport.abort()  # the other node sees the client gone (1006)
+        return
+
+    async def inbound() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                code = message.get("code")
+                code = int(code) if code is not None else 1005
+                if code in _SENDABLE or 3000 <= code < 5000:
+                    await upstream.close(code, str(message.get("reason") or ""))
+                else:
+                    upstream.transport.abort()
+                return
+            if message["type"] != "websocket.receive":
+                continue
+            text = message.get("text")
+            data = text if text is not None else (message.get("bytes") or b"")
+            if len(data) > MAX_MESSAGE_BYTES:  # as the holder's edge would: it closes with 1009
+                await upstream.close(1009, TOO_LARGE)
+                await _close_quietly(send, 1009, TOO_LARGE)
+                return
+            await upstream.send(data)
+
+    async def outbound() -> None:
+        try:
+            async for message in upstream:
+                if isinstance(message, str):
+                    await send({"type": "websocket.send", "text": message})
+                else:
+                    await send({"type": "websocket.send", "bytes": bytes(message)})
+        except ConnectionClosed:
+            pass
+        code = upstream.close_code
+        if code is None or code == 1006:  # no close frame: the connection to the other node broke
+            await _close_quietly(send, 1011, "The Durable Object's node went away.")
+        else:
+            await _close_quietly(send, code, upstream.close_reason or "")
+
+    tasks = [asyncio.ensure_future(inbound()), asyncio.ensure_future(outbound())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    except (OSError, RuntimeError, ConnectionClosed):
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        upstream.transport.abort()
+
+
+async def _close_quietly(send: Send, code: int, reason: str) -> None:
+    sendable = code in _SENDABLE or 3000 <= code < 5000
+    reason = reason.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+    try:
+        await send({"type": "websocket.close", "code": code if sendable else None,
+                    "reason": reason if sendable else ""})
+    except (OSError, RuntimeError):
+        pass
+
+
 class _Relay:
     """One accepted socket: client frames to the runtime, the worker's frames to the client."""
 
-    def __init__(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, supervisor: Supervisor, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        self.supervisor = supervisor
         self.exchange = exchange
         self.scope = scope
         self.receive = receive
@@ -263,18 +468,29 @@ class _Relay:
             finally:
                 self._client_left()
             return
+        token = next((str(value) for name, value in answer[2] if str(name).lower() == RELAY_HEADER), None)
+        if token is not None:
+            held = self.supervisor.held_sockets.claim(token, self.exchange.stream)
+            if held is None:
+                self._client_left()
+                await _refuse(self.scope, self.send, 502, HELD_GONE)
+                return
+            if held.remote is not None:
+                if self._client_left():
+                    return
+                await _bridge_remote(held.remote, answer[2], self.scope, self.receive, self.send)
+                return
+            assert held.exchange is not None
+            self.exchange = held.exchange  # the object's (or service's) invocation from now on
         if self._client_left():
             self.client_closed = True
             self._frame(Kind.WS_CLOSE, encode_close(1006, ""))
             return
-        subprotocol = None
-        extra: list[tuple[bytes, bytes]] = []
-        for name, value in answer[2]:
-            lower = name.lower()
-            if lower == "sec-websocket-protocol":
-                subprotocol = value
-            elif lower not in _HANDSHAKE_HEADERS:
-                extra.append((lower.encode("latin-1"), value.encode("latin-1")))
+        await self.relay(answer[2])
+
+    async def relay(self, headers: list[tuple[str, str]]) -> None:
+        """Accept the client's handshake with the worker's ``headers``, then relay both ways."""
+        subprotocol, extra = _handshake(headers)
         try:
             await self.send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": extra})
         except (OSError, RuntimeError):
@@ -451,6 +667,8 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_SOCKETS_PER_NODE",
     "MAX_SOCKETS_PER_WORKER",
+    "HeldSocket",
+    "HeldSockets",
     "decode_ack",
     "decode_close",
     "decode_incoming",
@@ -459,5 +677,6 @@ __all__ = [
     "encode_close",
     "encode_message",
     "open_sockets",
+    "serve_held",
     "serve_websocket",
 ]

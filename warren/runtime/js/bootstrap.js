@@ -591,9 +591,11 @@
     result
       .then((answer) => {
         const headers = answer.headers === undefined ? JSON_HEADERS : JSON.stringify(answer.headers);
+        if (answer.webSocket) return internals.respondWebSocket(requestId, answer.webSocket, headers);
         respondBytes(requestId, answer.bytes, answer.status, headers, answer.statusText || "");
         if (answer.error !== undefined) failInvocation(requestId, answer.error);  // after the answer: it only marks the outcome
-      }, (error) => failInvocation(requestId, error))
+      })
+      .then(undefined, (error) => failInvocation(requestId, error))
       .finally(answered);
   }
 

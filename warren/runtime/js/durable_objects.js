@@ -10,6 +10,11 @@
 //    before it are done (the output gate), and gives the instance
 //    ctx.storage, whose every operation is a call to the node through the
 //    runtime facility "__objects" (ctx.storage.sql.exec() is a synchronous one).
+//    WebSockets: a fetch() answered 101 with a WebSocket keeps that object
+//    invocation open while the socket is (the node relays it to the client);
+//    sockets taken with ctx.acceptWebSocket() deliver their events to the
+//    instance's webSocketMessage/Close/Error through the input gate. There is
+//    no hibernation: the instance stays in memory while such sockets are open.
 // Values (storage, RPC) use the format of services.js (internals.serialize).
 globalThis.__warrenDurableObjects = function installDurableObjects(global, internals) {
   "use strict";
@@ -19,7 +24,10 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
   const MAX_KEY_BYTES = 2048;
   const MAX_VALUE_BYTES = 2 * 1024 * 1024;  // SQLite-backed classes
   const MAX_KV_VALUE_BYTES = 128 * 1024;  // key-value-backed classes
-  const ERROR_STATUS = 999;  // an answer that is an exception (never a Response's status)
+  const ERROR_STATUS = 999;
+  const MAX_SOCKET_TAGS = 10;  // as on Workers
+  const MAX_SOCKET_TAG_LENGTH = 256;
+  const MAX_OBJECT_SOCKETS = 32768;  // an answer that is an exception (never a Response's status)
   const RESERVED_METHODS = new Set([
     "constructor", "fetch", "alarm", "then", "webSocketMessage", "webSocketClose", "webSocketError",
   ]);
@@ -200,6 +208,9 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
       const args = { id: hex, name: name ?? null, method: out.method, url: out.url, headers: out.headers };
       const { value, body: result } = await call("fetch", args, body);
       if (value.error) throw answerError(result === null ? new Uint8Array(0) : await result.readAll());
+      if (value.webSocket) {
+        return new Response(null, { status: 101, headers: value.headers, webSocket: internals.relayedWebSocket(value.webSocket) });
+      }
       return responseOf(value, result, out.url);
     }
     async function rpc(method, args) {
@@ -781,12 +792,105 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
       reset(this.#record, error);
       throw error;
     }
-    acceptWebSocket() {
-      throw new TypeError("WebSockets in Durable Objects are not supported by warren yet.");
+    // The WebSocket Hibernation API's surface (without hibernation: see the top).
+    acceptWebSocket(ws, tags = undefined) {
+      const record = this.#record;
+      if (!internals.isWebSocket(ws)) throw new TypeError("acceptWebSocket() needs a WebSocket.");
+      const list = tags === undefined || tags === null ? [] : Array.from(tags, (tag) => String(tag));
+      if (list.length > MAX_SOCKET_TAGS) throw new RangeError(`A WebSocket may have at most ${MAX_SOCKET_TAGS} tags.`);
+      for (const tag of list) {
+        if (tag.length === 0 || tag.length > MAX_SOCKET_TAG_LENGTH) {
+          throw new RangeError(`A WebSocket tag must be 1 to ${MAX_SOCKET_TAG_LENGTH} characters long.`);
+        }
+      }
+      if (record.sockets.size >= MAX_OBJECT_SOCKETS) {
+        throw new RangeError(`A Durable Object may accept at most ${MAX_OBJECT_SOCKETS} WebSockets.`);
+      }
+      internals.acceptWithHandler(ws, (kind, fields, taken) => socketEvent(record, ws, kind, fields, taken));
+      record.sockets.set(ws, { tags: Object.freeze([...new Set(list)]), autoAt: null, closed: false });
     }
-    getWebSockets() { return []; }
-    setWebSocketAutoResponse() {}
-    getWebSocketAutoResponse() { return null; }
+    getWebSockets(tag = undefined) {
+      const out = [];
+      for (const [ws, info] of this.#record.sockets) {
+        if (!info.closed && (tag === undefined || info.tags.includes(String(tag)))) out.push(ws);
+      }
+      return out;
+    }
+    getTags(ws) {
+      const info = this.#record.sockets.get(ws);
+      if (info === undefined) throw new TypeError("getTags() needs a WebSocket accepted with acceptWebSocket().");
+      return [...info.tags];
+    }
+    setWebSocketAutoResponse(pair = undefined) {
+      if (pair !== undefined && !(pair instanceof WebSocketRequestResponsePair)) {
+        throw new TypeError("setWebSocketAutoResponse() needs a WebSocketRequestResponsePair.");
+      }
+      this.#record.autoResponse = pair ?? null;
+    }
+    getWebSocketAutoResponse() { return this.#record.autoResponse; }
+    getWebSocketAutoResponseTimestamp(ws) {
+      const info = this.#record.sockets.get(ws);
+      return info === undefined || info.autoAt === null ? null : new Date(info.autoAt);
+    }
+    setHibernatableWebSocketEventTimeout(timeoutMs = undefined) { void timeoutMs; }
+    getHibernatableWebSocketEventTimeout() { return null; }
+  }
+
+  class WebSocketRequestResponsePair {
+    #request;
+    #response;
+    constructor(request, response) {
+      if (arguments.length < 2) throw new TypeError("WebSocketRequestResponsePair needs a request and a response.");
+      this.#request = String(request);
+      this.#response = String(response);
+      if (utf8(this.#request).length > 2048 || utf8(this.#response).length > 2048) {
+        throw new RangeError("A WebSocket auto-response request and response may be at most 2048 bytes each.");
+      }
+    }
+    get request() { return this.#request; }
+    get response() { return this.#response; }
+  }
+  Object.defineProperty(global, "WebSocketRequestResponsePair", {
+    value: WebSocketRequestResponsePair, writable: true, configurable: true, enumerable: false,
+  });
+
+  // An event of a socket taken with acceptWebSocket(): delivered to the instance's
+  // handler as one of the object's events (after the gate, one at a time).
+  function socketEvent(record, ws, kind, fields, taken) {
+    const info = record.sockets.get(ws);
+    // Closed: no longer among getWebSockets(), but its tags last until its handler has run.
+    const last = kind !== "message";
+    if (last && info !== undefined) info.closed = true;
+    const forget = () => { if (last && record.sockets.get(ws) === info) record.sockets.delete(ws); };
+    const auto = record.autoResponse;
+    if (kind === "message" && auto !== null && info !== undefined && fields.data === auto.request) {
+      info.autoAt = Date.now();
+      taken();
+      try { ws.send(auto.response); } catch (error) { internals.reportError(error); }
+      return;
+    }
+    const current = objects.get(record.key) === record ? record : null;
+    if (current === null || current.failure !== null) {  // the instance was reset: nobody hears it
+      taken();
+      forget();
+      return;
+    }
+    const requestId = internals.webSocketRequestId(ws);
+    const local = async () => {
+      taken();
+      const instance = record.instance;
+      const handler = kind === "message" ? "webSocketMessage" : kind === "close" ? "webSocketClose" : "webSocketError";
+      try {
+        if (typeof instance[handler] !== "function") return undefined;
+        if (kind === "message") return await instance.webSocketMessage(ws, fields.data);
+        if (kind === "close") return await instance.webSocketClose(ws, fields.code, fields.reason, fields.wasClean);
+        return await instance.webSocketError(ws, fields.error);
+      } finally {
+        forget();
+      }
+    };
+    record.queue.push({ requestId, local, ready: true, resolve: () => {} });
+    pump(record);
   }
 
   // --- the object's side: instances, gates, events -----------------------------------------
@@ -814,6 +918,8 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
       writeFailure: null,
       failure: null,
       transaction: null,
+      sockets: new Map(),  // WebSocket -> { tags, autoAt }: those taken with acceptWebSocket()
+      autoResponse: null,
     };
     const tag = toHex(namespaceKey(record.script, record.className));
     record.id = new DurableObjectId(constructing, record.hex, event.name ?? undefined, tag);
@@ -826,6 +932,12 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
   function reset(record, error) {
     if (record.failure !== null) return;
     record.failure = error;
+    // Its WebSockets go with the instance, as on Workers; their pending events are dropped.
+    record.queue = record.queue.filter((entry) => entry.local === undefined);
+    for (const ws of record.sockets.keys()) {
+      try { ws.close(1011, "The Durable Object was reset."); } catch { /* already closed */ }
+    }
+    record.sockets.clear();
     if (objects.get(record.key) === record) {
       objects.delete(record.key);
       if (record.queue.length) {
@@ -922,6 +1034,9 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
         throw new TypeError("Incorrect type for Promise: the Promise did not resolve to 'Response'.");
       }
       const out = internals.responseToHost(value);
+      if (out.webSocket) {  // the bootstrap couples it to this invocation (the node relays it)
+        return { status: 101, statusText: "", headers: out.headers, bytes: new Uint8Array(0), webSocket: out.webSocket };
+      }
       let bytes = out.bytes;
       if (bytes === null && out.handle) bytes = await internals.hostReader(out.handle).readAll();
       else if (bytes === null && out.stream !== null) bytes = await internals.bodySource(null, null, out.stream).readAll();
@@ -939,7 +1054,7 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
 
   function deliver(record, entry) {
     if (record.failure !== null) {
-      entry.resolve(errorAnswer(record.failure));
+      if (entry.local === undefined) entry.resolve(errorAnswer(record.failure));
       return;
     }
     if (record.instance === null) {
@@ -958,9 +1073,15 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
     record.running++;
     let result;
     try {
-      result = Promise.resolve(run(record, entry));
+      result = Promise.resolve(entry.local !== undefined ? entry.local() : run(record, entry));
     } catch (error) {
       result = Promise.reject(error);
+    }
+    if (entry.local !== undefined) {  // a WebSocket's event: nobody waits for an answer
+      result
+        .then(undefined, (error) => internals.reportError(error))
+        .finally(() => { record.running--; });
+      return;
     }
     result
       .then((value) => answer(record, entry, value))

@@ -175,6 +175,9 @@ globalThis.__warrenServices = function installServices(global, internals) {
       else if (out.handle) body = internals.bodySource(null, { handle: out.handle });
       else if (out.stream !== null) body = internals.bodySource(null, null, out.stream);
       const { value, body: result } = await call("fetch", head, body);
+      if (value.webSocket) {  // the service accepted a WebSocket: the node holds it for this worker to return
+        return new global.Response(null, { status: 101, headers: value.headers, webSocket: internals.relayedWebSocket(value.webSocket) });
+      }
       return responseOf(value, result, out.url);
     }
 

@@ -11,6 +11,9 @@
 //   host("send", socketId, binary, latin1OrText)     -> 0, or 1: too much queued
 //   host("close", socketId, code, reason); host("ack", socketId, bytes);
 //   host("ended", socketId)  (the client's close or error was dispatched)
+//   host("relay", requestId, token, headersJSON) -> "" or why it is refused: a
+//     WebSocket that a Durable Object or a service accepted (held by the node
+//     under `token`, see warren/server/websockets.py) is returned to the client
 // The host enters with internals.webSocketEvent(socketId, "message" | "close" |
 // "error", ...) for the end the worker kept.
 //
@@ -37,8 +40,15 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
   const NAMES = ['WebSocketPair', 'WebSocket', 'MessageEvent', 'CloseEvent', 'ErrorEvent'];
 
   internals.isWebSocket = () => false; // until the classes exist, nothing is one
+  let ensure = () => {};
   if (typeof defineLazyGlobals !== 'function') make();
-  else defineLazyGlobals(NAMES, make);
+  else ensure = defineLazyGlobals(NAMES, make);
+  // A stub's 101 may reach a worker that never touched the classes: make them now
+  // (make() replaces this function with the real one).
+  internals.relayedWebSocket = (token) => {
+    ensure();
+    return internals.relayedWebSocket(token);
+  };
 
   function make() {
     const encoder = new TextEncoder();
@@ -47,6 +57,7 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
       'You must call one of accept() or state.acceptWebSocket() on this WebSocket before sending messages.';
     const MAX_QUEUED = 2 * 1024 * 1024; // bytes waiting for the other end (before it is returned or accepted)
     const MAX_REASON_BYTES = 123;
+    const MAX_ATTACHMENT_BYTES = 16 * 1024; // as on Workers (serializeAttachment)
 
     function later(callback) {
       promiseThen.call(resolved, callback);
@@ -181,6 +192,9 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
           inbox: [], // what arrived before accept() (or, on a returned end, what its peer sent before)
           inboxBytes: 0,
           attachment: undefined,
+          relay: null, // the node's token for a socket another invocation accepted (a stub's 101)
+          requestId: 0, // the invocation it is coupled to
+          handler: null, // (kind, item, taken) from state.acceptWebSocket(): events go there, not to listeners
         };
       }
 
@@ -192,6 +206,11 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
         const r = rec(this);
         toDictionary(options, "Failed to execute 'accept' on 'WebSocket'");
         if (r.released) throw new TypeError("Can't accept() WebSocket that was already used in a response.");
+        if (r.relay !== null) {
+          throw new TypeError(
+            'This WebSocket was accepted by a Durable Object or a service; warren can only return it in a ' +
+            'Response (new Response(null, { status: 101, webSocket })), not accept() it here.');
+        }
         if (r.accepted) return;
         r.accepted = true;
         if (r.inbox.length > 0) later(() => flushInbox(r));
@@ -252,6 +271,11 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
       serializeAttachment(value) {
         const r = rec(this);
         requireArgs(arguments.length, 1, "Failed to execute 'serializeAttachment' on 'WebSocket'");
+        const size = encoder.encode(internals.serialize(value)).length;
+        if (size > MAX_ATTACHMENT_BYTES) {
+          throw new RangeError(
+            `A WebSocket attachment may be at most ${MAX_ATTACHMENT_BYTES} bytes serialized; this one is ${size}.`);
+        }
         r.attachment = global.structuredClone(value);
       }
 
@@ -322,7 +346,38 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
       if (r.error !== null) return;
       r.error = error;
       r.aborted = true;
+      if (r.handler !== null) {
+        later(() => r.handler('error', { error }, () => {}));
+        return;
+      }
       later(() => dispatch(r, new ErrorEvent('error', { message: error.message, error })));
+    }
+
+    // receive() for a socket accepted with state.acceptWebSocket(): the object's
+    // handler gets the event (through the object's input gate); a message is
+    // acknowledged to the edge once the handler has taken it, so a slow object
+    // slows its clients instead of queueing without bound.
+    function handOver(r, item) {
+      const taken = item.fromHost ? () => host('ack', r.id, item.size) : () => {};
+      if (item.kind === 'message') {
+        if (r.closedIncoming || r.error !== null) { taken(); return; }
+        r.handler('message', { data: item.binary ? item.bytes.buffer : item.text }, taken);
+        return;
+      }
+      if (item.kind === 'error') {
+        r.closedIncoming = true;
+        fail(r, new Error(item.message));
+        return;
+      }
+      if (r.closedIncoming) return;
+      r.closedIncoming = true;
+      if (r.error !== null) return;
+      const answered = r.closedOutgoing;
+      r.closedOutgoing = true;
+      if (!answered && !item.fromHost && r.peer !== null && !r.coupled) {
+        later(() => receive(r.peer, { kind: 'close', code: item.code, reason: item.reason, clean: true, size: 0 }));
+      }
+      r.handler('close', { code: item.code, reason: item.reason, wasClean: item.clean }, () => {});
     }
 
     function dispatch(r, event) {
@@ -338,6 +393,10 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
 
     // One event for `r` (accepted): from its peer in the isolate or from the host.
     function receive(r, item) {
+      if (r.handler !== null) {
+        handOver(r, item);
+        return;
+      }
       if (item.kind === 'message') {
         try {
           if (r.closedIncoming || r.error !== null) return;
@@ -396,17 +455,53 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
       const p = rec(ws);
       if (p.accepted) throw new TypeError("Can't return WebSocket in a Response after calling accept().");
       if (p.released) throw new TypeError("Can't return WebSocket that was already used in a response.");
+      if (p.relay !== null) {
+        const refused = host('relay', requestId, p.relay, headersJSON);
+        if (refused) throw new TypeError(refused);
+        p.released = true;
+        return;
+      }
       const s = p.peer;
       const refused = host('couple', requestId, s.id, headersJSON);
       if (refused) throw new TypeError(refused);
       p.released = true;
       s.coupled = true;
+      s.requestId = requestId;
       coupled.set(s.id, s);
       // What the worker sent before returning the response goes first.
       const early = p.inbox;
       p.inbox = [];
       p.inboxBytes = 0;
       for (const item of early) toHost(s, item);
+    };
+
+    // The client's end of a WebSocket that a Durable Object or a service accepted:
+    // what a stub's fetch() returns with its 101, to be returned in turn.
+    internals.relayedWebSocket = function relayedWebSocket(token) {
+      const ws = newSocket();
+      socketRecord(ws).relay = `${token}`;
+      return ws;
+    };
+
+    // state.acceptWebSocket() (durable_objects.js): `ws` is accepted and its
+    // events go to `handler(kind, fields, taken)` instead of its listeners.
+    internals.acceptWithHandler = function acceptWithHandler(ws, handler) {
+      const r = rec(ws);
+      if (r.released) throw new TypeError("Can't accept() WebSocket that was already used in a response.");
+      if (r.relay !== null || r.peer === null) {
+        throw new TypeError('state.acceptWebSocket() needs the server end of a new WebSocketPair().');
+      }
+      if (r.accepted) throw new TypeError('This WebSocket was already accepted.');
+      r.handler = handler;
+      r.accepted = true;
+      if (r.inbox.length > 0) later(() => flushInbox(r));
+    };
+
+    // The invocation a server end is coupled to (0 until its peer is returned).
+    internals.webSocketRequestId = (ws) => rec(ws).requestId;
+    internals.webSocketOpen = (ws) => {
+      const r = rec(ws);
+      return r.error === null && !(r.closedIncoming && r.closedOutgoing);
     };
 
     internals.webSocketEvent = function webSocketEvent(id, type, a, b, c) {
