@@ -186,6 +186,8 @@ class Project:
     kv_namespaces: list[dict[str, Any]] = field(default_factory=list)
     # [[durable_objects.bindings]] as binding specs (see durable_object_bindings)
     durable_objects: list[dict[str, Any]] = field(default_factory=list)
+    # [[migrations]], checked (durable_object_classes), in order: what `warren deploy` uploads
+    migrations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def watch_paths(self) -> list[Path]:
@@ -619,6 +621,7 @@ def load_project(target: str | Path) -> Project:
 
     return Project(
         durable_objects=durable_objects,
+        migrations=list(config.get("migrations", [])),  # checked by durable_object_bindings above
         kv_namespaces=kv_namespaces,
         service_bindings=service_bindings,
         queue_bindings=queue_bindings,
@@ -782,3 +785,33 @@ def uploaded_durable_object(spec: dict[str, Any], script: str) -> dict[str, Any]
     if spec.get("script_name") and spec["script_name"] != script:
         upload["script_name"] = spec["script_name"]
     return upload
+
+
+def migrations_to_upload(
+    migrations: list[dict[str, Any]], current_tag: str | None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The upload's ``migrations`` field for a script whose applied tag is ``current_tag``, as wrangler
+    computes it, and a warning (or None).
+
+    No migrations, or the current tag is the last one: nothing to send. A tag
+    found in the list: the steps after it, with ``old_tag``. No tag yet: every
+    step. A tag not in the list: every step, with ``old_tag`` (the control
+    plane then refuses the classes that already exist, as Cloudflare does).
+    """
+    if not migrations:
+        return None, None
+    steps = [{key: value for key, value in step.items() if key != "tag"} for step in migrations]
+    payload: dict[str, Any] = {"new_tag": migrations[-1]["tag"]}
+    tags = [step["tag"] for step in migrations]
+    if current_tag is None:
+        return {**payload, "steps": steps}, None
+    if current_tag not in tags:
+        warning = (
+            f'the deployed worker has the migration tag "{current_tag}", which is not in [[migrations]]; '
+            "uploading every migration"
+        )
+        return {"old_tag": current_tag, **payload, "steps": steps}, warning
+    index = tags.index(current_tag)
+    if index == len(tags) - 1:
+        return None, None
+    return {"old_tag": current_tag, **payload, "steps": steps[index + 1:]}, None

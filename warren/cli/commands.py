@@ -11,7 +11,9 @@ override ``config.json`` (written by ``warren login``, mode 0600) in
 
 Uploads: the entry module plus every module it imports by relative path, as
 ``warren.config.collect_modules`` finds them (the same modules ``warren dev``
-runs), each named by its path relative to the entry's directory.
+runs), each named by its path relative to the entry's directory. ``deploy`` adds
+the ``[[migrations]]`` the deployed worker has not applied (from its
+``migration_tag`` on, as wrangler picks them; ``warren.config.migrations_to_upload``).
 
 Owns: parsing these command lines, the config file, and printing for people.
 Talks to the API only through ``warren.cli.client``; reads projects only through
@@ -350,6 +352,25 @@ def build_upload(
     return metadata, modules
 
 
+def _migrations(current: Session, name: str, project: Project) -> dict[str, Any] | None:
+    """The ``[[migrations]]`` the deployed worker has not applied yet, as wrangler picks them: from the
+    script's ``migration_tag`` on (none if it is the last one)."""
+    from warren.config import migrations_to_upload
+
+    if not project.migrations:
+        return None
+    try:
+        tag = current.client.get_script(current.account(), name).get("migration_tag")
+    except ApiError as error:
+        if error.status != 404:
+            raise
+        tag = None
+    steps, warning = migrations_to_upload(project.migrations, tag if isinstance(tag, str) else None)
+    if warning:
+        _warn(warning)
+    return steps
+
+
 def _describe_upload(name: str, modules: list[Module]) -> None:
     total = sum(len(module.data) for module in modules)
     click.echo(f"Uploading {name}: {len(modules)} module{'s' if len(modules) != 1 else ''}, {_size(total)}")
@@ -504,6 +525,12 @@ def deploy(target: str, script: str | None, message: str | None, no_bundle: bool
     with session() as current:
         if not as_json:
             _describe_upload(name, modules)
+        steps = _migrations(current, name, project)
+        if steps is not None:
+            metadata["migrations"] = steps
+            if not as_json:
+                old = f"from {steps['old_tag']} " if steps.get("old_tag") else ""
+                click.echo(f"  migrations {old}to {steps['new_tag']}: {len(steps['steps'])} step(s)")
         result = current.client.deploy_script(current.account(), name, metadata, modules)
         content_hash = result.get("etag")
         if not content_hash and result.get("version_id"):

@@ -27,9 +27,9 @@ from starlette.types import Message, Receive
 from starlette.websockets import WebSocket
 
 from warren import observability
-from warren.control import dashboard, validation
+from warren.control import dashboard, migrations, validation
 from warren.control import queues as queues_api
-from warren.store import Store
+from warren.store import SQLiteStore, Store
 from warren.store.errors import Conflict, InvalidInput, NotFound
 from warren.store.model import Account, Deployment, KVNamespace, Route, ScriptInfo, Token, Version
 from warren.store.validation import MAX_SCRIPT_BYTES
@@ -96,7 +96,10 @@ def version_json(version: Version) -> dict[str, Any]:
         ],
         "compatibility_date": version.compatibility_date,
         "bindings": list(version.bindings),
-        "limits": version.limits,
+        "limits": {key: value for key, value in version.limits.items() if key != migrations.STATE_KEY},
+        # Durable Object classes after the script's migrations, as this version carries them (or null)
+        "migration_tag": migrations.tag_of(version),
+        "durable_objects": migrations.public(migrations.state_of(version)),
         "content_hash": version.content_hash,
         "created_on": version.created_on,
         "author": version.author_token_id,
@@ -115,8 +118,14 @@ def deployment_json(deployment: Deployment) -> dict[str, Any]:
     }
 
 
-def script_json(info: ScriptInfo) -> dict[str, Any]:
-    return {"id": info.name, "created_on": info.created_on, "modified_on": info.modified_on, "etag": info.etag}
+def script_json(info: ScriptInfo, migration_tag: str | None = None) -> dict[str, Any]:
+    return {
+        "id": info.name,
+        "created_on": info.created_on,
+        "modified_on": info.modified_on,
+        "etag": info.etag,
+        "migration_tag": migration_tag,  # the current deployment's applied Durable Object migration tag
+    }
 
 
 def route_json(route: Route) -> dict[str, Any]:
@@ -273,11 +282,54 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
 
     # -- scripts and versions --
 
+    async def deployed_version(account_id: str, name: str) -> Version | None:
+        deployment = await store.current_deployment(account_id, name)
+        return await store.get_version(account_id, name, deployment.main_version_id) if deployment else None
+
+    async def class_state(account_id: str, name: str, meta: validation.UploadMetadata, deploy: bool) -> dict[str, Any]:
+        """The upload's limits with the script's Durable Object class state after its migrations."""
+        migrations.check_user_limits(meta.limits)
+        current = migrations.state_of(await deployed_version(account_id, name))
+        if meta.migrations is None:
+            state = current
+        elif not deploy:
+            raise ApiError(400, "migrations must be applied by a deployment (PUT the script), not a version upload")
+        else:
+            state = migrations.apply(current, meta.migrations)
+            if any(step["renamed_classes"] for step in meta.migrations.steps) and not isinstance(store, SQLiteStore):
+                # Placed across nodes, an object's storage is a log keyed by its class's name.
+                raise ApiError(400, "renamed_classes is not supported yet with a NATS store")
+            await check_deleted_unbound(account_id, name, migrations.deleted_now(current, state))
+        if state is None:
+            return meta.limits
+        migrations.check_bindings(state, meta.bindings, name)
+        return {**meta.limits, migrations.STATE_KEY: state}
+
+    async def check_deleted_unbound(account_id: str, name: str, deleted: set[str]) -> None:
+        if not deleted:
+            return
+        for info in await store.list_scripts(account_id):
+            if info.name == name:
+                continue
+            version = await deployed_version(account_id, info.name)
+            for binding in version.bindings if version is not None else ():
+                if (
+                    binding.get("type") == "durable_object_namespace"
+                    and binding.get("script_name") == name
+                    and binding.get("class_name") in deleted
+                ):
+                    raise ApiError(
+                        400,
+                        f"Cannot apply deleted_classes migration to class {binding['class_name']}: the worker "
+                        f"{info.name} still binds it ({binding.get('name')}); remove that binding first",
+                    )
+
     async def upload(request: Request, deploy: bool) -> tuple[Token, Version, Deployment | None]:
         token = await account_token(request)
         parsed = await _read_upload(request)
         meta = parsed.metadata
         await queues_api.check_bindings(store, token.account_id, meta.bindings)
+        limits = await class_state(token.account_id, request.path_params["name"], meta, deploy)
         version, deployment = await store.upload_version(
             token.account_id,
             request.path_params["name"],
@@ -285,7 +337,7 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
             parsed.modules,
             meta.compatibility_date,
             meta.bindings,
-            meta.limits,
+            limits,
             token.id,
             meta.message,
             deploy=deploy,
@@ -295,18 +347,21 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
     async def put_script(request: Request) -> Response:
         token, version, deployment = await upload(request, deploy=True)
         info = await script_or_404(token.account_id, version.script)
-        result = script_json(info)
+        result = script_json(info, migrations.tag_of(version))
         result["version_id"] = version.id
         result["deployment_id"] = deployment.id if deployment else None
         return envelope(result)
 
     async def list_scripts(request: Request) -> Response:
         token = await account_token(request)
-        return envelope([script_json(info) for info in await store.list_scripts(token.account_id)])
+        scripts = await store.list_scripts(token.account_id)
+        tags = [migrations.tag_of(await deployed_version(token.account_id, info.name)) for info in scripts]
+        return envelope([script_json(info, tag) for info, tag in zip(scripts, tags, strict=True)])
 
     async def get_script(request: Request) -> Response:
         token = await account_token(request)
-        return envelope(script_json(await script_or_404(token.account_id, request.path_params["name"])))
+        info = await script_or_404(token.account_id, request.path_params["name"])
+        return envelope(script_json(info, migrations.tag_of(await deployed_version(token.account_id, info.name))))
 
     async def delete_script(request: Request) -> Response:
         token = await account_token(request)

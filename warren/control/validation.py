@@ -14,6 +14,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from warren.control.migrations import Migrations
+from warren.control.migrations import parse as parse_migrations
 from warren.store.errors import InvalidInput
 from warren.store.validation import MAX_SCRIPT_BYTES
 
@@ -83,6 +85,7 @@ class UploadMetadata:
     bindings: list[dict[str, Any]]
     limits: dict[str, Any]
     message: str
+    migrations: Migrations | None = None  # Durable Object class migrations (warren.control.migrations)
 
 
 def upload_metadata(data: bytes) -> UploadMetadata:
@@ -106,6 +109,7 @@ def upload_metadata(data: bytes) -> UploadMetadata:
         bindings=bindings,
         limits=limits,
         message=message,
+        migrations=parse_migrations(body["migrations"]) if body.get("migrations") is not None else None,
     )
 
 

@@ -42,6 +42,7 @@ from warren.server.supervisor import Exchange, Supervisor
 from warren.store import Store
 from warren.store.model import Account, Version
 from warren.store.routes import RouteTable, normalise_host
+from warren.store.validation import DURABLE_OBJECTS_KEY
 
 DEFAULT_WORKERS_DOMAIN = "workers.localhost"
 POLL_INTERVAL_S = 1.0  # the longest one wait for a store change lasts before asking again
@@ -112,6 +113,9 @@ class EdgeNode:
         self._loaded: dict[str, str] = {}  # version key -> content hash
         self._identities: dict[str, tuple[str, str, str]] = {}  # version key -> (account id, script, version id)
         self._poller: asyncio.Task[None] | None = None
+        # (account id, script) -> the Durable Object class state of its main version (warren.control.migrations)
+        self.class_states: dict[tuple[str, str], dict[str, Any]] = {}
+        self._next_class_states: dict[tuple[str, str], dict[str, Any]] = {}
         # Told after every change applied (cron schedules and queue consumers re-read theirs: issue #10).
         self.on_refresh: list[Callable[[], None]] = []
 
@@ -180,6 +184,11 @@ class EdgeNode:
             return
         targets: dict[tuple[str, str], _Target | Unavailable] = {}
         wanted: set[str] = set()
+        self._next_class_states = {
+            scripted: found
+            for scripted, deployment in state.deployments.items()
+            if (found := _class_state(state.versions.get(deployment.main_version_id))) is not None
+        }
         for (account_id, script), deployment in state.deployments.items():
             account = state.accounts.get(account_id)
             secrets = state.secrets.get((account_id, script), {})
@@ -207,6 +216,7 @@ class EdgeNode:
         self._routes = RouteTable(state.routes)
         self._accounts_by_name = {account.name: account for account in state.accounts.values()}
         self._targets = targets
+        self.class_states = self._next_class_states
         self.revision = state.revision
         self.loaded = True
         for key in [key for key in self._loaded if key not in wanted]:
@@ -323,12 +333,34 @@ class EdgeNode:
             archive_hash=version.content_hash,
             # Plain values became vars above; every other binding (KV, ...) is called through the node.
             bindings=tuple(
-                node_binding(spec, version.script)
+                self._node_binding(spec, version)
                 for spec in version.bindings
                 if spec.get("type") not in ("plain_text", "json")
             ),
             account_id=version.account_id,
         )
+
+
+    def _node_binding(self, spec: dict[str, Any], version: Version) -> dict[str, Any]:
+        """A binding as the node runs it. A Durable Object class gets ``sqlite`` from its script's
+        migrations: this version's own for its classes, the deployed version's for another script's;
+        without migrations it stays unset (served as SQLite-backed, as before migrations were uploaded)."""
+        spec = node_binding(spec, version.script)
+        if spec.get("type") != "durable_object_namespace":
+            return spec
+        target = str(spec["script_name"])
+        state = (
+            _class_state(version) if target == version.script
+            else self._next_class_states.get((version.account_id, target))
+        )
+        info = state.get("classes", {}).get(spec.get("class_name")) if state is not None else None
+        return {**spec, "sqlite": bool(info.get("sqlite", True))} if isinstance(info, dict) else spec
+
+
+def _class_state(version: Version | None) -> dict[str, Any] | None:
+    """The Durable Object class state a version carries (``warren.control.migrations``), or None."""
+    state = version.limits.get(DURABLE_OBJECTS_KEY) if version is not None else None
+    return state if isinstance(state, dict) else None
 
 
 def _describe_store(store: Store) -> dict[str, Any]:
@@ -477,6 +509,8 @@ async def serve(
     await kv.start()
     publisher.start()
     node = EdgeNode(store, supervisor, workers_domain, echo=echo, trusted_accounts=trusted_accounts)
+    # Deleted and renamed classes (warren.control.migrations), after every change the node applies.
+    node.on_refresh.append(lambda: objects.set_classes(node.class_states) if node is not None else None)
     metrics.registry.register(store_collector(node))
     control_app: Any = None
     try:
@@ -494,6 +528,7 @@ async def serve(
         if internal is not None:
             servers.append(internal)
         await objects.start()  # after the node knows its versions: due alarms fire at once
+        objects.set_classes(node.class_states)  # again, now that the alarm index is open
         if objects.placement is not None:
             echo(f"Durable Objects placed across nodes: node {objects.placement.node_id}, "
                  f"internal endpoint on {objects.placement.url}")

@@ -185,17 +185,29 @@ def _durable_object_binding(name: str, binding: dict[str, Any]) -> dict[str, Any
 # Runtime processes are shared only within a level ("cordons"); an edge node
 # honours "trusted" only for accounts its operator names.
 TRUST_LEVELS = ("trusted", "standard", "untrusted")
+DURABLE_OBJECTS_KEY = "durable_objects"  # warren.control.migrations.STATE_KEY
 
 
 def limits(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput("limits must be an object")
-    unknown = sorted(set(value) - {"cpu_ms", "trust_level", "subrequests"})
+    unknown = sorted(set(value) - {"cpu_ms", "trust_level", "subrequests", DURABLE_OBJECTS_KEY})
     if unknown:
         raise InvalidInput(
             f"unknown limit(s) {', '.join(map(repr, unknown))}; supported: 'cpu_ms', 'subrequests', 'trust_level'"
         )
     result: dict[str, Any] = {}
+    if DURABLE_OBJECTS_KEY in value:
+        # The script's Durable Object classes after its migrations (warren.control.migrations), carried in the
+        # version so that every version keeps its own; written by the control plane, never by a client.
+        state = value[DURABLE_OBJECTS_KEY]
+        try:
+            canonical_json(state)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"limits.{DURABLE_OBJECTS_KEY} is not plain JSON") from None
+        if not isinstance(state, dict):
+            raise InvalidInput(f"limits.{DURABLE_OBJECTS_KEY} must be an object")
+        result[DURABLE_OBJECTS_KEY] = state
     if "trust_level" in value:
         if value["trust_level"] not in TRUST_LEVELS:
             raise InvalidInput(f"limits.trust_level must be one of {', '.join(TRUST_LEVELS)}")
