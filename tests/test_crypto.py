@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import random
 import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -998,3 +999,144 @@ def test_parsed_key_cache_is_bounded_and_keys_survive_eviction() -> None:
         for a, b in ((x1, x2), (x2, x1))
     ]
     assert secrets[0] == secrets[1] and len(secrets[0]) == 32
+
+
+# --- RSA key sizes and exponents, as workerd (strict_crypto_checks) allows them ----------------------
+
+RSA_LIMITS_WORKER = r"""
+import V from "./vectors.json";
+
+const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+const F4 = new Uint8Array([1, 0, 1]);
+const PKCS1 = (hash) => ({ name: "RSASSA-PKCS1-v1_5", hash });
+
+async function outcome(fn) {
+  const started = Date.now();
+  try {
+    await fn();
+    return { name: "no error", ms: Date.now() - started };
+  } catch (e) {
+    return { name: (e instanceof DOMException ? "DOMException:" : "") + e.name, message: e.message, ms: Date.now() - started };
+  }
+}
+
+const generate = (modulusLength, publicExponent = F4) =>
+  crypto.subtle.generateKey({ ...PKCS1("SHA-256"), modulusLength, publicExponent }, false, ["sign"]);
+const spki = (name) => crypto.subtle.importKey("spki", bytes(V[name]), PKCS1("SHA-256"), false, ["verify"]);
+const pkcs8 = (name) => crypto.subtle.importKey("pkcs8", bytes(V[name]), PKCS1("SHA-256"), false, ["sign"]);
+const jwk = (name) => crypto.subtle.importKey("jwk", V[name], PKCS1("SHA-256"), false, [V[name].d ? "sign" : "verify"]);
+
+export default {
+  async fetch() {
+    const report = {
+      tinySpki: await outcome(() => spki("tinySpki")),
+      tinyJwk: await outcome(() => jwk("tinyJwk")),
+      oversizedSpki: await outcome(() => spki("oversizedSpki")),
+      exponent5Spki: await outcome(() => spki("exponent5Spki")),
+      hugeExponentSpki: await outcome(() => spki("hugeExponentSpki")),
+      exponent17Spki: await outcome(() => spki("exponent17Spki")),
+      bigPrivatePkcs8: await outcome(() => pkcs8("bigPrivatePkcs8")),
+      bigPrivateJwk: await outcome(() => jwk("bigPrivateJwk")),
+      generate16384: await outcome(() => generate(16384)),
+      generate20000: await outcome(() => generate(20000)),
+      generate1000: await outcome(() => generate(1000)),
+      generate512: await outcome(() => generate(512)),
+      generateZero: await outcome(() => generate(0)),
+      generateExponent5: await outcome(() => generate(2048, new Uint8Array([5]))),
+      generate3072: await outcome(() => generate(3072, new Uint8Array([3]))),
+    };
+    // The smallest key workerd takes is imported; one of 512 bits (room for a SHA-256 DigestInfo) signs.
+    report.smallPkcs8 = await outcome(() => pkcs8("smallPkcs8"));
+    report.smallJwk = await outcome(() => jwk("smallJwk"));
+    const signer = await pkcs8("signerPkcs8");
+    report.signerSigns = (await crypto.subtle.sign("RSASSA-PKCS1-v1_5", signer, new TextEncoder().encode("m"))).byteLength;
+    return Response.json(report);
+  },
+};
+"""
+
+
+def _probable_prime(bits: int, seed: int) -> int:
+    rng = random.Random(seed)
+    while True:
+        candidate = rng.getrandbits(bits) | 1 | (3 << (bits - 2))
+        if all(pow(base, candidate - 1, candidate) == 1 for base in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)):
+            return candidate
+
+
+def _rsa_private(p: int, q: int, e: int = 65537) -> rsa.RSAPrivateKey:
+    n = p * q
+    d = pow(e, -1, (p - 1) * (q - 1))
+    numbers = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), rsa.RSAPublicNumbers(e, n))
+    return numbers.private_key(unsafe_skip_rsa_key_validation=True)
+
+
+def _jwk(key: Any) -> dict[str, str]:
+    numbers = key.private_numbers() if hasattr(key, "private_numbers") else None
+    public = numbers.public_numbers if numbers else key.public_numbers()
+    out = {"kty": "RSA", "n": b64url(public.n.to_bytes((public.n.bit_length() + 7) // 8, "big")), "e": "AQAB"}
+    if numbers:
+        for name, value in (("d", numbers.d), ("p", numbers.p), ("q", numbers.q), ("dp", numbers.dmp1),
+                            ("dq", numbers.dmq1), ("qi", numbers.iqmp)):  # fmt: skip
+            out[name] = b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+    return out
+
+
+def test_rsa_key_sizes_and_exponents_are_workerds(dev: Any) -> None:
+    tiny = _rsa_private(_probable_prime(64, 1), _probable_prime(64, 2))  # a 128-bit modulus: factored in no time
+    small = _rsa_private(_probable_prime(128, 3), _probable_prime(128, 4))  # 256 bits, workerd's least
+    # Composite "primes": the size check must come before OpenSSL would test them (seconds at 8192 bits).
+    rng = random.Random(8192)
+    big = _rsa_private(rng.getrandbits(4096) | 1 | (1 << 4095), rng.getrandbits(4096) | 1 | (1 << 4095))
+    normal = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key().public_numbers().n
+    oversized = rng.getrandbits(16392) | 1 | (1 << 16391)
+    vectors = {
+        "tinySpki": b64(spki(tiny.public_key())),
+        "tinyJwk": _jwk(tiny.public_key()),
+        "oversizedSpki": b64(spki(rsa.RSAPublicNumbers(65537, oversized).public_key())),
+        "exponent5Spki": b64(spki(rsa.RSAPublicNumbers(5, normal).public_key())),
+        "hugeExponentSpki": b64(spki(rsa.RSAPublicNumbers(2**32 + 1, normal).public_key())),
+        "exponent17Spki": b64(spki(rsa.RSAPublicNumbers(17, normal).public_key())),
+        "bigPrivatePkcs8": b64(der(big)),
+        "bigPrivateJwk": _jwk(big),
+        "smallPkcs8": b64(der(small)),
+        "smallJwk": _jwk(small),
+        "signerPkcs8": b64(der(_rsa_private(_probable_prime(256, 5), _probable_prime(256, 6)))),
+    }
+    server = dev(
+        {
+            "worker.js": RSA_LIMITS_WORKER,
+            "vectors.json": json.dumps(vectors),
+            "wrangler.toml": 'name = "rsa-limits"\nmain = "worker.js"\n[limits]\ncpu_ms = 30000\n',
+        },
+        ".",
+    )
+    response = server.get("/")
+    assert response.status_code == 200, (response.text, server.output)
+    out = response.json()
+
+    def fails(name: str, error: str, message: str) -> None:
+        assert (out[name]["name"], out[name].get("message")) == (error, message), (name, out[name])
+
+    size = "The modulus length must be a multiple of 8 and between 256 and 16k, but {} was requested."
+    fails("tinySpki", "DOMException:OperationError", size.format(128))
+    fails("tinyJwk", "DOMException:OperationError", size.format(128))
+    fails("oversizedSpki", "DOMException:OperationError", size.format(16392))
+    fails("exponent5Spki", "DOMException:OperationError", "Imported RSA key has invalid publicExponent 5.")
+    fails("hugeExponentSpki", "DOMException:OperationError",
+          'The "publicExponent" must be either 3 or 65537, but got a number larger than 2^32.')  # fmt: skip
+    assert out["exponent17Spki"]["name"] == "no error"
+    for name in ("bigPrivatePkcs8", "bigPrivateJwk"):
+        assert out[name]["name"] == "DOMException:NotSupportedError", (name, out[name])
+        assert "more than 4096 bits" in out[name]["message"] and out[name]["ms"] < 1000, out[name]
+    assert out["generate16384"]["name"] == "DOMException:NotSupportedError", out["generate16384"]
+    assert out["generate16384"]["ms"] < 1000
+    fails("generate20000", "DOMException:OperationError", size.format(20000))
+    fails("generate1000", "DOMException:OperationError",
+          "Can't generate key: RSA key size is required to be a multiple of 128")  # fmt: skip
+    assert out["generate512"]["name"] == "DOMException:NotSupportedError", out["generate512"]
+    fails("generateZero", "DOMException:OperationError", "modulusLength must be greater than zero (requested 0).")
+    fails("generateExponent5", "DOMException:OperationError", 'The "publicExponent" must be either 3 or 65537, but got 5.')
+    assert out["generate3072"]["name"] == "no error"
+    assert out["smallPkcs8"]["name"] == "no error" and out["smallJwk"]["name"] == "no error"
+    assert out["signerSigns"] == 64

@@ -366,3 +366,68 @@ def test_migrations_round_trip_through_the_config(tmp_path: Path) -> None:
     project = load_project(str(tmp_path))
     assert [step["tag"] for step in project.migrations] == ["v1", "v2", "v3"]
     assert project.durable_objects[0]["sqlite"] is True  # warren dev: Renamed came from Sql, SQLite-backed
+
+
+# -- two uploads at once ------------------------------------------------------------------------------
+
+
+def _race(api_urls: list[str], account_id: str, token: str, old_tag: str, new_tags: list[str]) -> list[httpx.Response]:
+    """PUT the script once per tag, all at once (the i-th to the i-th API), each a different step after ``old_tag``."""
+
+    async def put(client: httpx.AsyncClient, new_tag: str) -> httpx.Response:
+        metadata = {"main_module": "worker.js", "migrations": {
+            "old_tag": old_tag, "new_tag": new_tag, "steps": [{"new_sqlite_classes": [f"Class_{new_tag}"]}]}}
+        files = {
+            "metadata": (None, json.dumps(metadata), "application/json"),
+            "worker.js": ("worker.js", WORKER, "application/javascript+module"),
+        }
+        return await client.put(f"/{SCRIPT}", files=files)
+
+    async def race() -> list[httpx.Response]:
+        clients = [
+            httpx.AsyncClient(base_url=f"{url}/client/v4/accounts/{account_id}/workers/scripts",
+                              headers={"authorization": f"Bearer {token}"}, timeout=30)
+            for url in api_urls
+        ]  # fmt: skip
+        try:
+            return list(await asyncio.gather(*(put(client, tag) for client, tag in zip(clients, new_tags, strict=True))))
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    return asyncio.run(race())
+
+
+def _exactly_one_wins(platform: Platform, responses: list[httpx.Response], old_tag: str, new_tags: list[str]) -> str:
+    statuses = [response.status_code for response in responses]
+    assert sorted(statuses) == [200, 400], [response.text for response in responses]
+    winner = new_tags[statuses.index(200)]
+    loser = responses[statuses.index(400)]
+    assert f"Migration tag precondition failed; current tag is {winner}" in loser.json()["errors"][0]["message"]
+    script = platform.script()
+    assert script["migration_tag"] == winner
+    version = platform.versions()[0]
+    assert version["migration_tag"] == winner and f"Class_{winner}" in version["durable_objects"]["classes"]
+    assert not any(f"Class_{tag}" in version["durable_objects"]["classes"] for tag in new_tags if tag != winner)
+    return winner
+
+
+def test_two_uploads_at_once_with_the_same_old_tag_one_wins(platform: Platform) -> None:
+    platform.deploy({}, V1)
+    tag, count = "v1", len(platform.versions())
+    for round_ in range(4):  # each round races two uploads from the tag the last one left
+        new_tags = [f"r{round_}a", f"r{round_}b"]
+        tag = _exactly_one_wins(platform, _race([platform.api_url] * 2, platform.account_id, platform.token, tag,
+                                                new_tags), tag, new_tags)  # fmt: skip
+        count += 1
+        assert len(platform.versions()) == count  # the loser wrote nothing
+
+
+def test_two_control_planes_sharing_a_store_cannot_both_win(platform: Platform, spawn: Any) -> None:
+    other = spawn(["control", "--store", str(platform.tmp_path / "warren.db")])
+    platform.deploy({}, V1)
+    tag = "v1"
+    for round_ in range(20):
+        new_tags = [f"r{round_}a", f"r{round_}b"]
+        tag = _exactly_one_wins(platform, _race([platform.api_url, other.url], platform.account_id, platform.token,
+                                                tag, new_tags), tag, new_tags)  # fmt: skip

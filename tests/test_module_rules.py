@@ -381,3 +381,58 @@ def test_deploying_service_worker_blobs_is_refused_before_any_upload(tmp_path: P
     )
     assert result.returncode != 0
     assert "[wasm_modules]" in result.stdout + result.stderr and "warren dev" in result.stdout + result.stderr
+
+
+SLOPPY_PROJECT: dict[str, str | bytes] = {
+    "wrangler.toml": 'name = "sloppy"\nmain = "index.js"\n[[rules]]\ntype = "CommonJS"\nglobs = ["legacy/*.js"]\n',
+    "index.js": """
+        import loose from "./loose.cjs";
+        import legacy from "./legacy/old.js";
+        export default { fetch() { return new Response(loose() + " " + legacy); } };
+        """,
+    # Only sloppy-mode code runs these: `with`, an undeclared assignment, `this` of a plain call.
+    "loose.cjs": """
+        function scope() { return this === undefined ? "strict" : "sloppy"; }
+        module.exports = function () {
+          counter = (typeof counter === "number" ? counter : 0) + 1;
+          with ({ greeting: "with" }) { return greeting + " " + scope() + " " + counter; }
+        };
+        """,
+    "legacy/old.js": "exports = module.exports = 'legacy ' + (function () { return this !== undefined; })();\n",
+}
+
+
+def test_a_deployed_commonjs_module_runs_as_in_dev_not_strict(tmp_path: Path, spawn: Any) -> None:
+    """Cloudflare takes a non-main text/javascript part for CommonJS; the edge must not make it an ES module."""
+    project = tmp_path / "project"
+    write(project, SLOPPY_PROJECT)
+    dev = spawn(["dev", str(project)])
+    in_dev = dev.get("/")
+    assert (in_dev.status_code, in_dev.text) == (200, "with sloppy 1 legacy true"), in_dev.text
+
+    store = tmp_path / "warren.db"
+    created = subprocess.run(
+        [sys.executable, "-m", "warren.cli", "control", "--store", str(store), "account", "create", "demo", "--json"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    account = json.loads(created.stdout)
+    node = spawn(["serve", "--store", str(store), "--workers-domain", DOMAIN, "--control-port", "0"])
+    api_url = re.search(r"Control-plane API on (http://\S+)", node.output).group(1)  # type: ignore[union-attr]
+    env = {
+        **os.environ,
+        "WARREN_API_URL": api_url,
+        "WARREN_API_TOKEN": account["token"],
+        "WARREN_CONFIG_DIR": str(tmp_path / "config"),
+    }
+    deployed = subprocess.run(
+        [sys.executable, "-m", "warren.cli", "deploy", "--no-bundle"],
+        cwd=project, capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    deadline = time.monotonic() + 10
+    while True:
+        on_edge = httpx.get(node.url + "/", headers={"host": f"sloppy.demo.{DOMAIN}"}, timeout=30)
+        if on_edge.status_code != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert (on_edge.status_code, on_edge.text) == (200, in_dev.text), on_edge.text + "\n" + node.output

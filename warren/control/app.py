@@ -11,8 +11,10 @@ error, 10003 method not allowed, 10007 not found, 10009 conflict, 10013 too larg
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +32,8 @@ from warren import observability
 from warren.control import dashboard, migrations, validation
 from warren.control import queues as queues_api
 from warren.store import SQLiteStore, Store
-from warren.store.errors import Conflict, InvalidInput, NotFound
-from warren.store.model import Account, Deployment, KVNamespace, Route, ScriptInfo, Token, Version
+from warren.store.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from warren.store.model import Account, Deployment, ExpectDeployment, KVNamespace, Route, ScriptInfo, Token, Version
 from warren.store.validation import MAX_SCRIPT_BYTES
 
 BASE = "/client/v4"
@@ -43,6 +45,7 @@ METHOD_NOT_ALLOWED = 10003
 NOT_FOUND = 10007
 CONFLICT = 10009
 TOO_LARGE = 10013
+UPLOAD_ATTEMPTS = 5  # an upload whose script another control plane deploys meanwhile starts again this often
 
 _CODE_BY_STATUS = {
     400: INVALID_REQUEST,
@@ -286,10 +289,16 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
         deployment = await store.current_deployment(account_id, name)
         return await store.get_version(account_id, name, deployment.main_version_id) if deployment else None
 
-    async def class_state(account_id: str, name: str, meta: validation.UploadMetadata, deploy: bool) -> dict[str, Any]:
-        """The upload's limits with the script's Durable Object class state after its migrations."""
+    async def class_state(
+        account_id: str, name: str, meta: validation.UploadMetadata, deploy: bool, deployment: Deployment | None
+    ) -> dict[str, Any]:
+        """The upload's limits with the script's Durable Object class state after its migrations.
+
+        ``deployment`` is the script's current one, which the state is derived from.
+        """
         migrations.check_user_limits(meta.limits)
-        current = migrations.state_of(await deployed_version(account_id, name))
+        deployed = await store.get_version(account_id, name, deployment.main_version_id) if deployment else None
+        current = migrations.state_of(deployed)
         if meta.migrations is None:
             state = current
         elif not deploy:
@@ -324,25 +333,46 @@ def create_app(store: Store, *, manage_store: bool = True) -> Starlette:
                         f"{info.name} still binds it ({binding.get('name')}); remove that binding first",
                     )
 
+    # The class state an upload writes is derived from the deployed version's, so two uploads of one
+    # script must not both start from the same one (both would pass the migration tag precondition).
+    # Within this process a lock per script orders them; across processes sharing the store, the
+    # store's compare-and-set on the current deployment (ExpectDeployment) makes the later one start again.
+    upload_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def upload_lock(account_id: str, name: str) -> asyncio.Lock:
+        lock = upload_locks.get((account_id, name))
+        if lock is None:
+            lock = upload_locks[(account_id, name)] = asyncio.Lock()
+        return lock
+
     async def upload(request: Request, deploy: bool) -> tuple[Token, Version, Deployment | None]:
         token = await account_token(request)
-        parsed = await _read_upload(request)
+        parsed = await _read_upload(request)  # outside the lock: a slow client holds up nobody else
         meta = parsed.metadata
+        name = request.path_params["name"]
         await queues_api.check_bindings(store, token.account_id, meta.bindings)
-        limits = await class_state(token.account_id, request.path_params["name"], meta, deploy)
-        version, deployment = await store.upload_version(
-            token.account_id,
-            request.path_params["name"],
-            meta.main_module,
-            parsed.modules,
-            meta.compatibility_date,
-            meta.bindings,
-            limits,
-            token.id,
-            meta.message,
-            deploy=deploy,
-        )
-        return token, version, deployment
+        async with upload_lock(token.account_id, name):
+            for _ in range(UPLOAD_ATTEMPTS):
+                current = await store.current_deployment(token.account_id, name)
+                limits = await class_state(token.account_id, name, meta, deploy, current)
+                try:
+                    version, deployment = await store.upload_version(
+                        token.account_id,
+                        name,
+                        meta.main_module,
+                        parsed.modules,
+                        meta.compatibility_date,
+                        meta.bindings,
+                        limits,
+                        token.id,
+                        meta.message,
+                        deploy=deploy,
+                        expect=ExpectDeployment(current.id if current else None) if deploy else None,
+                    )
+                except PreconditionFailed:
+                    continue  # another control plane deployed the script meanwhile: check against that
+                return token, version, deployment
+        raise ApiError(409, "the script is being changed by other uploads; try again")
 
     async def put_script(request: Request) -> Response:
         token, version, deployment = await upload(request, deploy=True)

@@ -47,9 +47,15 @@ MAX_DIGEST_STREAMS = 1024  # open DigestStream states per worker; the least rece
 PARSED_KEY_CACHE = 64  # parsed keys kept per worker; any other handle is opened again when used
 # A host call cannot be interrupted by the CPU watchdog (it stops the script when
 # the call returns), so the slowest primitives are bounded: generating an RSA
-# key of 4096 bits takes ~0.3 s here, 8192 bits several seconds.
+# key of 4096 bits takes ~0.3 s here, 8192 bits ~16 s; checking an imported
+# private key (OpenSSL tests its primes) ~0.2 s at 4096 bits, ~3 s at 8192.
+RSA_MIN_MODULUS = 256  # workerd's (Chromium's) range for keys it generates or imports
+RSA_MAX_MODULUS = 16384
+RSA_MIN_GENERATED_MODULUS = 1024  # the least the cryptography package generates
 RSA_MAX_GENERATED_MODULUS = 4096
-RSA_MAX_IMPORTED_MODULUS = 16384
+RSA_MAX_IMPORTED_PRIVATE_MODULUS = 4096
+RSA_GENERATED_EXPONENTS = (3, 65537)
+RSA_IMPORTED_EXPONENTS = (3, 17, 37, 65537)  # workerd's list under strict_crypto_checks
 PBKDF2_MAX_WORK = 1_000_000  # output blocks x iterations (~0.5 s here): ten blocks at Workers' iteration cap
 HMAC_MAX_GENERATED_BITS = 65536
 
@@ -253,9 +259,37 @@ def _load_spki(data: bytes) -> Any:
 
 def _load_pkcs8(data: bytes) -> Any:
     try:
-        return serialization.load_der_private_key(data, None)
+        # Unchecked first, so an RSA key's size is known before OpenSSL spends seconds testing its primes.
+        obj = serialization.load_der_private_key(data, None, unsafe_skip_rsa_key_validation=True)
+        if isinstance(obj, rsa.RSAPrivateKey):
+            _check_rsa_import(obj.key_size, obj.private_numbers().public_numbers.e, private=True)
+            obj = serialization.load_der_private_key(data, None)
+        return obj
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise _data("Invalid PKCS#8 data") from None
+
+
+def _rsa_modulus_range(bits: int) -> None:
+    if bits % 8 or not RSA_MIN_MODULUS <= bits <= RSA_MAX_MODULUS:
+        raise _operation(
+            f"The modulus length must be a multiple of 8 and between {RSA_MIN_MODULUS} and 16k, "
+            f"but {bits} was requested."
+        )
+
+
+def _check_rsa_import(bits: int, exponent: int, private: bool) -> None:
+    """workerd's checks of an imported RSA key (with strict_crypto_checks), and warren's CPU bound."""
+    bits = (bits + 7) // 8 * 8  # workerd measures an imported modulus in whole bytes
+    _rsa_modulus_range(bits)
+    if exponent >= 2**32:
+        raise _operation('The "publicExponent" must be either 3 or 65537, but got a number larger than 2^32.')
+    if exponent not in RSA_IMPORTED_EXPONENTS:
+        raise _operation(f"Imported RSA key has invalid publicExponent {exponent}.")
+    if private and bits > RSA_MAX_IMPORTED_PRIVATE_MODULUS:
+        raise _not_supported(
+            f"RSA private keys of more than {RSA_MAX_IMPORTED_PRIVATE_MODULUS} bits cannot be imported here "
+            f"(checking one takes seconds of CPU); this one has {bits}"
+        )
 
 
 def _load_der(fmt: str, data: bytes, public_cls: Any, private_cls: Any, what: str) -> tuple[str, Any]:
@@ -580,9 +614,8 @@ class Rsa(Algorithm):
         return prefix + HASH_SUFFIX[hash_name]
 
     def _key(self, type_: str, obj: Any, hash_name: str, extractable: bool, usages: tuple[str, ...]) -> Key:
-        if obj.key_size > RSA_MAX_IMPORTED_MODULUS:
-            raise _data(f"RSA keys larger than {RSA_MAX_IMPORTED_MODULUS} bits are not supported")
         public_numbers = obj.public_key().public_numbers() if type_ == "private" else obj.public_numbers()
+        _check_rsa_import(obj.key_size, public_numbers.e, private=type_ == "private")
         algorithm = {
             "name": self.name,
             "modulusLength": obj.key_size,
@@ -599,10 +632,21 @@ class Rsa(Algorithm):
         hash_name = _hash_name(alg)
         modulus = int(alg.get("modulusLength", 0))
         exponent = int.from_bytes(_bytes(alg.get("publicExponent"), "publicExponent"), "big")
-        if not 1024 <= modulus <= RSA_MAX_GENERATED_MODULUS or modulus % 8:
-            raise _operation(f"RSA modulusLength must be a multiple of 8 from 1024 to {RSA_MAX_GENERATED_MODULUS}")
-        if exponent not in (3, 65537):
-            raise _operation("RSA publicExponent must be 3 or 65537")
+        # workerd's checks and messages (with strict_crypto_checks), then warren's narrower range.
+        if modulus <= 0:
+            raise _operation(f"modulusLength must be greater than zero (requested {modulus}).")
+        _rsa_modulus_range(modulus)
+        if exponent >= 2**32:
+            raise _operation('The "publicExponent" must be either 3 or 65537, but got a number larger than 2^32.')
+        if exponent not in RSA_GENERATED_EXPONENTS:
+            raise _operation(f'The "publicExponent" must be either 3 or 65537, but got {exponent}.')
+        if modulus % 128:
+            raise _operation("Can't generate key: RSA key size is required to be a multiple of 128")
+        if not RSA_MIN_GENERATED_MODULUS <= modulus <= RSA_MAX_GENERATED_MODULUS:
+            raise _not_supported(
+                f"RSA keys are generated here with {RSA_MIN_GENERATED_MODULUS} to {RSA_MAX_GENERATED_MODULUS} bits "
+                f"(a larger one takes seconds of CPU), but {modulus} was requested."
+            )
         private = rsa.generate_private_key(public_exponent=exponent, key_size=modulus)
         private_usages = tuple(u for u in usages if u in self.private_usages)
         public_usages = tuple(u for u in usages if u in self.public_usages)
@@ -637,6 +681,8 @@ class Rsa(Algorithm):
 
         try:
             public_numbers = rsa.RSAPublicNumbers(number("e"), number("n"))
+            # Before OpenSSL sees it: a huge private key would cost seconds of checks first.
+            _check_rsa_import(public_numbers.n.bit_length(), public_numbers.e, private)
             if not private:
                 return self._key("public", public_numbers.public_key(), hash_name, extractable, usages)
             if "oth" in jwk:

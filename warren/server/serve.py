@@ -49,11 +49,13 @@ POLL_INTERVAL_S = 1.0  # the longest one wait for a store change lasts before as
 MAX_IDENTITIES = 10_000  # version keys remembered for events, retired ones included
 STALE_AFTER_S = 3.0  # a node that has not heard the store's revision for this long (or 3 polls) is stale
 
-# Upload content types (docs/control-plane.md) -> the runtime's module kinds.
+# Upload content types (docs/control-plane.md) -> the runtime's module kinds. As on Cloudflare,
+# a plain JavaScript type is CommonJS (sloppy mode, `module.exports`) for any part but the main
+# one (which is a service-worker script or an ES module by its syntax); only `+module` is ESM.
 MODULE_KINDS = {
     "application/javascript+module": "esm",
-    "text/javascript": "esm",
-    "application/javascript": "esm",
+    "text/javascript": "commonjs",
+    "application/javascript": "commonjs",
     "application/json": "json",
     "text/plain": "text",
     "application/wasm": "wasm",

@@ -26,12 +26,13 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from warren.store.errors import Conflict, InvalidInput, NotFound, StoreError
+from warren.store.errors import Conflict, InvalidInput, NotFound, PreconditionFailed, StoreError
 from warren.store.kv_data import KVChange, KVKeyInfo, KVRecord
 from warren.store.model import (
     Account,
     Deployment,
     EdgeState,
+    ExpectDeployment,
     KVNamespace,
     ModuleRef,
     OutgoingMessage,
@@ -74,6 +75,7 @@ class Store(Protocol):
         author_token_id: str,
         message: str,
         deploy: bool,
+        expect: ExpectDeployment | None = None,
     ) -> tuple[Version, Deployment | None]: ...
     async def get_version(self, account_id: str, script: str, version_id: str) -> Version | None: ...
     async def list_versions(self, account_id: str, script: str) -> list[Version]: ...
@@ -248,6 +250,7 @@ __all__ = [
     "Conflict",
     "Deployment",
     "EdgeState",
+    "ExpectDeployment",
     "InvalidInput",
     "KVChange",
     "KVKeyInfo",
@@ -256,6 +259,7 @@ __all__ = [
     "ModuleRef",
     "NotFound",
     "OutgoingMessage",
+    "PreconditionFailed",
     "Queue",
     "QueueConsumer",
     "QueueMessage",

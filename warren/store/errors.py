@@ -22,3 +22,7 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The name or pattern is already taken."""
+
+
+class PreconditionFailed(StoreError):
+    """The write was computed from a state that another writer has since changed (``ExpectDeployment``)."""

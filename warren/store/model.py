@@ -67,6 +67,17 @@ class Version:
 
 
 @dataclass(frozen=True)
+class ExpectDeployment:
+    """A write's precondition: the script's current deployment is still this one (None: it has none).
+
+    The compare-and-set a caller needs when what it writes was derived from the
+    deployed version (Durable Object migrations: ``warren.control.migrations``).
+    """
+
+    deployment_id: str | None
+
+
+@dataclass(frozen=True)
 class Deployment:
     """Which versions of a script serve traffic, and what share each gets."""
 

@@ -160,12 +160,13 @@ from nats.js.errors import APIError, BucketNotFoundError, NoStreamResponseError,
 from nats.js.object_store import ObjectStore
 
 from warren.store import validation
-from warren.store.errors import Conflict, InvalidInput, NotFound
+from warren.store.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from warren.store.kv_data import KVChange, KVKeyInfo, KVRecord, key_bytes
 from warren.store.model import (
     Account,
     Deployment,
     EdgeState,
+    ExpectDeployment,
     KVNamespace,
     ModuleRef,
     OutgoingMessage,
@@ -992,6 +993,7 @@ class NATSStore:
         author_token_id: str,
         message: str,
         deploy: bool,
+        expect: ExpectDeployment | None = None,
     ) -> tuple[Version, Deployment | None]:
         upload = validation.upload(script, main_module, modules, compatibility_date, bindings, limits, message)
         script, compatibility_date, message = upload.script, upload.compatibility_date, upload.message
@@ -1017,6 +1019,12 @@ class NATSStore:
             raise InvalidInput(f"the upload's metadata (bindings, module names) exceeds {self._max_record()} bytes")
 
         await self._require_account(account_id)
+        if expect is not None:
+            # Checked again, as a compare-and-set, when the deployment is written (_attach); a loser
+            # there leaves its version behind, undeployed.
+            current = await self.current_deployment(account_id, script)
+            if (current.id if current else None) != expect.deployment_id:
+                raise PreconditionFailed(f"script {script!r} was deployed again meanwhile")
         wanted = [binding for binding in binding_list if binding["type"] == "kv_namespace"]
         if wanted:
             namespaces = {namespace.id for namespace in await self.list_kv_namespaces(account_id)}
@@ -1053,16 +1061,25 @@ class NATSStore:
                 author_token_id=author_token_id,
                 message=message,
             )
-        await self._retry(lambda: self._attach(account_id, script, deployment, created_on))
+        await self._retry(lambda: self._attach(account_id, script, deployment, created_on, expect))
         return version, deployment
 
-    async def _attach(self, account_id: str, script: str, deployment: Deployment | None, when: str) -> bool:
+    async def _attach(
+        self, account_id: str, script: str, deployment: Deployment | None, when: str,
+        expect: ExpectDeployment | None = None,
+    ) -> bool:
         """Deploy (if asked) and create or touch the script record; False to try again."""
         key = _key(account_id, script)
         # The deployment key is read before the script record: see create_deployment.
         current = await self._get("deployments", key) if deployment is not None else _MISSING
         record = await self._get("scripts", key)
         incarnation = record.json()["incarnation"] if record.value is not None else uuid.uuid4().hex
+        if deployment is not None and expect is not None:
+            # The write below is conditional on current's revision, so this holds when it succeeds.
+            previous = current.json()
+            previous_id = previous["id"] if previous is not None and previous["incarnation"] == incarnation else None
+            if previous_id != expect.deployment_id:
+                raise PreconditionFailed(f"script {script!r} was deployed again meanwhile")
         if deployment is not None and not await self._write(
             "deployments", key, _dump(_deployment_json(deployment, incarnation)), last=current.revision
         ):

@@ -26,12 +26,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from warren.store import validation
-from warren.store.errors import Conflict, InvalidInput, NotFound
+from warren.store.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from warren.store.kv_data import KVChange, KVKeyInfo, KVRecord, key_bytes, prefix_end
 from warren.store.model import (
     Account,
     Deployment,
     EdgeState,
+    ExpectDeployment,
     KVNamespace,
     ModuleRef,
     OutgoingMessage,
@@ -315,6 +316,7 @@ class SQLiteStore:
         author_token_id: str,
         message: str,
         deploy: bool,
+        expect: ExpectDeployment | None = None,
     ) -> tuple[Version, Deployment | None]:
         # Everything that needs no database is checked (and hashed) before the lock is taken.
         upload = validation.upload(script, main_module, modules, compatibility_date, bindings, limits, message)
@@ -325,6 +327,10 @@ class SQLiteStore:
 
         def write(conn: sqlite3.Connection) -> tuple[Version, Deployment | None]:
             _require_account(conn, account_id)
+            if expect is not None:
+                current = _current_deployment(conn, account_id, script)
+                if (current.id if current else None) != expect.deployment_id:
+                    raise PreconditionFailed(f"script {script!r} was deployed again meanwhile")
             for binding in binding_list:
                 if (
                     binding["type"] == "kv_namespace"
