@@ -63,6 +63,8 @@ BINDING_BODY_LIMITS = {
 DEFAULT_BINDING_BODY_LIMIT = (32 * 1024 * 1024, "The body of a binding call is {size} bytes; the limit is {limit}.")
 
 WAIT_UNTIL_LIMIT_S = 30.0
+# Slices queued together run in one trip to a JS thread until they have used this much CPU.
+BATCH_CPU_S = 0.002
 REFILL_DELAY_S = 0.1
 # Bodies cross into and out of the isolate as latin-1 strings (stpyv8 has no
 # way to share bytes). Small ones ride along with the event; larger ones move
@@ -146,7 +148,7 @@ class _Invocation:
 @dataclass
 class _Op:
     request_id: int | None
-    handle: asyncio.TimerHandle | asyncio.Task[Any] | None = None
+    handle: asyncio.Handle | asyncio.Task[Any] | None = None
     outlives: bool = False  # not cancelled when its invocation ends (OUTLIVING_TYPES, "defer")
 
 
@@ -196,6 +198,8 @@ class Worker:
         self._isolate: Isolate | None = None
         self._turn = asyncio.Lock()
         self._queued_slices = 0
+        self._slices: list[tuple[int | None, tuple[Any, ...], bool]] = []  # queued, in order
+        self._slicing = False  # a task is running the queued slices
         self._effects: list[tuple[Any, ...]] = []
         self._current: int | None = None
         self._invocations: dict[int, _Invocation] = {}
@@ -370,44 +374,105 @@ class Worker:
 
     def _schedule(self, request_id: int | None, *args: Any, charged: bool = True) -> None:
         self._queued_slices += 1
-        self._loop.create_task(self._slice(request_id, args, charged))
+        self._slices.append((request_id, args, charged))
+        if not self._slicing:
+            self._slicing = True
+            self._loop.create_task(self._run_slices())
 
-    async def _slice(self, request_id: int | None, args: tuple[Any, ...], charged: bool) -> None:
+    async def _run_slices(self) -> None:
+        """Run the queued slices in order. Those queued by the time the isolate is free
+        go to the executor together: a trip to a JS thread and back costs two thread
+        wake-ups, more than a small request's JavaScript."""
         try:
-            async with self._turn:
-                if self.broken or self._isolate is None:
-                    return
-                invocation = self._invocations.get(request_id) if request_id is not None else None
-                budget = self.script.cpu_ms
-                if not charged:
-                    budget = TRANSFER_BUDGET_MS
-                elif invocation is not None:
-                    budget = max(0.0, self.script.cpu_ms - (invocation.cpu_seconds - invocation.cpu_base) * 1000.0)
-                self._current = request_id
-                self._log_bytes.pop(None, None)
-                failure: BaseException | None = None
-                try:
-                    await self._loop.run_in_executor(self._executor, self._enter, budget, args)
-                except (IsolateTerminated, ScriptError, EngineError) as exc:
-                    failure = exc
-                # Charged before anything reports the invocation's cost.
-                used = self._isolate.last_cpu_seconds if self._isolate is not None else 0.0
-                self.cpu_seconds_total += used
-                if invocation is not None and charged:
-                    invocation.cpu_seconds += used
-                self._current = None
-                if isinstance(failure, IsolateTerminated):
-                    # What the terminated slice did is void, except what it logged.
-                    self._effects = [effect for effect in self._effects if effect[0] == "log"]
-                    self._apply_effects()
-                    await self._terminated(request_id, failure)
-                    return
-                if failure is not None:
-                    self._log_sink("error", f"warren runtime error: {failure}")
-                self._apply_effects()
+            while self._slices:
+                async with self._turn:
+                    batch, self._slices = self._slices, []
+                    try:
+                        ran, failure, started_ops = await self._run_batch(batch)
+                    except BaseException:
+                        self._queued_slices -= len(batch)
+                        raise
+                    self._slices[:0] = batch[ran:]  # past the batch's CPU allowance: next turn
+                    self._queued_slices -= ran
+                    if isinstance(failure, IsolateTerminated):
+                        # The rest would have found the isolate broken.
+                        self._queued_slices -= len(self._slices)
+                        self._slices.clear()
+                    self._settle_idle()
+                if started_ops:
+                    # Operations that complete at once (a 0 ms timer) do so before the next
+                    # slice runs, as they did with one slice per trip: a worker's cap on
+                    # pending operations must not count them.
+                    await asyncio.sleep(0)
         finally:
-            self._queued_slices -= 1
-            self._settle_idle()
+            self._slicing = False
+            if self._slices:  # queued while the last batch was failing
+                self._slicing = True
+                self._loop.create_task(self._run_slices())
+
+    async def _run_batch(
+        self, batch: list[tuple[int | None, tuple[Any, ...], bool]]
+    ) -> tuple[int, BaseException | None, bool]:
+        """Run slices of ``batch`` on a JS thread: how many ran, how the last one failed,
+        and whether they started host operations."""
+        if self.broken or self._isolate is None:
+            return len(batch), None, False
+        outcome: list[Any] = [0, None, None, 0]  # ran, failure, its request id, where its effects start
+        try:
+            await self._loop.run_in_executor(self._executor, self._enter_batch, batch, outcome)
+        finally:
+            self._current = None
+        ran, failure, request_id, mark = outcome
+        if isinstance(failure, IsolateTerminated):
+            # What the terminated slice did is void, except what it logged.
+            self._effects[mark:] = [effect for effect in self._effects[mark:] if effect[0] == "log"]
+            self._apply_effects()
+            await self._terminated(request_id, failure)
+            return ran, failure, False
+        started_ops = any(effect[0] == "op" for effect in self._effects)
+        self._apply_effects()
+        return ran, failure, started_ops
+
+    def _enter_batch(self, batch: list[tuple[int | None, tuple[Any, ...], bool]], outcome: list[Any]) -> None:
+        """On the JS thread: the batch's slices one after the other, each under its own
+        CPU budget and charged as it ends, until one is terminated or the batch has used
+        BATCH_CPU_S (a worker busy for long gives the thread up between slices)."""
+        used_total = 0.0
+        for request_id, args, charged in batch:
+            if self.broken or self._isolate is None:
+                outcome[0] += 1
+                continue
+            invocation = self._invocations.get(request_id) if request_id is not None else None
+            budget = self.script.cpu_ms
+            if not charged:
+                budget = TRANSFER_BUDGET_MS
+            elif invocation is not None:
+                budget = max(0.0, self.script.cpu_ms - (invocation.cpu_seconds - invocation.cpu_base) * 1000.0)
+            self._current = request_id
+            self._log_bytes.pop(None, None)
+            mark = len(self._effects)
+            failure: BaseException | None = None
+            try:
+                self._enter(budget, args)
+            except (IsolateTerminated, ScriptError, EngineError) as exc:
+                failure = exc
+            # Charged before anything reports the invocation's cost.
+            used = self._isolate.last_cpu_seconds if self._isolate is not None else 0.0
+            self.cpu_seconds_total += used
+            if invocation is not None and charged:
+                invocation.cpu_seconds += used
+            self._current = None
+            outcome[0] += 1
+            if isinstance(failure, IsolateTerminated):
+                outcome[1:] = [failure, request_id, mark]
+                return
+            if failure is not None:
+                self._effects.append(("log", None, "error", f"warren runtime error: {failure}"))
+            used_total += used
+            if used_total >= BATCH_CPU_S or any(effect[0] == "op" for effect in self._effects[mark:]):
+                # A slice that started host operations ends the batch: they start (and a
+                # timer of 0 ms fires) before the next slice runs, as they would one slice per trip.
+                return
 
     def _enter(self, budget_ms: float, args: tuple[Any, ...]) -> None:
         assert self._isolate is not None
@@ -775,7 +840,10 @@ class Worker:
         self._ops[op_id] = op
         if kind == "sleep":
             delay = max(0.0, float(argument or 0)) / 1000.0
-            op.handle = self._loop.call_later(delay, self._complete, op_id, True, None)
+            if delay:
+                op.handle = self._loop.call_later(delay, self._complete, op_id, True, None)
+            else:  # in order with the slice runner's turn (_run_slices)
+                op.handle = self._loop.call_soon(self._complete, op_id, True, None)
             return
         work: Awaitable[tuple[bool, Any, bytes | None]]
         if kind == "defer":

@@ -29,7 +29,7 @@ from warren.runtime.bodies import QueueBody
 from warren.runtime.pool import DEFAULT_POOL_SIZE, IsolatePool
 from warren.runtime.subrequests import Fetcher, SubrequestPolicy
 from warren.server import websockets
-from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
+from warren.server.protocol import BODY_CHUNK, FrameChannel, Kind, encode, encode_json
 
 ACTIVITY_SLOTS = 16
 ACTIVITY_SLOT_SIZE = 128
@@ -220,7 +220,7 @@ def default_memory_budget(processes: int = 1) -> int:
 class RuntimeServer:
     def __init__(
         self,
-        writer: asyncio.StreamWriter,
+        writer: FrameChannel,
         board: ActivityBoard | None,
         js_threads: int,
         pool_size: int,
@@ -252,7 +252,7 @@ class RuntimeServer:
     # -- output --
 
     def send(self, frame: bytes) -> None:
-        self._writer.write(frame)
+        self._writer.send(frame)
 
     def send_log(self, script: str, level: str, message: str, stream: int = 0) -> None:
         self.send(encode_json(Kind.LOG, stream, {"script": script, "level": level, "message": message}))
@@ -374,7 +374,10 @@ class RuntimeServer:
             if not worker.idle:
                 return
             await worker.close()
-        self._workers.pop(key, None)
+        if key not in self._retired:
+            return  # loaded again while its old isolate closed
+        if self._workers.get(key) is future:
+            self._workers.pop(key)
         self._scripts.pop(key, None)
         self._retired.discard(key)
         self._recount_isolates()
@@ -399,9 +402,10 @@ class RuntimeServer:
 
     # -- input --
 
-    async def handle(self, kind: Kind, stream: int, payload: bytes) -> None:
+    def handle(self, kind: Kind, stream: int, payload: bytes) -> None:
+        """One frame from the supervisor, handled in the order frames arrive."""
         if kind == Kind.REQUEST:
-            await self._request(stream, json.loads(payload))
+            self._request(stream, json.loads(payload))
         elif kind == Kind.RESULT:
             header, data = decode_message(payload)
             waiting = self._calls.get(int(header.get("call", 0)))
@@ -444,7 +448,7 @@ class RuntimeServer:
         elif kind == Kind.UNLOAD:
             key = json.loads(payload)["key"]
             self._retired.add(key)
-            await self._retire_if_idle(key)
+            asyncio.get_running_loop().create_task(self._retire_if_idle(key))
 
     async def _load(self, key: str, stream: int) -> None:
         error: dict[str, Any] | None = None
@@ -455,7 +459,7 @@ class RuntimeServer:
             self._workers.pop(key, None)  # the next request retries, and reports again
         self.send(encode_json(Kind.LOADED, stream, {"key": key, "error": error}))
 
-    async def _request(self, stream: int, head: dict[str, Any]) -> None:
+    def _request(self, stream: int, head: dict[str, Any]) -> None:
         key = head["key"]
         body = QueueBody() if head["has_body"] else None
         if body is not None:
@@ -513,19 +517,29 @@ async def _serve(
     policy: SubrequestPolicy,
 ) -> None:
     sock = socket.socket(fileno=fd)
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    loop = asyncio.get_running_loop()
     board = ActivityBoard(slots) if slots else None
     if board is not None:
         set_abort_hook(board.mark_aborting)
-    server = RuntimeServer(writer, board, js_threads, pool_size, policy)
-    eviction = asyncio.get_running_loop().create_task(server.evict_forever(idle_timeout, memory_budget))
-    while True:
-        frame = await read_frame(reader)
-        if frame is None:
-            break
-        await server.handle(*frame)
-        if writer.transport.get_write_buffer_size() > 4 * BODY_CHUNK:
-            await writer.drain()
+    server: RuntimeServer | None = None
+    early: list[tuple[Kind, int, bytes]] = []  # frames read before the server exists
+
+    def on_frame(kind: Kind, stream: int, payload: bytes) -> None:
+        if server is None:
+            early.append((kind, stream, payload))
+        else:
+            server.handle(kind, stream, payload)
+
+    # Reading stops while more than this waits to be written: the supervisor is not keeping up.
+    _, channel = await loop.create_unix_connection(
+        lambda: FrameChannel(on_frame, high_water=4 * BODY_CHUNK, pause_reading=True), sock=sock
+    )
+    server = RuntimeServer(channel, board, js_threads, pool_size, policy)
+    for frame in early:
+        server.handle(*frame)
+    early.clear()
+    eviction = loop.create_task(server.evict_forever(idle_timeout, memory_budget))
+    await channel.closed
     eviction.cancel()
     server.closing = True
 

@@ -25,7 +25,7 @@ from warren.bindings import MAX_CALL_DEPTH, BindingCall, BindingError, BindingHo
 from warren.bindings.cache import CacheHandler
 from warren.runtime import ScriptLoadError, WorkerScript
 from warren.runtime.subrequests import SubrequestPolicy
-from warren.server.protocol import BODY_CHUNK, Kind, encode, encode_json, read_frame
+from warren.server.protocol import BODY_CHUNK, FrameChannel, Kind, encode, encode_json
 from warren.server.runtime_process import ACTIVITY_SLOT_SIZE, ACTIVITY_SLOTS, read_activity
 from warren.server.websockets import HeldSockets
 
@@ -117,7 +117,7 @@ class RuntimeProcess:
     index: int
     cordon: str = "standard"
     process: asyncio.subprocess.Process | None = None
-    writer: asyncio.StreamWriter | None = None
+    writer: FrameChannel | None = None
     slots_path: str = ""
     exchanges: dict[int, Exchange] = field(default_factory=dict)
     loaded: set[str] = field(default_factory=set)
@@ -155,19 +155,17 @@ class RuntimeProcess:
             stdin=asyncio.subprocess.DEVNULL,
         )
         theirs.close()
-        reader, self.writer = await asyncio.open_unix_connection(sock=ours)
-        self.reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+        loop = asyncio.get_running_loop()
+        _, self.writer = await loop.create_unix_connection(lambda: FrameChannel(self._dispatch), sock=ours)
+        self.reader_task = loop.create_task(self._read(self.writer))
 
     def send(self, frame: bytes) -> None:
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(frame)
+        if self.writer is not None:
+            self.writer.send(frame)
 
     async def drain(self) -> None:
-        if self.writer is not None and not self.writer.is_closing():
-            try:
-                await self.writer.drain()
-            except ConnectionError:
-                pass
+        if self.writer is not None:
+            await self.writer.drain()
 
     def ensure_loaded(self, key: str) -> None:
         """Make sure the process knows the version; it starts on its first request."""
@@ -197,12 +195,8 @@ class RuntimeProcess:
         self.ensure_loaded(exchange.key)
         self.send(encode_json(Kind.REQUEST, exchange.stream, exchange.head))
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            frame = await read_frame(reader)
-            if frame is None:
-                break
-            self._dispatch(*frame)
+    async def _read(self, channel: FrameChannel) -> None:
+        await channel.closed  # frames go to _dispatch as they arrive
         if self.process is not None:
             await self.process.wait()
         if not self.stopping:
