@@ -6,8 +6,10 @@ Both listen on 127.0.0.1 and are driven with real HTTP; nothing of warren is moc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -43,10 +45,17 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            # A group of its own: whatever it leaves behind (a runtime process orphaned by a
+            # SIGKILL) is found and ended by stop(), and cannot hold the output pipe open.
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.url = self.wait_for(READY, timeout=30).group(1)
+        try:
+            self.url = self.wait_for(READY, timeout=30).group(1)
+        except BaseException:
+            self.stop()  # a start that failed leaves no process behind
+            raise
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -82,17 +91,34 @@ class ServiceProcess:
     def request(self, method: str, path: str = "/", **kwargs: Any) -> httpx.Response:
         return httpx.request(method, self.url + path, timeout=30, **kwargs)
 
+    def terminate(self) -> None:
+        """Ask it to shut down (SIGTERM) without waiting: ``stop()`` waits. Lets several stop at once."""
+        if self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        # What outlived it in its group (runtime processes of a SIGKILLed server) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._reader.join(5)
-        if self.process.stdout is not None:
+        # Closing the pipe while the reader still blocks on it would wait for that read forever.
+        if self.process.stdout is not None and not self._reader.is_alive():
             self.process.stdout.close()
+
+
+def stop_all(processes: list[ServiceProcess]) -> None:
+    """Stop several at once: all are asked first, then each is waited for."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.stop()
 
 
 from tests.origin import origin  # noqa: E402,F401  (a fixture: a real origin server for subrequests)
@@ -116,8 +142,7 @@ def dev(tmp_path: Path) -> Iterator[Any]:
         return process
 
     yield start
-    for process in started:
-        process.stop()
+    stop_all(started)
 
 
 @pytest.fixture
@@ -131,8 +156,7 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
         return process
 
     yield start
-    for process in started:
-        process.stop()
+    stop_all(started)
 
 
 class Edge:

@@ -1,4 +1,12 @@
-"""The control plane's store: a real SQLiteStore on a file in tmp_path, and route matching."""
+"""The control plane's store: one contract suite run on both stores, and route matching.
+
+Every contract test runs on a real SQLiteStore (a file in tmp_path) and on a real
+NATSStore (a ``nats-server -js`` of the test's own, see tests/test_store_nats.py),
+so the two behave alike; the NATS case is skipped, saying why, where ``nats-server``
+is not installed. Then what only the SQLite file has (one transaction undone whole,
+two store objects sharing the file, its schema), and route patterns and matching.
+What only a store shared over the network needs is in tests/test_store_nats.py.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.test_store_nats import KEY, NatsServer, nats_server, object_count, raw_messages  # noqa: F401  (a fixture)
 from warren.store import (
     Conflict,
     InvalidInput,
@@ -20,15 +29,67 @@ from warren.store import (
     Route,
     RouteTable,
     SQLiteStore,
+    Store,
     Version,
     match_route,
     parse_route,
 )
+from warren.store.nats import NATSStore
 
 T = TypeVar("T")
 
 JS = "application/javascript+module"
 MAIN = b"export default { fetch() { return new Response('v1') } }"
+
+
+class Backend:
+    """One store under test: ``sqlite`` (a file in tmp_path) or ``nats`` (a server of the test's own)."""
+
+    def __init__(self, kind: str, tmp_path: Path, server: NatsServer | None) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.server = server
+
+    @property
+    def sqlite(self) -> bool:
+        return self.server is None
+
+    @property
+    def path(self) -> Path:
+        return self.tmp_path / "store.db"
+
+    def make(self) -> Store:
+        if self.server is not None:
+            return NATSStore(self.server.url, secrets_key=KEY)
+        return SQLiteStore(self.path)
+
+    def run(self, body: Callable[[Store], Awaitable[T]]) -> T:
+        async def main() -> T:
+            store = self.make()
+            await store.open()
+            try:
+                return await body(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(main())
+
+    def stored_bytes(self) -> list[bytes]:
+        """Everything the store keeps, as raw bytes: every message on the server, or every file."""
+        if self.server is not None:
+            return asyncio.run(raw_messages(self.server.url))
+        return [path.read_bytes() for path in self.tmp_path.iterdir() if path.is_file()]
+
+    def blob_count(self) -> int:
+        if self.server is not None:
+            return asyncio.run(object_count(self.server.url))
+        return table_counts(self.path)["blobs"]
+
+
+@pytest.fixture(params=["sqlite", "nats"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    server = request.getfixturevalue("nats_server") if request.param == "nats" else None
+    return Backend(request.param, tmp_path, server)
 
 
 def run(path: Path, body: Callable[[SQLiteStore], Awaitable[T]]) -> T:
@@ -40,7 +101,7 @@ def run(path: Path, body: Callable[[SQLiteStore], Awaitable[T]]) -> T:
 
 
 async def upload(
-    store: SQLiteStore,
+    store: Store,
     account_id: str,
     script: str = "hello",
     source: bytes = MAIN,
@@ -83,32 +144,38 @@ def add_trigger(path: Path, table: str) -> None:
 # -- accounts and tokens ------------------------------------------------------------------------
 
 
-def test_accounts(tmp_path: Path) -> None:
-    async def body(store: SQLiteStore) -> None:
+def test_accounts(backend: Backend) -> None:
+    async def body(store: Store) -> None:
         assert await store.revision() == 0
         account = await store.create_account("acme")
         assert re.fullmatch(r"[0-9a-f]{32}", account.id)
         assert account.created_on.endswith("Z")
-        assert await store.revision() == 1
+        first = await store.revision()
+        assert first > 0
+        if backend.sqlite:
+            assert first == 1  # one write, one revision
         assert await store.get_account(account.id) == account
         assert await store.account_by_name("acme") == account
         assert await store.get_account("0" * 32) is None
+        assert await store.get_account("a.*") is None and await store.get_account("x" * 5000) is None
         assert await store.account_by_name("nobody") is None
         with pytest.raises(Conflict, match="taken"):
             await store.create_account("acme")
+        assert await store.revision() == first  # a refused write changes nothing
         for bad in ["", "Acme", "-acme", "acme-", "a_b", "a" * 64, "a.b"]:
             with pytest.raises(ValueError, match="account name"):
                 await store.create_account(bad)
+        assert await store.revision() == first
         assert await store.create_account("a" * 63)
-        assert await store.revision() == 2
+        assert await store.revision() > first
+        if backend.sqlite:
+            assert await store.revision() == 2
 
-    run(tmp_path / "store.db", body)
+    backend.run(body)
 
 
-def test_tokens_store_only_a_hash(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-
-    async def body(store: SQLiteStore) -> str:
+def test_tokens_store_only_a_hash(backend: Backend) -> None:
+    async def body(store: Store) -> str:
         account = await store.create_account("acme")
         token, secret = await store.create_token(account.id, "ci")
         assert re.fullmatch(r"wrn_[A-Za-z0-9_-]{40}", secret)
@@ -123,29 +190,32 @@ def test_tokens_store_only_a_hash(tmp_path: Path) -> None:
         assert other != secret
         return secret
 
-    secret = run(path, body)
-    conn = sqlite3.connect(path)
-    try:
-        stored = [row[0] for row in conn.execute("SELECT secret_sha256 FROM tokens")]
-    finally:
-        conn.close()
-    assert hashlib.sha256(secret.encode()).hexdigest() in stored
-    for file in tmp_path.iterdir():
-        assert secret.encode() not in file.read_bytes()
+    secret = backend.run(body)
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    stored = b"".join(backend.stored_bytes())
+    assert digest.encode() in stored
+    assert secret.encode() not in stored
+    if backend.sqlite:
+        conn = sqlite3.connect(backend.path)
+        try:
+            assert digest in [row[0] for row in conn.execute("SELECT secret_sha256 FROM tokens")]
+        finally:
+            conn.close()
 
 
 # -- versions, blobs, deployments ---------------------------------------------------------------
 
 
-def test_versions_are_numbered_and_content_addressed(tmp_path: Path) -> None:
-    async def body(store: SQLiteStore) -> None:
+def test_versions_are_numbered_and_content_addressed(backend: Backend) -> None:
+    async def body(store: Store) -> None:
         account = await store.create_account("acme")
         wasm = b"\x00asm\x01\x00\x00\x00\xff\xfe"
+        binding = {"type": "plain_text", "name": "GREETING", "text": "hi"}
         v1 = await upload(
             store,
             account.id,
             modules={"index.js": (JS, MAIN), "lib/add.wasm": ("application/wasm", wasm)},
-            bindings=[{"type": "plain_text", "name": "GREETING", "text": "hi", "ignored": 1}],
+            bindings=[{**binding, "ignored": 1}],
             limits={"cpu_ms": 100},
             message="first",
         )
@@ -154,13 +224,13 @@ def test_versions_are_numbered_and_content_addressed(tmp_path: Path) -> None:
             store,
             account.id,
             modules={"lib/add.wasm": ("application/wasm", wasm), "index.js": (JS, MAIN)},
-            bindings=[{"type": "plain_text", "name": "GREETING", "text": "hi"}],
+            bindings=[binding],
             limits={"cpu_ms": 100},
         )
         assert (v1.number, v2.number, again.number) == (1, 2, 3)
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", v1.id)
         assert [ref.name for ref in v1.modules] == ["index.js", "lib/add.wasm"]
-        assert v1.bindings == ({"type": "plain_text", "name": "GREETING", "text": "hi"},)
+        assert v1.bindings == (binding,)
         assert v1.limits == {"cpu_ms": 100} and v1.message == "first" and v1.author_token_id == "tok"
         # Same code, bindings and limits: same content hash whatever the order of upload.
         assert again.content_hash == v1.content_hash != v2.content_hash
@@ -168,7 +238,7 @@ def test_versions_are_numbered_and_content_addressed(tmp_path: Path) -> None:
             "index.js",
             [[ref.name, ref.content_type, ref.sha256] for ref in v1.modules],
             "2024-09-23",
-            [{"type": "plain_text", "name": "GREETING", "text": "hi"}],
+            [binding],
             {"cpu_ms": 100},
         ]
         canonical = json.dumps(expected, sort_keys=True, separators=(",", ":")).encode()
@@ -180,25 +250,32 @@ def test_versions_are_numbered_and_content_addressed(tmp_path: Path) -> None:
         assert await store.get_version(account.id, "hello", "1") == v1
         assert await store.get_version(account.id, "hello", "4") is None
         assert await store.get_version(account.id, "other", v1.id) is None
+        assert await store.get_version(account.id, "hello", "*") is None
         wasm_ref = v1.module("lib/add.wasm")
         assert wasm_ref is not None and wasm_ref.size == len(wasm)
         assert wasm_ref.sha256 == hashlib.sha256(wasm).hexdigest()
         assert await store.get_blob(wasm_ref.sha256) == wasm
-        assert await store.get_blob("0" * 64) is None
+        assert await store.get_blob("0" * 64) is None and await store.get_blob("../x") is None
         # An upload without deploy makes the script but serves nothing yet.
         [info] = await store.list_scripts(account.id)
         assert (info.name, info.etag) == ("hello", None)
         assert await store.current_deployment(account.id, "hello") is None
+        big = bytes(range(256)) * 20_000  # 5 MB: many object-store chunks on NATS
+        large = await upload(
+            store,
+            account.id,
+            script="big",
+            modules={"index.js": (JS, MAIN), "data.bin": ("application/octet-stream", big)},
+        )
+        large_ref = large.module("data.bin")
+        assert large_ref is not None and await store.get_blob(large_ref.sha256) == big
 
-    path = tmp_path / "store.db"
-    run(path, body)
-    assert table_counts(path)["blobs"] == 3  # MAIN, the v2 source and the wasm: shared, not copied
+    backend.run(body)
+    assert backend.blob_count() == 4  # MAIN, the v2 source, the wasm and the big one: shared, not copied
 
 
-def test_upload_validation_writes_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-
-    async def body(store: SQLiteStore) -> tuple[str, int]:
+def test_upload_validation_writes_nothing(backend: Backend) -> None:
+    async def body(store: Store) -> None:
         account = await store.create_account("acme")
         other = await store.create_account("other")
         foreign = await store.create_kv_namespace(other.id, "theirs")
@@ -233,13 +310,26 @@ def test_upload_validation_writes_nothing(tmp_path: Path) -> None:
         with pytest.raises(NotFound):
             await upload(store, "f" * 32)
         assert await store.list_scripts(account.id) == []
-        return account.id, revision
+        assert await store.list_versions(account.id, "hello") == []
+        assert await store.revision() == revision
 
-    account_id, revision = run(path, body)
+    backend.run(body)
+    assert backend.blob_count() == 0
+    if backend.sqlite:
+        counts = table_counts(backend.path)
+        assert counts["versions"] == counts["scripts"] == 0
+
+
+def test_a_late_failure_in_the_upload_transaction_undoes_all_of_it(tmp_path: Path) -> None:
+    """SQLite: a failure after the blobs, script and version rows are written leaves none of them."""
+    path = tmp_path / "store.db"
+
+    async def setup(store: SQLiteStore) -> tuple[str, int]:
+        account = await store.create_account("acme")
+        return account.id, await store.revision()
+
+    account_id, revision = run(path, setup)
     before = table_counts(path)
-    assert before["versions"] == before["blobs"] == before["scripts"] == 0
-
-    # A failure late in the transaction (after blobs, script and version rows) undoes all of it.
     add_trigger(path, "deployments")
 
     async def late_failure(store: SQLiteStore) -> None:
@@ -250,29 +340,31 @@ def test_upload_validation_writes_nothing(tmp_path: Path) -> None:
 
     run(path, late_failure)
     assert table_counts(path) == before
+    assert before["versions"] == before["blobs"] == before["scripts"] == 0
 
 
-def test_deploy_in_the_same_transaction(tmp_path: Path) -> None:
-    async def body(store: SQLiteStore) -> None:
+def test_deploy_in_the_same_call(backend: Backend) -> None:
+    async def body(store: Store) -> None:
         account = await store.create_account("acme")
         revision = await store.revision()
         version, deployment = await store.upload_version(
             account.id, "hello", "index.js", {"index.js": (JS, MAIN)}, "", [], {}, "tok", "go", deploy=True
         )
-        assert await store.revision() == revision + 1
-        assert deployment is not None
-        assert deployment.versions == ((version.id, 100),)
+        assert await store.revision() > revision
+        if backend.sqlite:
+            assert await store.revision() == revision + 1  # one transaction, one revision
+        assert deployment is not None and deployment.versions == ((version.id, 100),)
         assert (deployment.author_token_id, deployment.message) == ("tok", "go")
         assert await store.current_deployment(account.id, "hello") == deployment
-        [info] = await store.list_scripts(account.id)
-        assert info.etag == version.content_hash
-        assert await store.get_script(account.id, "hello") == info
+        info = await store.get_script(account.id, "hello")
+        assert info is not None and info.etag == version.content_hash
+        assert await store.list_scripts(account.id) == [info]
 
-    run(tmp_path / "store.db", body)
+    backend.run(body)
 
 
-def test_deployments(tmp_path: Path) -> None:
-    async def body(store: SQLiteStore) -> None:
+def test_deployments(backend: Backend) -> None:
+    async def body(store: Store) -> None:
         account = await store.create_account("acme")
         v1 = await upload(store, account.id, deploy=True)
         v2 = await upload(store, account.id, source=MAIN.replace(b"v1", b"v2"))
@@ -317,36 +409,43 @@ def test_deployments(tmp_path: Path) -> None:
         info = await store.get_script(account.id, "hello")
         assert info is not None and info.etag == v1.content_hash
 
-    run(tmp_path / "store.db", body)
+    backend.run(body)
 
 
 # -- secrets, deletion --------------------------------------------------------------------------
 
 
-def test_secrets_are_listed_by_name_only(tmp_path: Path) -> None:
-    async def body(store: SQLiteStore) -> None:
+def test_secrets_are_listed_by_name_only(backend: Backend) -> None:
+    async def body(store: Store) -> None:
         account = await store.create_account("acme")
         await upload(store, account.id, deploy=True)
         await store.put_secret(account.id, "hello", "API_KEY", "s3cr3t-value")
         await store.put_secret(account.id, "hello", "OTHER", "x")
+        await store.put_secret(account.id, "hello", "$other", "x ✓ \U0001f600")
         await store.put_secret(account.id, "hello", "API_KEY", "rotated")
-        assert await store.list_secret_names(account.id, "hello") == ["API_KEY", "OTHER"]
-        assert await store.secrets_for(account.id, "hello") == {"API_KEY": "rotated", "OTHER": "x"}
+        assert await store.list_secret_names(account.id, "hello") == ["$other", "API_KEY", "OTHER"]
+        assert await store.secrets_for(account.id, "hello") == {
+            "API_KEY": "rotated",
+            "OTHER": "x",
+            "$other": "x ✓ \U0001f600",
+        }
         with pytest.raises(NotFound):
             await store.put_secret(account.id, "nope", "A", "x")
         with pytest.raises(InvalidInput):
             await store.put_secret(account.id, "hello", "not-valid", "x")
         assert await store.delete_secret(account.id, "hello", "OTHER")
+        assert await store.delete_secret(account.id, "hello", "$other")
         revision = await store.revision()
         assert not await store.delete_secret(account.id, "hello", "OTHER")
+        assert not await store.delete_secret(account.id, "hello", "$other")
         assert await store.revision() == revision  # nothing changed, nothing for edges to reload
         assert await store.list_secret_names(account.id, "hello") == ["API_KEY"]
 
-    run(tmp_path / "store.db", body)
+    backend.run(body)
 
 
-def test_delete_script_keeps_the_archive(tmp_path: Path) -> None:
-    async def body(store: SQLiteStore) -> None:
+def test_delete_script_keeps_the_archive(backend: Backend) -> None:
+    async def body(store: Store) -> None:
         account = await store.create_account("acme")
         v1 = await upload(store, account.id, deploy=True)
         await store.put_secret(account.id, "hello", "API_KEY", "x")
@@ -372,21 +471,24 @@ def test_delete_script_keeps_the_archive(tmp_path: Path) -> None:
         again = await upload(store, account.id)
         assert again.number == 2
         assert await store.list_secret_names(account.id, "hello") == []
+        assert await store.list_deployments(account.id, "hello") == []
+        assert await store.create_route(account.id, "example.com/*", "hello")  # the old route is gone
 
-    run(tmp_path / "store.db", body)
+    backend.run(body)
 
 
 # -- routes and KV namespaces -------------------------------------------------------------------
 
 
-def test_routes_in_the_store(tmp_path: Path) -> None:
-    async def body(store: SQLiteStore) -> None:
+def test_routes_in_the_store(backend: Backend) -> None:
+    async def body(store: Store) -> None:
         acme = await store.create_account("acme")
         other = await store.create_account("other")
         await upload(store, acme.id, deploy=True)
         await upload(store, other.id, deploy=True)
         route = await store.create_route(acme.id, "*.Example.COM/api/*", "hello")
         assert route.pattern == "*.example.com/api/*"
+        second = await store.create_route(acme.id, "example.com/a.b/*", "hello")
         revision = await store.revision()
         with pytest.raises(Conflict):
             await store.create_route(acme.id, "*.example.com/api/*", "hello")
@@ -397,17 +499,17 @@ def test_routes_in_the_store(tmp_path: Path) -> None:
         with pytest.raises(NotFound):
             await store.create_route(acme.id, "example.org/*", "missing")
         assert await store.revision() == revision
-        assert await store.list_routes(acme.id) == [route]
+        assert await store.list_routes(acme.id) == [route, second]
         assert await store.list_routes(other.id) == []
         assert not await store.delete_route(other.id, route.id)  # not theirs
         assert await store.delete_route(acme.id, route.id)
-        assert await store.list_routes(acme.id) == []
+        assert await store.list_routes(acme.id) == [second]
 
-    run(tmp_path / "store.db", body)
+    backend.run(body)
 
 
-def test_kv_namespaces(tmp_path: Path) -> None:
-    async def body(store: SQLiteStore) -> None:
+def test_kv_namespaces(backend: Backend) -> None:
+    async def body(store: Store) -> None:
         account = await store.create_account("acme")
         other = await store.create_account("other")
         namespace = await store.create_kv_namespace(account.id, "sessions")
@@ -415,28 +517,28 @@ def test_kv_namespaces(tmp_path: Path) -> None:
         with pytest.raises(Conflict):
             await store.create_kv_namespace(account.id, "sessions")
         assert await store.create_kv_namespace(other.id, "sessions")  # titles are per account
+        odd = await store.create_kv_namespace(account.id, "a.b * > é" * 50)
         with pytest.raises(InvalidInput):
             await store.create_kv_namespace(account.id, "")
-        assert await store.list_kv_namespaces(account.id) == [namespace]
+        assert await store.list_kv_namespaces(account.id) == sorted([namespace, odd], key=lambda ns: ns.title)
         binding = {"type": "kv_namespace", "name": "SESSIONS", "namespace_id": namespace.id}
-        version = await upload(store, account.id, bindings=[binding])
-        assert version.bindings == (binding,)
+        assert (await upload(store, account.id, bindings=[binding])).bindings == (binding,)
         assert not await store.delete_kv_namespace(other.id, namespace.id)
         assert await store.delete_kv_namespace(account.id, namespace.id)
-        assert await store.list_kv_namespaces(account.id) == []
+        assert await store.list_kv_namespaces(account.id) == [odd]
+        assert await store.create_kv_namespace(account.id, "sessions")  # the title is free again
 
-    run(tmp_path / "store.db", body)
-
-
-# -- edge state, sharing the file ---------------------------------------------------------------
+    backend.run(body)
 
 
-def test_edge_state(tmp_path: Path) -> None:
-    async def body(store: SQLiteStore) -> None:
+# -- edge state, closing ------------------------------------------------------------------------
+
+
+def test_edge_state(backend: Backend) -> None:
+    async def body(store: Store) -> None:
         account = await store.create_account("acme")
-        v1 = await upload(
-            store, account.id, bindings=[{"type": "json", "name": "CONFIG", "json": {"a": [1, 2]}}], deploy=True
-        )
+        config = {"type": "json", "name": "CONFIG", "json": {"a": [1, 2]}}
+        v1 = await upload(store, account.id, bindings=[config], deploy=True)
         v2 = await upload(store, account.id, source=MAIN.replace(b"v1", b"v2"))
         await upload(store, account.id, script="draft")  # uploaded, never deployed
         await store.create_deployment(account.id, "hello", [(v1.id, 50), (v2.id, 50)], "tok", "")
@@ -447,17 +549,33 @@ def test_edge_state(tmp_path: Path) -> None:
         assert state.revision == await store.revision()
         assert state.accounts == {account.id: account}
         assert state.routes == [route]
-        deployment = state.deployments[(account.id, "hello")]
-        assert deployment.versions == ((v1.id, 50), (v2.id, 50))
         assert set(state.deployments) == {(account.id, "hello")}
+        assert state.deployments[(account.id, "hello")].versions == ((v1.id, 50), (v2.id, 50))
         assert state.versions == {v1.id: v1, v2.id: v2}
-        assert state.versions[v1.id].bindings == ({"type": "json", "name": "CONFIG", "json": {"a": [1, 2]}},)
+        assert state.versions[v1.id].bindings == (config,)
         assert state.secrets == {(account.id, "hello"): {"API_KEY": "x"}}
 
-    run(tmp_path / "store.db", body)
+    backend.run(body)
 
 
-def test_two_store_objects_share_the_file(tmp_path: Path) -> None:
+def test_closed_store_refuses_calls(backend: Backend) -> None:
+    async def body() -> None:
+        store = backend.make()
+        with pytest.raises(RuntimeError, match="not open"):
+            await store.revision()
+        await store.open()
+        await store.open()  # idempotent
+        await store.close()
+        with pytest.raises(RuntimeError, match="not open"):
+            await store.create_account("acme")
+
+    asyncio.run(body())
+
+
+# -- SQLite: two store objects on one file ------------------------------------------------------
+
+
+def test_two_sqlite_store_objects_share_the_file(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
 
     async def body() -> None:
@@ -488,20 +606,6 @@ def test_two_store_objects_share_the_file(tmp_path: Path) -> None:
         conn.close()
     # Reopening an existing file keeps everything.
     assert run(path, lambda store: store.revision()) == 23
-
-
-def test_closed_store_refuses_calls(tmp_path: Path) -> None:
-    async def body() -> None:
-        store = SQLiteStore(tmp_path / "store.db")
-        with pytest.raises(RuntimeError, match="not open"):
-            await store.revision()
-        await store.open()
-        await store.open()  # idempotent
-        await store.close()
-        with pytest.raises(RuntimeError, match="not open"):
-            await store.create_account("acme")
-
-    asyncio.run(body())
 
 
 # -- route patterns -----------------------------------------------------------------------------

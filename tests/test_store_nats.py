@@ -1,18 +1,18 @@
 """The store on NATS JetStream, against a real ``nats-server -js`` on a loopback port of its own.
 
-The contract tests run on both stores (SQLite in tmp_path, and NATS), so the two
-behave alike; then what only a store shared over the network needs: two store
-objects seeing each other's writes, ``wait_for_change`` woken by a KV watch,
-secrets sealed in the bucket, a NATS restart (SIGKILL) losing nothing, an edge
-following back-to-back deploys, leftovers of a cut-short operation staying
-invisible, and a control plane with two edge nodes, through a NATS outage.
-Skipped (with the reason) where ``nats-server`` is not installed.
+The contract both stores keep (SQLite and NATS alike) is tested in tests/test_store.py,
+on both; here is what only a store shared over the network needs: two store objects
+seeing each other's writes, ``wait_for_change`` woken by a KV watch, secrets sealed in
+the bucket, a NATS restart (SIGKILL) losing nothing, an edge following back-to-back
+deploys, leftovers of a cut-short operation staying invisible, and a control plane with
+two edge nodes, through a NATS outage. ``NatsServer`` and the ``nats_server`` fixture are
+shared with other test modules. Skipped (with the reason) where ``nats-server`` is not
+installed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
-from warren.store import Conflict, InvalidInput, NotFound, SQLiteStore, Store, Version
+from warren.store import Conflict, InvalidInput, SQLiteStore, Store, Version
 from warren.store.nats import SECRETS_KEY_ENV, NATSStore, SecretsKeyError, generate_secrets_key
 from warren.store.open import describe, open_store
 
@@ -151,53 +151,7 @@ async def raw_publish(url: str, subject: str, data: bytes = b"", headers: dict[s
         await nc.close()
 
 
-# -- both stores ----------------------------------------------------------------------------------
-
-
-class Backend:
-    def __init__(self, kind: str, tmp_path: Path, server: NatsServer | None) -> None:
-        self.kind = kind
-        self.tmp_path = tmp_path
-        self.server = server
-
-    def make(self) -> Store:
-        if self.server is not None:
-            return NATSStore(self.server.url, secrets_key=KEY)
-        return SQLiteStore(self.tmp_path / "store.db")
-
-    def run(self, body: Callable[[Store], Awaitable[T]]) -> T:
-        async def main() -> T:
-            store = self.make()
-            await store.open()
-            try:
-                return await body(store)
-            finally:
-                await store.close()
-
-        return asyncio.run(main())
-
-    def stored_bytes(self) -> list[bytes]:
-        if self.server is not None:
-            return asyncio.run(raw_messages(self.server.url))
-        return [path.read_bytes() for path in self.tmp_path.iterdir() if path.is_file()]
-
-    def blob_count(self) -> int:
-        if self.server is not None:
-            return asyncio.run(object_count(self.server.url))
-        import sqlite3
-
-        conn = sqlite3.connect(self.tmp_path / "store.db")
-        try:
-            count: int = conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
-            return count
-        finally:
-            conn.close()
-
-
-@pytest.fixture(params=["sqlite", "nats"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    server = request.getfixturevalue("nats_server") if request.param == "nats" else None
-    return Backend(request.param, tmp_path, server)
+# -- what a store shared over the network needs ---------------------------------------------------
 
 
 async def upload(
@@ -215,320 +169,6 @@ async def upload(
     arguments.update(overrides)
     version, _ = await store.upload_version(account_id, script, deploy=deploy, **arguments)
     return version
-
-
-def test_accounts(backend: Backend) -> None:
-    async def body(store: Store) -> None:
-        assert await store.revision() == 0
-        account = await store.create_account("acme")
-        assert re.fullmatch(r"[0-9a-f]{32}", account.id)
-        first = await store.revision()
-        assert first > 0
-        assert await store.get_account(account.id) == account
-        assert await store.account_by_name("acme") == account
-        assert await store.get_account("0" * 32) is None
-        assert await store.get_account("a.*") is None and await store.get_account("x" * 5000) is None
-        assert await store.account_by_name("nobody") is None
-        with pytest.raises(Conflict, match="taken"):
-            await store.create_account("acme")
-        assert await store.revision() == first  # a refused write changes nothing
-        for bad in ["", "Acme", "-acme", "a_b", "a" * 64, "a.b"]:
-            with pytest.raises(ValueError, match="account name"):
-                await store.create_account(bad)
-        assert await store.create_account("a" * 63)
-        assert await store.revision() > first
-
-    backend.run(body)
-
-
-def test_tokens_store_only_a_hash(backend: Backend) -> None:
-    async def body(store: Store) -> str:
-        account = await store.create_account("acme")
-        token, secret = await store.create_token(account.id, "ci")
-        assert re.fullmatch(r"wrn_[A-Za-z0-9_-]{40}", secret)
-        assert await store.authenticate(secret) == token
-        assert await store.authenticate(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
-        assert await store.authenticate("") is None and await store.authenticate("wrn_") is None
-        with pytest.raises(NotFound):
-            await store.create_token("f" * 32, "x")
-        return secret
-
-    secret = backend.run(body)
-    stored = b"".join(backend.stored_bytes())
-    assert hashlib.sha256(secret.encode()).hexdigest().encode() in stored
-    assert secret.encode() not in stored
-
-
-def test_versions_are_numbered_and_content_addressed(backend: Backend) -> None:
-    async def body(store: Store) -> None:
-        account = await store.create_account("acme")
-        wasm = b"\x00asm\x01\x00\x00\x00\xff\xfe"
-        modules = {"index.js": (JS, MAIN), "lib/add.wasm": ("application/wasm", wasm)}
-        binding = {"type": "plain_text", "name": "GREETING", "text": "hi"}
-        v1 = await upload(store, account.id, modules=modules, bindings=[binding], limits={"cpu_ms": 100}, message="m")
-        v2 = await upload(store, account.id, source=MAIN.replace(b"v1", b"v2"))
-        again = await upload(
-            store, account.id, modules=dict(reversed(modules.items())), bindings=[binding], limits={"cpu_ms": 100}
-        )
-        assert (v1.number, v2.number, again.number) == (1, 2, 3)
-        assert again.content_hash == v1.content_hash != v2.content_hash
-        assert v1.bindings == (binding,) and v1.limits == {"cpu_ms": 100} and v1.message == "m"
-        assert [version.number for version in await store.list_versions(account.id, "hello")] == [3, 2, 1]
-        assert await store.get_version(account.id, "hello", v1.id) == v1
-        assert await store.get_version(account.id, "hello", "1") == v1
-        assert await store.get_version(account.id, "hello", "4") is None
-        assert await store.get_version(account.id, "other", v1.id) is None
-        assert await store.get_version(account.id, "hello", "*") is None
-        wasm_ref = v1.module("lib/add.wasm")
-        assert wasm_ref is not None and wasm_ref.sha256 == hashlib.sha256(wasm).hexdigest()
-        assert await store.get_blob(wasm_ref.sha256) == wasm
-        assert await store.get_blob("0" * 64) is None and await store.get_blob("../x") is None
-        [info] = await store.list_scripts(account.id)
-        assert (info.name, info.etag) == ("hello", None)
-        assert await store.current_deployment(account.id, "hello") is None
-        big = bytes(range(256)) * 20_000  # 5 MB, many object-store chunks
-        large = await upload(
-            store,
-            account.id,
-            script="big",
-            modules={"index.js": (JS, MAIN), "data.bin": ("application/octet-stream", big)},
-        )
-        large_ref = large.module("data.bin")
-        assert large_ref is not None and await store.get_blob(large_ref.sha256) == big
-
-    backend.run(body)
-    assert backend.blob_count() == 4  # MAIN, the v2 source, the wasm and the big one: shared, not copied
-
-
-def test_upload_validation_writes_nothing(backend: Backend) -> None:
-    async def body(store: Store) -> None:
-        account = await store.create_account("acme")
-        other = await store.create_account("other")
-        foreign = await store.create_kv_namespace(other.id, "theirs")
-        revision = await store.revision()
-        bad: list[dict[str, Any]] = [
-            {"main_module": "missing.js"},
-            {"modules": {}},
-            {"modules": {"../index.js": (JS, MAIN)}, "main_module": "../index.js"},
-            {"modules": {"index.js": ("text/plain", MAIN)}},
-            {"modules": {"index.js": (JS, b"x" * (10 * 1024 * 1024 + 1))}},
-            {"compatibility_date": "2024-13-01"},
-            {"bindings": [{"type": "plain_text", "name": "not-an-identifier", "text": ""}]},
-            {"bindings": [{"type": "kv_namespace", "name": "KV", "namespace_id": "0" * 32}]},
-            {"bindings": [{"type": "kv_namespace", "name": "KV", "namespace_id": foreign.id}]},
-            {"limits": {"cpu_ms": 0}},
-        ]
-        for overrides in bad:
-            with pytest.raises(InvalidInput):
-                await upload(store, account.id, deploy=True, **overrides)
-        with pytest.raises(InvalidInput, match="script name"):
-            await upload(store, account.id, script="Hello")
-        with pytest.raises(NotFound):
-            await upload(store, "f" * 32)
-        assert await store.list_scripts(account.id) == []
-        assert await store.list_versions(account.id, "hello") == []
-        assert await store.revision() == revision
-
-    backend.run(body)
-    assert backend.blob_count() == 0
-
-
-def test_deploy_in_the_same_call(backend: Backend) -> None:
-    async def body(store: Store) -> None:
-        account = await store.create_account("acme")
-        revision = await store.revision()
-        version, deployment = await store.upload_version(
-            account.id, "hello", "index.js", {"index.js": (JS, MAIN)}, "", [], {}, "tok", "go", deploy=True
-        )
-        assert await store.revision() > revision
-        assert deployment is not None and deployment.versions == ((version.id, 100),)
-        assert (deployment.author_token_id, deployment.message) == ("tok", "go")
-        assert await store.current_deployment(account.id, "hello") == deployment
-        info = await store.get_script(account.id, "hello")
-        assert info is not None and info.etag == version.content_hash
-        assert await store.list_scripts(account.id) == [info]
-
-    backend.run(body)
-
-
-def test_deployments(backend: Backend) -> None:
-    async def body(store: Store) -> None:
-        account = await store.create_account("acme")
-        v1 = await upload(store, account.id, deploy=True)
-        v2 = await upload(store, account.id, source=MAIN.replace(b"v1", b"v2"))
-        elsewhere = await upload(store, account.id, script="other")
-        revision = await store.revision()
-        bad: list[list[tuple[str, Any]]] = [
-            [],
-            [(v1.id, 50)],
-            [(v1.id, 50), (v2.id, 60)],
-            [(v1.id, 50), ("1", 50)],  # the same version, by id and by number
-            [("0" * 32, 100)],
-            [(elsewhere.id, 100)],
-        ]
-        for versions in bad:
-            with pytest.raises(InvalidInput):
-                await store.create_deployment(account.id, "hello", versions, "tok", "")
-        with pytest.raises(NotFound):
-            await store.create_deployment(account.id, "nope", [(v1.id, 100)], "tok", "")
-        assert await store.revision() == revision
-
-        split = await store.create_deployment(account.id, "hello", [(v1.id, 30), ("2", 70)], "tok", "canary")
-        assert split.versions == ((v1.id, 30), (v2.id, 70))
-        info = await store.get_script(account.id, "hello")
-        assert info is not None and info.etag == v2.content_hash
-        rollback = await store.create_deployment(account.id, "hello", [(v1.id, 100)], "tok", "rollback")
-        assert await store.current_deployment(account.id, "hello") == rollback
-        history = await store.list_deployments(account.id, "hello")
-        assert [d.id for d in history][:2] == [rollback.id, split.id] and len(history) == 3
-        info = await store.get_script(account.id, "hello")
-        assert info is not None and info.etag == v1.content_hash
-
-    backend.run(body)
-
-
-def test_secrets_are_listed_by_name_only(backend: Backend) -> None:
-    async def body(store: Store) -> None:
-        account = await store.create_account("acme")
-        await upload(store, account.id, deploy=True)
-        await store.put_secret(account.id, "hello", "API_KEY", "s3cr3t-value")
-        await store.put_secret(account.id, "hello", "$other", "x ✓ \U0001f600")
-        await store.put_secret(account.id, "hello", "API_KEY", "rotated")
-        assert await store.list_secret_names(account.id, "hello") == ["$other", "API_KEY"]
-        assert await store.secrets_for(account.id, "hello") == {"API_KEY": "rotated", "$other": "x ✓ \U0001f600"}
-        with pytest.raises(NotFound):
-            await store.put_secret(account.id, "nope", "A", "x")
-        with pytest.raises(InvalidInput):
-            await store.put_secret(account.id, "hello", "not-valid", "x")
-        assert await store.delete_secret(account.id, "hello", "$other")
-        revision = await store.revision()
-        assert not await store.delete_secret(account.id, "hello", "$other")
-        assert await store.revision() == revision  # nothing changed, nothing for edges to reload
-        assert await store.list_secret_names(account.id, "hello") == ["API_KEY"]
-
-    backend.run(body)
-
-
-def test_delete_script_keeps_the_archive(backend: Backend) -> None:
-    async def body(store: Store) -> None:
-        account = await store.create_account("acme")
-        v1 = await upload(store, account.id, deploy=True)
-        await store.put_secret(account.id, "hello", "API_KEY", "x")
-        await store.create_route(account.id, "example.com/*", "hello")
-        await upload(store, account.id, script="keep", deploy=True)
-        await store.create_route(account.id, "keep.example.com/*", "keep")
-
-        assert await store.delete_script(account.id, "hello")
-        assert not await store.delete_script(account.id, "hello")
-        assert [info.name for info in await store.list_scripts(account.id)] == ["keep"]
-        assert await store.get_script(account.id, "hello") is None
-        assert await store.current_deployment(account.id, "hello") is None
-        assert await store.list_deployments(account.id, "hello") == []
-        assert await store.secrets_for(account.id, "hello") == {}
-        assert [route.pattern for route in await store.list_routes(account.id)] == ["keep.example.com/*"]
-        assert await store.get_version(account.id, "hello", v1.id) == v1
-        assert await store.get_blob(v1.modules[0].sha256) == MAIN
-        state = await store.edge_state()
-        assert set(state.deployments) == {(account.id, "keep")} and v1.id not in state.versions
-        again = await upload(store, account.id)  # a new script of the same name starts from scratch
-        assert again.number == 2
-        assert await store.list_secret_names(account.id, "hello") == []
-        assert await store.list_deployments(account.id, "hello") == []
-        assert await store.create_route(account.id, "example.com/*", "hello")  # the old route is gone
-
-    backend.run(body)
-
-
-def test_routes_in_the_store(backend: Backend) -> None:
-    async def body(store: Store) -> None:
-        acme = await store.create_account("acme")
-        other = await store.create_account("other")
-        await upload(store, acme.id, deploy=True)
-        await upload(store, other.id, deploy=True)
-        route = await store.create_route(acme.id, "*.Example.COM/api/*", "hello")
-        assert route.pattern == "*.example.com/api/*"
-        second = await store.create_route(acme.id, "example.com/a.b/*", "hello")
-        revision = await store.revision()
-        with pytest.raises(Conflict):
-            await store.create_route(acme.id, "*.example.com/api/*", "hello")
-        with pytest.raises(Conflict):  # hostnames are global: another account cannot take it either
-            await store.create_route(other.id, "*.EXAMPLE.com/api/*", "hello")
-        with pytest.raises(InvalidInput):
-            await store.create_route(acme.id, "https://example.com/*", "hello")
-        with pytest.raises(NotFound):
-            await store.create_route(acme.id, "example.org/*", "missing")
-        assert await store.revision() == revision
-        assert await store.list_routes(acme.id) == [route, second]
-        assert await store.list_routes(other.id) == []
-        assert not await store.delete_route(other.id, route.id)  # not theirs
-        assert await store.delete_route(acme.id, route.id)
-        assert await store.list_routes(acme.id) == [second]
-
-    backend.run(body)
-
-
-def test_kv_namespaces(backend: Backend) -> None:
-    async def body(store: Store) -> None:
-        account = await store.create_account("acme")
-        other = await store.create_account("other")
-        namespace = await store.create_kv_namespace(account.id, "sessions")
-        assert re.fullmatch(r"[0-9a-f]{32}", namespace.id)
-        with pytest.raises(Conflict):
-            await store.create_kv_namespace(account.id, "sessions")
-        assert await store.create_kv_namespace(other.id, "sessions")  # titles are per account
-        odd = await store.create_kv_namespace(account.id, "a.b * > é" * 50)
-        with pytest.raises(InvalidInput):
-            await store.create_kv_namespace(account.id, "")
-        assert await store.list_kv_namespaces(account.id) == sorted([namespace, odd], key=lambda ns: ns.title)
-        binding = {"type": "kv_namespace", "name": "SESSIONS", "namespace_id": namespace.id}
-        assert (await upload(store, account.id, bindings=[binding])).bindings == (binding,)
-        assert not await store.delete_kv_namespace(other.id, namespace.id)
-        assert await store.delete_kv_namespace(account.id, namespace.id)
-        assert await store.list_kv_namespaces(account.id) == [odd]
-        assert await store.create_kv_namespace(account.id, "sessions")  # the title is free again
-
-    backend.run(body)
-
-
-def test_edge_state(backend: Backend) -> None:
-    async def body(store: Store) -> None:
-        account = await store.create_account("acme")
-        v1 = await upload(
-            store, account.id, bindings=[{"type": "json", "name": "CONFIG", "json": {"a": [1, 2]}}], deploy=True
-        )
-        v2 = await upload(store, account.id, source=MAIN.replace(b"v1", b"v2"))
-        await upload(store, account.id, script="draft")  # uploaded, never deployed
-        await store.create_deployment(account.id, "hello", [(v1.id, 50), (v2.id, 50)], "tok", "")
-        await store.put_secret(account.id, "hello", "API_KEY", "x")
-        route = await store.create_route(account.id, "example.com/*", "hello")
-
-        state = await store.edge_state()
-        assert state.revision == await store.revision()
-        assert state.accounts == {account.id: account}
-        assert state.routes == [route]
-        assert set(state.deployments) == {(account.id, "hello")}
-        assert state.deployments[(account.id, "hello")].versions == ((v1.id, 50), (v2.id, 50))
-        assert state.versions == {v1.id: v1, v2.id: v2}
-        assert state.secrets == {(account.id, "hello"): {"API_KEY": "x"}}
-
-    backend.run(body)
-
-
-def test_closed_store_refuses_calls(backend: Backend) -> None:
-    async def body() -> None:
-        store = backend.make()
-        with pytest.raises(RuntimeError, match="not open"):
-            await store.revision()
-        await store.open()
-        await store.open()  # idempotent
-        await store.close()
-        with pytest.raises(RuntimeError, match="not open"):
-            await store.create_account("acme")
-
-    asyncio.run(body())
-
-
-# -- what a store shared over the network needs -------------------------------------------------
 
 
 def test_two_store_objects_see_each_others_writes(nats_server: NatsServer) -> None:
