@@ -411,7 +411,14 @@ def _kill_mid_load(platform: Platform, nats: NatsCluster) -> None:
             before = len(acked)
         killed_at.append(time.monotonic())
         kill_node(owner)
-        time.sleep(LEASE_S + 4.0)
+        # Load goes on until the calls have resumed on the others for a while (the lease expired,
+        # another node took over): long enough to see the pause whole, however short.
+        deadline = killed_at[0] + LEASE_S + 4.0
+        while time.monotonic() < deadline:
+            with lock:
+                if sum(stamp > killed_at[0] for stamp, _ in acked) >= 30:
+                    break
+            time.sleep(0.05)
     finally:
         stop.set()
         for thread in threads:

@@ -405,7 +405,11 @@ def test_metrics_per_worker_node_and_runtime_process(edge: Any) -> None:
     def scrape() -> str:
         return generate_latest(metrics.registry).decode()
 
-    text = scrape()
+    # on_done is called once a response has gone out: on a busy machine, after the client has it
+    deadline = time.monotonic() + 15
+    while 'warren_errors_total{node="node-7",worker="boom"}' not in (text := scrape()):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
     assert 'warren_requests_total{node="node-7",outcome="ok",worker="counter"} 1.0' in text
     assert 'warren_errors_total{node="node-7",worker="boom"} 1.0' in text
     assert 'warren_cpu_ms_count{node="node-7",worker="counter"} 1.0' in text

@@ -370,8 +370,12 @@ def test_one_tail_sees_every_edge_node_on_nats(
         assert len({event["node"] for event in events}) == 2
         assert len({event["node"] for event in failed}) == 2
         assert all(event["exceptions"][0]["message"] == "kaboom" for event in failed)
-        # and one request per edge and script from deploy(), which waits until each edge serves
-        counts = wait_for_analytics(platform, lambda result: totals(result).get("other") == (4, 0))
+        # and one request per edge and script from deploy(), which waits until each edge serves;
+        # the two scripts' counts arrive independently, so wait for both before checking them
+        counts = wait_for_analytics(
+            platform,
+            lambda result: totals(result).get("other") == (4, 0) and totals(result).get("hello", (0, 0)) >= (6, 0),
+        )
         assert totals(counts)["hello"] == (6, 2)
     finally:
         platform.api.close()
