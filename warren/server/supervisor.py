@@ -357,6 +357,7 @@ class Supervisor:
 
     async def stop(self) -> None:
         self._started = False
+        self.held_sockets.close()
         for slots in self._cordons.values():
             for slot in slots:
                 if slot.process is not None:

@@ -215,6 +215,13 @@ class HeldSockets:
             held.expiry.cancel()
         return held
 
+    def close(self) -> None:
+        """The node stops: nobody will claim what is held."""
+        held, self._held = list(self._held.values()), {}
+        for socket in held:
+            if socket.expiry is not None:
+                socket.expiry.cancel()
+
     def _add(self, held: HeldSocket) -> str:
         token = secrets.token_urlsafe(24)
         self._held[token] = held
