@@ -215,24 +215,64 @@ class Worker:
 
     # --- life cycle ----------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Create the isolate and run the script's top level; raises ScriptLoadError."""
+    async def start(self, first: tuple[IncomingRequest, Reply] | None = None) -> None:
+        """Create the isolate and run the script's top level; raises ScriptLoadError.
+
+        ``first``, the request that made the worker start, runs on the same trip to
+        the JS thread as the load (one hop less for a cold request). If the load
+        fails it is left unanswered: the caller reports the ScriptLoadError.
+        """
         async with self._turn:
             prepared = self._pool.take(self.script.memory_mb) if self._pool is not None else None
             self.cold_start_pooled = prepared is not None
+            batch: list[tuple[int | None, tuple[Any, ...], bool]] = []
+            if first is not None:
+                self._slicing = True  # queued here, not by a task of its own
+                self.fetch(*first)
+                batch, self._slices = self._slices, []
+            outcome: list[Any] = [0, None, None, 0, None]  # as _enter_batch's, then where its effects start
             try:
                 # Compiled on the same trip to the executor as the load: one hop less.
-                await self._loop.run_in_executor(self._executor, self._compile_and_load, prepared)
+                await self._loop.run_in_executor(self._executor, self._compile_and_load, prepared, batch, outcome)
+            except BaseException:
+                if first is not None:
+                    self._invocations.pop(first[0].request_id, None)
+                    self._queued_slices -= len(batch)
+                    self._slicing = False
+                raise
             finally:
-                self._apply_effects()
                 if self._pool is not None:
                     # Later, not now: a new worker's first request usually follows at
                     # once, and preparing an isolate would compete with it for the GIL.
                     self._loop.call_later(REFILL_DELAY_S, self._pool.refill)
+                # The load's own effects, then (below) the first request's.
+                loaded = outcome[4] if outcome[4] is not None else len(self._effects)
+                rest, self._effects = self._effects[loaded:], self._effects[:loaded]
+                self._apply_effects()
+                self._effects = rest
             # Any crash or incident then maps to exact bytes in the archive.
             self._log_sink("info", f"started {self.key} running code sha256 {self.script.code_hash}")
+            if not batch:
+                return
+            outcome[3] -= loaded
+            try:
+                ran, failure, started_ops = await self._after_batch(outcome[:4])
+            except BaseException:
+                self._queued_slices -= len(batch)
+                self._slicing = False
+                raise
+            self._settle_batch(batch, ran, failure)
+        self._slicing = False
+        if self._slices:
+            self._slicing = True
+            self._loop.create_task(self._run_slices(yield_first=started_ops))
 
-    def _compile_and_load(self, prepared: PreparedIsolate | None) -> None:
+    def _compile_and_load(
+        self,
+        prepared: PreparedIsolate | None,
+        batch: list[tuple[int | None, tuple[Any, ...], bool]] | None = None,
+        outcome: list[Any] | None = None,
+    ) -> None:
         try:
             modules = self._compiler.compile(self.script)
         except ScriptLoadError:
@@ -240,6 +280,15 @@ class Worker:
                 self._loop.call_soon_threadsafe(self._pool.give_back, prepared)
             raise
         self._load(modules, prepared)
+        if batch and outcome is not None:
+            outcome[4] = len(self._effects)
+            first = self._invocations.get(batch[0][0]) if batch[0][0] is not None else None
+            if first is not None:
+                first.started = time.monotonic()  # its wall time, as before: from the dispatch on
+            try:
+                self._enter_batch(batch, outcome)
+            finally:
+                self._current = None
 
     def _load(self, modules: list[CompiledModule], prepared: PreparedIsolate | None) -> None:
         if self._activity is not None:
@@ -379,11 +428,13 @@ class Worker:
             self._slicing = True
             self._loop.create_task(self._run_slices())
 
-    async def _run_slices(self) -> None:
+    async def _run_slices(self, yield_first: bool = False) -> None:
         """Run the queued slices in order. Those queued by the time the isolate is free
         go to the executor together: a trip to a JS thread and back costs two thread
         wake-ups, more than a small request's JavaScript."""
         try:
+            if yield_first:
+                await asyncio.sleep(0)  # as below: the last batch started host operations
             while self._slices:
                 async with self._turn:
                     batch, self._slices = self._slices, []
@@ -392,13 +443,7 @@ class Worker:
                     except BaseException:
                         self._queued_slices -= len(batch)
                         raise
-                    self._slices[:0] = batch[ran:]  # past the batch's CPU allowance: next turn
-                    self._queued_slices -= ran
-                    if isinstance(failure, IsolateTerminated):
-                        # The rest would have found the isolate broken.
-                        self._queued_slices -= len(self._slices)
-                        self._slices.clear()
-                    self._settle_idle()
+                    self._settle_batch(batch, ran, failure)
                 if started_ops:
                     # Operations that complete at once (a 0 ms timer) do so before the next
                     # slice runs, as they did with one slice per trip: a worker's cap on
@@ -409,6 +454,17 @@ class Worker:
             if self._slices:  # queued while the last batch was failing
                 self._slicing = True
                 self._loop.create_task(self._run_slices())
+
+    def _settle_batch(
+        self, batch: list[tuple[int | None, tuple[Any, ...], bool]], ran: int, failure: BaseException | None
+    ) -> None:
+        self._slices[:0] = batch[ran:]  # past the batch's CPU allowance: next turn
+        self._queued_slices -= ran
+        if isinstance(failure, IsolateTerminated):
+            # The rest would have found the isolate broken.
+            self._queued_slices -= len(self._slices)
+            self._slices.clear()
+        self._settle_idle()
 
     async def _run_batch(
         self, batch: list[tuple[int | None, tuple[Any, ...], bool]]
@@ -422,6 +478,10 @@ class Worker:
             await self._loop.run_in_executor(self._executor, self._enter_batch, batch, outcome)
         finally:
             self._current = None
+        return await self._after_batch(outcome)
+
+    async def _after_batch(self, outcome: list[Any]) -> tuple[int, BaseException | None, bool]:
+        """On the loop, after a batch ran: apply its effects."""
         ran, failure, request_id, mark = outcome
         if isinstance(failure, IsolateTerminated):
             # What the terminated slice did is void, except what it logged.
@@ -464,7 +524,7 @@ class Worker:
             self._current = None
             outcome[0] += 1
             if isinstance(failure, IsolateTerminated):
-                outcome[1:] = [failure, request_id, mark]
+                outcome[1:4] = [failure, request_id, mark]
                 return
             if failure is not None:
                 self._effects.append(("log", None, "error", f"warren runtime error: {failure}"))

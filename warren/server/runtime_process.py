@@ -272,13 +272,15 @@ class RuntimeServer:
 
     # -- workers --
 
-    def _worker(self, key: str) -> asyncio.Future[Worker]:
+    def _worker(self, key: str, first: tuple[IncomingRequest, _FrameReply] | None = None) -> asyncio.Future[Worker]:
+        """The worker of ``key``, started if need be. If it starts now, ``first`` is its
+        first request, dispatched with the load (``first[1].worker`` is then set)."""
         future = self._workers.get(key)
         if future is not None and future.done() and not future.exception() and future.result().broken:
             future = None  # a broken isolate is replaced on the next request
             self._recount_isolates()
         if future is None:
-            future = asyncio.get_running_loop().create_task(self._start_worker(key))
+            future = asyncio.get_running_loop().create_task(self._start_worker(key, first))
             self._workers[key] = future
         return future
 
@@ -348,7 +350,7 @@ class RuntimeServer:
             )
         return self._isolate_count
 
-    async def _start_worker(self, key: str) -> Worker:
+    async def _start_worker(self, key: str, first: tuple[IncomingRequest, _FrameReply] | None = None) -> Worker:
         script = self._scripts[key]
         worker = Worker(
             script,
@@ -361,7 +363,9 @@ class RuntimeServer:
             calls=lambda request_id, call, data: self._call(key, request_id, call, data),
             fetcher=self._fetcher,
         )
-        await worker.start()
+        if first is not None:
+            first[1].worker = worker
+        await worker.start(first)
         self._recount_isolates()
         return worker
 
@@ -477,17 +481,6 @@ class RuntimeServer:
     async def _dispatch(
         self, stream: int, key: str, head: dict[str, Any], body: QueueBody | None, reply: _FrameReply
     ) -> None:
-        starting = self._worker(key)
-        reply.cold = not starting.done()
-        try:
-            worker = await starting
-        except ScriptLoadError as exc:
-            self._workers.pop(key, None)
-            reply.log("error", f"Worker failed to start: {exc}")
-            reply.error(500, "Worker failed to start")
-            reply.done("exception", 0.0, 0.0)
-            return
-        reply.worker = worker
         headers = [(str(name), str(value)) for name, value in head["headers"]]
         request = IncomingRequest(
             stream,
@@ -504,7 +497,19 @@ class RuntimeServer:
             cf=head.get("cf") if isinstance(head.get("cf"), dict) else None,
             websocket=bool(head.get("websocket")),
         )
-        worker.fetch(request, reply)
+        starting = self._worker(key, (request, reply))
+        reply.cold = not starting.done()
+        try:
+            worker = await starting
+        except ScriptLoadError as exc:
+            self._workers.pop(key, None)
+            reply.log("error", f"Worker failed to start: {exc}")
+            reply.error(500, "Worker failed to start")
+            reply.done("exception", 0.0, 0.0)
+            return
+        if reply.worker is None:  # not its first request: that one was dispatched with the load
+            reply.worker = worker
+            worker.fetch(request, reply)
 
 
 async def _serve(
