@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,10 +66,17 @@ class _QuietAborts(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], ResponseAborted))
 
 
+_date: tuple[int, bytes] = (0, b"")  # the Date header's value, made once per second
+
+
 def _add_date(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     # The edge adds Date only when the worker did not set one (uvicorn's own is off).
+    global _date
     if not any(name.lower() == b"date" for name, _ in headers):
-        headers.append((b"date", email.utils.formatdate(usegmt=True).encode()))
+        now = int(time.time())
+        if _date[0] != now:
+            _date = (now, email.utils.formatdate(now, usegmt=True).encode())
+        headers.append((b"date", _date[1]))
     return headers
 
 

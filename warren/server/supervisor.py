@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ QUARANTINED = (
     "Deploy a new version to lift the quarantine."
 )
 
+CHOSEN_SLOTS_KEPT = 100_000  # version keys whose rendezvous choice is remembered, per cordon
 MAX_EXCHANGE_LOGS = 2000  # console lines kept for an invocation's event; all of them still reach on_log
 TOO_MANY_LOGS = "Too many console lines in this invocation: the rest are not in its event."
 
@@ -55,6 +57,61 @@ class CrashRecord:
     scripts: list[str]
 
 
+class _Events:
+    """An exchange's events in order, for whoever reads them: ``put_nowait`` and ``get``
+    as asyncio.Queue's, without its per-call bookkeeping (a request's path uses it ~4 times)."""
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Any, ...]] = deque()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def put_nowait(self, item: tuple[Any, ...]) -> None:
+        self._items.append(item)
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def get(self) -> tuple[Any, ...]:
+        while not self._items:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return self._items.popleft()
+
+
+class _Completion:
+    """asyncio.Event's set/is_set/wait, with the Event made only if someone waits before it is set."""
+
+    __slots__ = ("_done", "_event")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._event: asyncio.Event | None = None
+
+    def set(self) -> None:
+        self._done = True
+        if self._event is not None:
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._done
+
+    async def wait(self) -> bool:
+        if self._done:
+            return True
+        if self._event is None:
+            self._event = asyncio.Event()
+        return await self._event.wait()
+
+
 class Exchange:
     """One HTTP exchange, as the supervisor forwards it. Outlives a process restart."""
 
@@ -63,7 +120,7 @@ class Exchange:
         self.name = name
         self.key = key
         self.head = head
-        self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.events = _Events()
         self.process: RuntimeProcess | None = None
         self.head_received = False
         self.status = 0
@@ -73,7 +130,7 @@ class Exchange:
         self.retried = False
         self.finished = False
         self.bytes_in = 0
-        self.completed = asyncio.Event()  # set once the runtime reports DONE (or the exchange is lost)
+        self.completed = _Completion()  # set once the runtime reports DONE (or the exchange is lost)
         # filled from the runtime's DONE: bytes_out, cold, memory (see runtime_process._FrameReply.done)
         self.metering: dict[str, Any] = {}
         # for the invocation's event (warren.observability): its console output, and when it began
@@ -334,6 +391,8 @@ class Supervisor:
         self.processes_per_cordon = max(1, processes)
         # trust level -> its runtime processes; a level's processes start with its first script
         self._cordons: dict[str, list[_Slot]] = {}
+        # The slot each version key hashes to, per cordon (for the slot list it was chosen from).
+        self._chosen: dict[str, tuple[list[_Slot], dict[str, _Slot]]] = {}
         self._started = False
         self._stream = 0
         # WebSockets a Durable Object or a service accepted, until the edge relays them (warren.server.websockets)
@@ -386,8 +445,19 @@ class Supervisor:
         process (not one per process), and moves only 1/N of the keys if N changes.
         """
         script = self.scripts.get(key)
-        slots = await self._cordon(script.trust_level if script is not None else "standard")
-        slot = max(slots, key=lambda slot: hashlib.sha256(f"{slot.index}/{key}".encode()).digest())
+        level = script.trust_level if script is not None else "standard"
+        slots = self._cordons.get(level)
+        if slots is None:
+            slots = await self._cordon(level)
+        chosen = self._chosen.get(level)
+        if chosen is None or chosen[0] is not slots:
+            chosen = self._chosen[level] = (slots, {})
+        slot = chosen[1].get(key)
+        if slot is None:
+            slot = max(slots, key=lambda slot: hashlib.sha256(f"{slot.index}/{key}".encode()).digest())
+            if len(chosen[1]) >= CHOSEN_SLOTS_KEPT:
+                chosen[1].clear()  # a bound, not a policy: recomputing is cheap
+            chosen[1][key] = slot
         if slot.starting is not None and not slot.starting.done():
             return await slot.starting
         assert slot.process is not None
