@@ -147,6 +147,10 @@ class IsolatePool:
             future = loop.run_in_executor(self._executor, prepare_isolate, self.memory_mb)
             future.add_done_callback(self._prepared)
 
+    def in_background(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run other background work on the pool's thread, in turn with the refills."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
     def _prepared(self, future: asyncio.Future[PreparedIsolate]) -> None:
         self._preparing -= 1
         try:
