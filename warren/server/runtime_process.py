@@ -516,11 +516,6 @@ class RuntimeServer:
             reply.done("canceled", 0.0, 0.0)
             return
         self._stream_keys[stream] = key
-        asyncio.get_running_loop().create_task(self._dispatch(stream, key, head, body, reply))
-
-    async def _dispatch(
-        self, stream: int, key: str, head: dict[str, Any], body: QueueBody | None, reply: _FrameReply
-    ) -> None:
         headers = [(str(name), str(value)) for name, value in head["headers"]]
         request = IncomingRequest(
             stream,
@@ -539,6 +534,21 @@ class RuntimeServer:
         )
         starting = self._worker(key, (request, reply))
         reply.cold = not starting.done()
+        if starting.done() and starting.exception() is None:
+            # Running already: dispatched now, not by a task of its own one turn of the loop later.
+            reply.worker = starting.result()
+            try:
+                reply.worker.fetch(request, reply)
+            except Exception as exc:  # a bug of ours: this request fails, the frames of the others go on
+                reply.log("error", f"warren runtime error: {exc!r}")
+                reply.error(500, "Internal error")
+                reply.done("exception", 0.0, 0.0)
+            return
+        asyncio.get_running_loop().create_task(self._dispatch(key, starting, request, reply))
+
+    async def _dispatch(
+        self, key: str, starting: asyncio.Future[Worker], request: IncomingRequest, reply: _FrameReply
+    ) -> None:
         try:
             worker = await starting
         except ScriptLoadError as exc:
