@@ -97,19 +97,13 @@ class WebSocketHost:
             self._pending[js_id] = pending
             worker._effects.append(("ws", "send", js_id, binary, data))
             return 0
-        if action == "couple":
-            request_id, js_id, headers = int(a), int(b), str(c)
+        if action in ("couple", "relay"):  # b: the server end's id (couple), or the held socket's token (relay)
+            request_id = int(a)
             invocation = worker._invocations.get(request_id)
             if invocation is not None and not invocation.request.websocket:
                 return WITHOUT_UPGRADE
-            worker._effects.append(("ws", "couple", request_id, js_id, headers))
-            return ""
-        if action == "relay":
-            request_id, token, headers = int(a), str(b), str(c)
-            invocation = worker._invocations.get(request_id)
-            if invocation is not None and not invocation.request.websocket:
-                return WITHOUT_UPGRADE
-            worker._effects.append(("ws", "relay", request_id, token, headers))
+            end: int | str = int(b) if action == "couple" else str(b)
+            worker._effects.append(("ws", action, request_id, end, str(c)))
             return ""
         if action == "close":
             worker._effects.append(("ws", "close", int(a), int(b), str(c)))

@@ -353,33 +353,6 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
       later(() => dispatch(r, new ErrorEvent('error', { message: error.message, error })));
     }
 
-    // receive() for a socket accepted with state.acceptWebSocket(): the object's
-    // handler gets the event (through the object's input gate); a message is
-    // acknowledged to the edge once the handler has taken it, so a slow object
-    // slows its clients instead of queueing without bound.
-    function handOver(r, item) {
-      const taken = item.fromHost ? () => host('ack', r.id, item.size) : () => {};
-      if (item.kind === 'message') {
-        if (r.closedIncoming || r.error !== null) { taken(); return; }
-        r.handler('message', { data: item.binary ? item.bytes.buffer : item.text }, taken);
-        return;
-      }
-      if (item.kind === 'error') {
-        r.closedIncoming = true;
-        fail(r, new Error(item.message));
-        return;
-      }
-      if (r.closedIncoming) return;
-      r.closedIncoming = true;
-      if (r.error !== null) return;
-      const answered = r.closedOutgoing;
-      r.closedOutgoing = true;
-      if (!answered && !item.fromHost && r.peer !== null && !r.coupled) {
-        later(() => receive(r.peer, { kind: 'close', code: item.code, reason: item.reason, clean: true, size: 0 }));
-      }
-      r.handler('close', { code: item.code, reason: item.reason, wasClean: item.clean }, () => {});
-    }
-
     function dispatch(r, event) {
       dispatchEvent.call(r.ws, event);
     }
@@ -393,19 +366,12 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
 
     // One event for `r` (accepted): from its peer in the isolate or from the host.
     function receive(r, item) {
-      if (r.handler !== null) {
-        handOver(r, item);
-        return;
-      }
       if (item.kind === 'message') {
-        try {
-          if (r.closedIncoming || r.error !== null) return;
-          const data = item.binary ? item.bytes.buffer : item.text;
-          dispatch(r, new MessageEvent('message', { data }));
-        } finally {
-          // Taken: the edge may read more from the client.
-          if (item.fromHost) host('ack', r.id, item.size);
-        }
+        // Acknowledged once taken: the edge may then read more from the client (a slow
+        // handler slows its client instead of queueing without bound).
+        const taken = item.fromHost ? () => host('ack', r.id, item.size) : () => {};
+        if (r.closedIncoming || r.error !== null) { taken(); return; }
+        emit(r, 'message', { data: item.binary ? item.bytes.buffer : item.text }, taken);
         return;
       }
       if (item.kind === 'error') {
@@ -422,7 +388,21 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
       if (!answered && !item.fromHost && r.peer !== null && !r.coupled) {
         later(() => receive(r.peer, { kind: 'close', code: item.code, reason: item.reason, clean: true, size: 0 }));
       }
-      dispatch(r, new CloseEvent('close', { code: item.code, reason: item.reason, wasClean: item.clean }));
+      emit(r, 'close', { code: item.code, reason: item.reason, wasClean: item.clean }, () => {});
+    }
+
+    // To the listeners, or for a socket taken with state.acceptWebSocket() to the
+    // object's handler (which calls `taken` once the event has reached the object).
+    function emit(r, kind, fields, taken) {
+      if (r.handler !== null) {
+        r.handler(kind, fields, taken);
+        return;
+      }
+      try {
+        dispatch(r, kind === 'message' ? new MessageEvent('message', fields) : new CloseEvent('close', fields));
+      } finally {
+        taken();
+      }
     }
 
     class WebSocketPair {
