@@ -110,6 +110,50 @@ def test_env_vars_from_wrangler_toml(dev: Any) -> None:
     assert "[vars-test]" in server.output or "Ready on" in server.output
 
 
+def test_service_worker_script_sees_its_bindings_as_globals(dev: Any) -> None:
+    # As on Workers: a script without modules has no env argument, its bindings are globals.
+    server = dev(
+        {
+            "wrangler.toml": """
+            name = "sw-globals"
+            main = "worker.js"
+
+            [vars]
+            GREETING = "hi"
+
+            [[kv_namespaces]]
+            binding = "STORE"
+            id = "store"
+            """,
+            "worker.js": """
+            const atTopLevel = typeof GREETING;
+            addEventListener("fetch", (event) => event.respondWith((async () => {
+              await STORE.put("k", GREETING + "!");
+              return new Response([atTopLevel, GREETING, await STORE.get("k")].join(" "));
+            })()));
+            """,
+        },
+        ".",
+    )
+    assert server.get("/").text == "string hi hi!"
+
+
+def test_module_top_level_env_import_sees_vars(dev: Any) -> None:
+    server = dev(
+        {
+            "worker.js": """
+            import { env } from "cloudflare:workers";
+            const seen = env.X;
+            export default { fetch: () => new Response("top level " + seen + ", globals " + typeof X) };
+            """
+        },
+        "worker.js",
+        "--var",
+        "X:set",
+    )
+    assert server.get("/").text == "top level set, globals undefined"
+
+
 def test_wrangler_jsonc_and_cli_var(dev: Any) -> None:
     server = dev(
         {

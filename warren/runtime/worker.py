@@ -305,14 +305,17 @@ class Worker:
                 prepared = prepare_isolate(self.script.memory_mb)
             prepared.router.target = self
             isolate = self._isolate = prepared.isolate
+            module_worker = modules[0].kind == "esm"
             config = json.dumps(
                 {
                     "env": self.script.vars,
                     "bindings": list(self.script.bindings),
                     "compatibilityDate": self.script.compatibility_date,
+                    "globals": not module_worker,
                 }
             )
-            isolate.call(_ENTER, _now_ms(), "configure", config, cpu_budget_ms=STARTUP_CPU_MS)
+            if not module_worker:  # its top level runs next and may use its bindings
+                isolate.call(_ENTER, _now_ms(), "configure", config, cpu_budget_ms=STARTUP_CPU_MS)
             for module in modules:
                 if module.kind in ("script", "esm"):
                     isolate.run_script(module.text, module.name, cpu_budget_ms=STARTUP_CPU_MS)
@@ -321,8 +324,10 @@ class Worker:
                         _ENTER, _now_ms(), "defineData", module.name, module.kind, module.text,
                         cpu_budget_ms=STARTUP_CPU_MS,
                     )
-            main = modules[0].name if modules[0].kind == "esm" else None
-            problem = isolate.call(_ENTER, _now_ms(), "loaded", main, cpu_budget_ms=STARTUP_CPU_MS)
+            main = modules[0].name if module_worker else None
+            problem = isolate.call(
+                _ENTER, _now_ms(), "loaded", main, config if module_worker else None, cpu_budget_ms=STARTUP_CPU_MS
+            )
         except ScriptError as exc:
             self._discard_isolate()
             raise ScriptLoadError(f"{exc.name}: {exc.message}", exc.filename, exc.line, exc.column) from None

@@ -228,7 +228,12 @@ class EdgeApp:
                             self._watch_disconnect(receive, exchange)
                         )
                 elif kind == "body":
-                    await send({"type": "http.response.body", "body": event[1], "more_body": True})
+                    # A body that came whole (its end already here) goes out as the last message:
+                    # one ASGI send fewer per small response.
+                    last = exchange.events.take_end()
+                    await send({"type": "http.response.body", "body": event[1], "more_body": not last})
+                    if last:
+                        return
                     exchange.consumed(len(event[1]))
                 elif kind == "end":
                     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -75,6 +75,13 @@ class _Events:
                 if not waiter.done():
                     waiter.set_result(None)
 
+    def take_end(self) -> bool:
+        """Consume an ("end",) event if it is the next one, without waiting."""
+        if self._items and self._items[0][0] == "end":
+            self._items.popleft()
+            return True
+        return False
+
     async def get(self) -> tuple[Any, ...]:
         while not self._items:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

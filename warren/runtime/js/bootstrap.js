@@ -746,6 +746,8 @@
       }
       env[spec.name] = factory(spec, (method, args, body) => hostCall(spec.name, method, args, body));
     }
+    // A service-worker script has no env argument: its bindings are globals, as on Workers.
+    if (config.globals) for (const name of Object.keys(env)) defineGlobal(name, env[name]);
   }
 
   function linkVendor() {
@@ -783,7 +785,10 @@
     defineGlobal("__warrenDefine", define);
   }
 
-  function loaded(mainModule) {
+  // A module worker is configured here, on the call that instantiates it (nothing before
+  // its top level can see env): one trip into the isolate fewer on a cold start.
+  function loaded(mainModule, configJSON) {
+    if (typeof configJSON === "string") configure(configJSON);
     loading = false;
     delete globalThis.__warrenDefine;
     if (mainModule !== null) moduleExports = instantiate(mainModule);
@@ -886,7 +891,7 @@
       case "configure": return configure(a);
       case "linkVendor": return linkVendor();
       case "warm": return warm();
-      case "loaded": return loaded(a);
+      case "loaded": return loaded(a, b);
       case "defineData": return defineData(a, b, c);
       default: throw new Error("unknown entry " + kind);
     }
