@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import tempfile
 import textwrap
 import time
 from typing import Any
@@ -57,3 +58,18 @@ def test_trust_levels_run_in_separate_processes(edge: Any) -> None:
         assert in_flight.result().text == "slow"  # not even retried: another process
     assert harness.get("/standard").text == "1"
     assert [crash.scripts for crash in harness.supervisor.crashes] == [["untrusted"]]
+
+
+def test_the_activity_board_has_no_name_on_disk(edge: Any) -> None:
+    # A supervisor killed with SIGKILL cleans nothing up: the board on which the runtime
+    # writes which script it is running must not be a file that outlives both processes.
+    harness = edge({"w": COUNTER}, processes=1)
+    assert harness.get("/w").text == "1"
+    [runtime] = harness.supervisor.processes()
+    assert runtime.process is not None
+    temp = tempfile.gettempdir()
+    with open(f"/proc/{runtime.process.pid}/maps") as maps:
+        mapped = [line.split(maxsplit=5)[-1].strip() for line in maps if f" {temp}/" in line]
+    boards = [path for path in mapped if "warren-activity-" in path or path.startswith(f"{temp}/#")]
+    assert boards, f"the runtime maps no activity board: {mapped}"
+    assert all(path.endswith("(deleted)") for path in boards), boards

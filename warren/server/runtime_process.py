@@ -4,7 +4,7 @@ V8 aborts the whole process when an isolate cannot get memory, so isolates
 never run in the supervisor. This process speaks only the frame protocol on
 the socket it inherits; the supervisor restarts it if it dies.
 
-Started as ``python -m warren.server.runtime_process --fd N --slots PATH``.
+Started as ``python -m warren.server.runtime_process --fd N --slots-fd M``.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ class ActivityBoard:
     writing a few bytes per slice costs nothing, and survives the process.
     """
 
-    def __init__(self, path: str) -> None:
-        with open(path, "r+b") as file:
-            self._map = mmap.mmap(file.fileno(), ACTIVITY_SLOTS * ACTIVITY_SLOT_SIZE)
+    def __init__(self, fd: int) -> None:
+        # An unnamed file the supervisor made and keeps open: nothing on disk outlives either process.
+        self._map = mmap.mmap(fd, ACTIVITY_SLOTS * ACTIVITY_SLOT_SIZE)
+        os.close(fd)
         self._slot = threading.local()
         self._next = 0
         self._lock = threading.Lock()
@@ -79,7 +80,7 @@ class ActivityBoard:
         self._map[offset : offset + _FLAG] = _ABORTING
 
 
-def read_activity(path: str) -> list[tuple[str, int]]:
+def read_activity(fd: int) -> list[tuple[str, int]]:
     """(worker key, request id) of the JS threads that caused a crash, from the board file.
 
     The thread whose isolate aborted the process marks itself; if one did, it
@@ -87,8 +88,7 @@ def read_activity(path: str) -> list[tuple[str, int]]:
     running JavaScript is.
     """
     try:
-        with open(path, "rb") as file:
-            data = file.read(ACTIVITY_SLOTS * ACTIVITY_SLOT_SIZE)
+        data = os.pread(fd, ACTIVITY_SLOTS * ACTIVITY_SLOT_SIZE, 0)
     except OSError:
         return []
     running = []
@@ -564,7 +564,7 @@ class RuntimeServer:
 
 async def _serve(
     fd: int,
-    slots: str | None,
+    slots: int | None,
     js_threads: int,
     pool_size: int,
     idle_timeout: float,
@@ -573,7 +573,7 @@ async def _serve(
 ) -> None:
     sock = socket.socket(fileno=fd)
     loop = asyncio.get_running_loop()
-    board = ActivityBoard(slots) if slots else None
+    board = ActivityBoard(slots) if slots is not None else None
     if board is not None:
         set_abort_hook(board.mark_aborting)
     server: RuntimeServer | None = None
@@ -602,7 +602,7 @@ async def _serve(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="warren-runtime")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--slots")
+    parser.add_argument("--slots-fd", type=int)
     parser.add_argument("--heap-mb", type=int, default=128)
     parser.add_argument("--js-threads", type=int, default=max(1, os.cpu_count() or 1))
     parser.add_argument("--isolate-pool", type=int, default=DEFAULT_POOL_SIZE, help="isolates kept prepared")
@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> None:
     configure(args.heap_mb)
     budget = args.memory_budget_mb * 1024 * 1024 or default_memory_budget(args.processes)
     policy = SubrequestPolicy.parse(args.allow_private_subrequests, args.allow_subrequests_to)
-    serving = _serve(args.fd, args.slots, args.js_threads, args.isolate_pool, args.idle_timeout, budget, policy)
+    serving = _serve(args.fd, args.slots_fd, args.js_threads, args.isolate_pool, args.idle_timeout, budget, policy)
     try:
         import uvloop
 

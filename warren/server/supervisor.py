@@ -182,7 +182,7 @@ class RuntimeProcess:
     cordon: str = "standard"
     process: asyncio.subprocess.Process | None = None
     writer: FrameChannel | None = None
-    slots_path: str = ""
+    slots_fd: int = -1  # the activity board: an unnamed file shared with the process
     exchanges: dict[int, Exchange] = field(default_factory=dict)
     loaded: set[str] = field(default_factory=set)
     loads: dict[int, asyncio.Future[dict[str, Any] | None]] = field(default_factory=dict)
@@ -192,9 +192,11 @@ class RuntimeProcess:
     evictions: int = 0  # idle isolates it has evicted
 
     async def start(self) -> None:
-        fd, self.slots_path = tempfile.mkstemp(prefix="warren-activity-")
-        os.write(fd, bytes(ACTIVITY_SLOTS * ACTIVITY_SLOT_SIZE))
-        os.close(fd)
+        # Unnamed (O_TMPFILE, or unlinked at once): a killed supervisor leaves no file behind.
+        with tempfile.TemporaryFile(prefix="warren-activity-") as board:
+            board.write(bytes(ACTIVITY_SLOTS * ACTIVITY_SLOT_SIZE))
+            board.flush()
+            self.slots_fd = os.dup(board.fileno())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -202,8 +204,8 @@ class RuntimeProcess:
             "warren.server.runtime_process",
             "--fd",
             str(theirs.fileno()),
-            "--slots",
-            self.slots_path,
+            "--slots-fd",
+            str(self.slots_fd),
             "--heap-mb",
             str(self.supervisor.heap_mb),
             "--js-threads",
@@ -215,7 +217,7 @@ class RuntimeProcess:
             "--processes",
             str(self.supervisor.processes_per_cordon),
             *self.supervisor.subrequests.to_args(),
-            pass_fds=[theirs.fileno()],
+            pass_fds=[theirs.fileno(), self.slots_fd],
             stdin=asyncio.subprocess.DEVNULL,
         )
         theirs.close()
@@ -337,10 +339,12 @@ class RuntimeProcess:
                 await self.process.wait()
         if self.reader_task is not None:
             self.reader_task.cancel()
-        try:
-            os.unlink(self.slots_path)
-        except OSError:
-            pass
+        self.close_board()
+
+    def close_board(self) -> None:
+        if self.slots_fd >= 0:
+            os.close(self.slots_fd)
+            self.slots_fd = -1
 
 
 @dataclass
@@ -605,7 +609,7 @@ class Supervisor:
     async def process_died(self, dead: RuntimeProcess) -> None:
         returncode = dead.process.returncode if dead.process is not None else None
         await dead.close_channel()
-        culprits = read_activity(dead.slots_path)
+        culprits = read_activity(dead.slots_fd)
         culprit_keys = {key for key, _ in culprits}
         names = sorted({key.split("@", 1)[0] for key in culprit_keys})
         self.crashes.append(CrashRecord(time.time(), returncode, names))
@@ -620,10 +624,7 @@ class Supervisor:
                     "error",
                     f"{key} is quarantined after {self.crash_counts[key]} runtime crashes; redeploy it to lift this",
                 )
-        try:
-            os.unlink(dead.slots_path)
-        except OSError:
-            pass
+        dead.close_board()
         for future in dead.loads.values():
             if not future.done():
                 future.set_result({"message": CRASHED, "filename": "", "line": 0, "column": 0})
