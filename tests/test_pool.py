@@ -6,6 +6,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
+from warren.runtime import pool as pool_module
 from warren.runtime.pool import IsolatePool
 
 
@@ -65,5 +66,34 @@ def test_pooled_isolates_serve_one_tenant_each_with_its_own_env() -> None:
         pool.close()
         compiler.close()
         executor.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_the_pool_deepens_while_new_tenants_arrive_in_a_burst() -> None:
+    async def scenario() -> None:
+        pool = IsolatePool(ThreadPoolExecutor(1), size=1, max_size=3)
+
+        async def prepared(count: int) -> None:
+            for _ in range(500):
+                if len(pool._ready) >= count:
+                    return
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"only {len(pool._ready)} of {count} isolates prepared")
+
+        pool.refill()
+        await prepared(1)
+        taken = [pool.take(pool.memory_mb) for _ in range(4)]  # four tenants at once: one was ready
+        assert [item is not None for item in taken] == [True, False, False, False]
+        assert pool.target == 3  # the burst, capped
+        pool.refill()
+        await prepared(3)
+        assert len(pool._ready) == 3
+        await asyncio.sleep(pool_module.BURST_WINDOW_S + 0.1)
+        assert pool.target == 1  # quiet again: back to the base size
+        for item in taken:
+            if item is not None:
+                item.isolate.dispose()
+        pool.close()
 
     asyncio.run(scenario())

@@ -11,6 +11,7 @@ isolate belongs to nobody until claimed: its host functions go through a
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -22,6 +23,10 @@ from warren.runtime.script import DEFAULT_MEMORY_MB, STARTUP_CPU_MS, runtime_js
 
 ENTRY_POINT = "__warrenEnter"
 DEFAULT_POOL_SIZE = 2
+# New tenants arriving faster than that are served from a deeper pool: the target grows to
+# the isolates taken in the last BURST_WINDOW_S (each ~2 MiB), up to MAX_POOL_SIZE.
+MAX_POOL_SIZE = 8
+BURST_WINDOW_S = 2.0
 
 # JavaScript's names for the host functions -> the Worker methods behind them
 HOST_FUNCTIONS = {
@@ -111,9 +116,17 @@ class IsolatePool:
     the caller prepares an isolate itself.
     """
 
-    def __init__(self, executor: Executor, size: int = DEFAULT_POOL_SIZE, memory_mb: int = DEFAULT_MEMORY_MB) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        size: int = DEFAULT_POOL_SIZE,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+        max_size: int = MAX_POOL_SIZE,
+    ) -> None:
         self._executor = executor
-        self.size = size
+        self.size = size  # kept prepared when tenants arrive slowly
+        self.max_size = max(size, max_size) if size > 0 else 0  # 0: no pool at all
+        self._recent_takes: deque[float] = deque()
         self.memory_mb = memory_mb
         self._ready: deque[PreparedIsolate] = deque()
         self._preparing = 0
@@ -121,7 +134,16 @@ class IsolatePool:
         self.taken = 0
         self.missed = 0
 
+    @property
+    def target(self) -> int:
+        """How many to keep prepared now: more while new tenants arrive in a burst."""
+        horizon = time.monotonic() - BURST_WINDOW_S
+        while self._recent_takes and self._recent_takes[0] < horizon:
+            self._recent_takes.popleft()
+        return min(self.max_size, max(self.size, len(self._recent_takes)))
+
     def take(self, memory_mb: int) -> PreparedIsolate | None:
+        self._recent_takes.append(time.monotonic())
         prepared = self._ready.popleft() if self._ready and memory_mb == self.memory_mb else None
         if prepared is None:
             self.missed += 1
@@ -133,7 +155,7 @@ class IsolatePool:
 
     def give_back(self, prepared: PreparedIsolate) -> None:
         """An isolate taken but never claimed (its script failed to compile) goes back."""
-        if self._closed or prepared.router.target is not None or len(self._ready) >= self.size:
+        if self._closed or prepared.router.target is not None or len(self._ready) >= self.target:
             self._executor.submit(prepared.isolate.dispose)
         else:
             self._ready.appendleft(prepared)
@@ -142,7 +164,8 @@ class IsolatePool:
         if self._closed:
             return
         loop = asyncio.get_running_loop()
-        while len(self._ready) + self._preparing < self.size:
+        target = self.target
+        while len(self._ready) + self._preparing < target:
             self._preparing += 1
             future = loop.run_in_executor(self._executor, prepare_isolate, self.memory_mb)
             future.add_done_callback(self._prepared)
