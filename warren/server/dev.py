@@ -30,7 +30,7 @@ from warren.config import ConfigError, Project, load_project
 from warren.runtime import ScriptLoadError
 from warren.runtime.subrequests import SubrequestPolicy
 from warren.server.app import EdgeApp, Unavailable, listen
-from warren.server.metrics import Metrics, log_line
+from warren.server.metrics import LineWriter, Metrics, log_line
 from warren.server.supervisor import Exchange, Supervisor
 from warren.server.visitor import Visitors
 
@@ -66,6 +66,14 @@ class DevServer:
         self.port = port
         self.extra_vars = extra_vars or {}
         self.watch = watch
+        # Standard output is written in batches (a line per request under load costs a write
+        # each otherwise); a line for standard error writes what waits first, to keep the order.
+        self.lines: LineWriter | None = None
+        if echo is _echo:
+            self.lines = LineWriter()
+            echo = self.lines
+            if echo_error is _echo_error:
+                echo_error = self._echo_error_after_lines
         self.echo = echo
         self.echo_error = echo_error
         self.project: Project | None = None
@@ -94,6 +102,11 @@ class DevServer:
         self.admin_port = admin_port
         self.test_scheduled = test_scheduled
         self.visitors = Visitors("dev", geoip_paths)
+
+    def _echo_error_after_lines(self, line: str) -> None:
+        if self.lines is not None:
+            self.lines.flush()
+        _echo_error(line)
 
     def _log(self, script: str, level: str, message: str) -> None:
         line = f"[{script}] {level}: {message}" if level != "log" else f"[{script}] {message}"
@@ -242,6 +255,13 @@ class DevServer:
             await self._deploy(first=False)
 
     async def run(self) -> int:
+        try:
+            return await self._run()
+        finally:
+            if self.lines is not None:  # what waits is written before the loop (and its timer) ends
+                self.lines.close()
+
+    async def _run(self) -> int:
         try:
             self.project = self._read_project()
         except ConfigError as exc:

@@ -446,12 +446,26 @@ async def serve(
     """
     from warren.observability import EventPublisher, exchange_event
     from warren.server.app import EdgeApp, listen
-    from warren.server.metrics import Metrics, log_line
+    from warren.server.metrics import LineWriter, Metrics, log_line
     from warren.server.visitor import Visitors
 
+    # Requests' log lines and console output go out in batches (a write per request costs
+    # under load); anything else written waits for them, so the order read is the order made.
+    lines = LineWriter()
+    report = echo
+
+    def echo_in_order(line: str) -> None:
+        lines.flush()
+        report(line)
+
+    echo = echo_in_order
+
     def log(script: str, level: str, message: str) -> None:
-        stream = sys.stderr if level == "error" else sys.stdout
-        print(f"[{script}] {level}: {message}", file=stream, flush=True)
+        if level == "error":
+            lines.flush()
+            print(f"[{script}] {level}: {message}", file=sys.stderr, flush=True)
+        else:
+            lines(f"[{script}] {level}: {message}")
 
     metrics: Metrics | None = None
     node: EdgeNode | None = None
@@ -461,7 +475,7 @@ async def serve(
     def done(name: str, exchange: Exchange, outcome: str, cpu_ms: float, wall_ms: float) -> None:
         if metrics is not None:
             metrics.observe(name, exchange, outcome, cpu_ms, wall_ms)
-        print(f"[{name}] {log_line(exchange, outcome, cpu_ms, wall_ms)}", flush=True)
+        lines(f"[{name}] {log_line(exchange, outcome, cpu_ms, wall_ms)}")
         identity = node.identity(exchange.key) if node is not None else None
         if identity is not None and metrics is not None:
             account_id, script, version_id = identity
@@ -556,6 +570,7 @@ async def serve(
             await server.stop()
         return 0
     finally:
+        lines.close()  # what waits goes out now; what the clean-up prints, as it comes
         if control_app is not None:
             from warren.control import stop_app
 
