@@ -121,3 +121,76 @@ def test_an_isolate_moves_between_threads() -> None:
     thread.join()
     assert results == [2]
     isolate.dispose()
+
+
+def _session_isolate(memory_limit_mb: int = 128) -> Isolate:
+    isolate = Isolate(memory_limit_mb=memory_limit_mb)
+    isolate.run_script(
+        "globalThis.work = (ms) => { const end = Date.now() + ms; let n = 0; while (Date.now() < end) n++; return ms; };"
+        "globalThis.spin = () => { for (;;) {} };"
+        "globalThis.later = (n) => { Promise.resolve(n).then((v) => { globalThis.settled = v; }); };"
+        "globalThis.read = () => globalThis.settled;"
+        "globalThis.hold = (mb) => { globalThis.held = new Uint8Array(mb * 1024 * 1024); return mb; };",
+        "session.js",
+    )
+    for name in ("work", "spin", "later", "read", "hold"):
+        isolate.take_entry_point(name)
+    return isolate
+
+
+def test_calls_in_a_session_are_each_charged_their_own_cpu_and_a_terminated_one_ends_only_itself() -> None:
+    isolate = _session_isolate()
+    charged: list[float] = []
+    measured: list[float] = []
+    with isolate.session():
+        for ms in (40, 5):
+            before = time.thread_time()
+            assert isolate.call("work", ms, cpu_budget_ms=500) == ms
+            measured.append(time.thread_time() - before)
+            charged.append(isolate.last_cpu_seconds)
+        started = time.monotonic()
+        with pytest.raises(CpuLimitExceeded):
+            isolate.call("spin", cpu_budget_ms=30)
+        charged.append(isolate.last_cpu_seconds)
+        assert time.monotonic() - started < 0.5
+        with pytest.raises(EngineError):
+            isolate.dispose()  # not while this thread holds it
+    # Each call is charged the CPU time it used itself, not the session's so far.
+    for used, around in zip(charged, measured, strict=False):
+        assert around - 0.003 < used <= around
+    assert charged[1] < charged[0]
+    assert 0.03 <= charged[2] < 0.2
+    assert isolate.broken
+    isolate.dispose()
+
+
+def test_a_slice_in_a_session_past_its_own_budget_is_stopped_though_the_session_has_time_left() -> None:
+    isolate = _session_isolate()
+    with isolate.session():
+        isolate.call("work", 1, cpu_budget_ms=10_000)  # a generous budget first: the watchdog sleeps long
+        started = time.monotonic()
+        with pytest.raises(CpuLimitExceeded):
+            isolate.call("spin", cpu_budget_ms=20)
+        assert time.monotonic() - started < 0.5
+    isolate.dispose()
+
+
+def test_a_session_keeps_promises_the_memory_limit_and_other_threads_waiting() -> None:
+    isolate = _session_isolate(memory_limit_mb=64)
+    ran_at: list[float] = []
+    with isolate.session():
+        isolate.call("later", 7, cpu_budget_ms=100)
+        isolate.call("later", 8, cpu_budget_ms=100)  # compiled once, run again: microtasks still run after it
+        assert isolate.call("read", cpu_budget_ms=100) == 8
+        other = threading.Thread(target=lambda: ran_at.append(isolate.run_script("1", "other.js") and time.monotonic()))
+        other.start()
+        time.sleep(0.1)
+        assert ran_at == []  # another thread waits for the session to end
+        ended = time.monotonic()
+    other.join()
+    assert ran_at and ran_at[0] >= ended
+    with isolate.session():
+        assert isolate.call("hold", 8, cpu_budget_ms=1000) == 8
+        with pytest.raises(MemoryLimitExceeded):  # the call that crossed the limit is the one that fails
+            isolate.call("hold", 100, cpu_budget_ms=5000)
+    isolate.dispose()

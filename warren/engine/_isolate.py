@@ -376,17 +376,34 @@ _allow_wasm_codegen = _AllowWasmCodeGenerationCallback(_on_wasm_codegen)
 # --- CPU watchdog -------------------------------------------------------------
 
 
+_thread_state = threading.local()
+
+
+def _thread_clock() -> int:
+    """The calling thread's CPU clock, looked up once per thread."""
+    clock: int | None = getattr(_thread_state, "clock", None)
+    if clock is None:
+        clock = _thread_state.clock = time.pthread_getcpuclockid(threading.get_ident())
+    return clock
+
+
 class _Slice:
-    """One stretch of JavaScript running on one thread, with its CPU budget."""
+    """Where one thread holding an isolate runs its slices of JavaScript, one at a time.
+
+    A slot lives as long as the thread's hold on the isolate (one call, or a
+    session of many), so the watchdog learns of it once; each slice sets its
+    own CPU budget and start through ``_Watchdog.start``, and ``running`` says
+    whether a slice is running now (only then can it be terminated).
+    """
 
     __slots__ = ("budget_s", "clock_id", "cpu_start", "isolate", "running")
 
-    def __init__(self, isolate: Isolate, budget_s: float) -> None:
+    def __init__(self, isolate: Isolate, clock_id: int) -> None:
         self.isolate = isolate
-        self.clock_id = time.pthread_getcpuclockid(threading.get_ident())
-        self.cpu_start = time.clock_gettime(self.clock_id)
-        self.budget_s = budget_s
-        self.running = True
+        self.clock_id = clock_id
+        self.cpu_start = 0.0
+        self.budget_s = 0.0
+        self.running = False
 
     def cpu_used(self) -> float:
         return time.clock_gettime(self.clock_id) - self.cpu_start
@@ -406,7 +423,8 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._slices: set[_Slice] = set()
-        self._wakeup = threading.Condition()
+        self._lock = threading.Lock()  # taken directly where no wait is needed: Condition's own methods cost more
+        self._wakeup = threading.Condition(self._lock)
         self._sleeping_until = float("inf")
         thread = threading.Thread(target=self._run, name="warren-cpu-watchdog", daemon=True)
         thread.start()
@@ -417,21 +435,31 @@ class _Watchdog:
             cls._instance = _Watchdog()
         return cls._instance
 
-    def add(self, running: _Slice) -> None:
-        with self._wakeup:
-            self._slices.add(running)
-            if time.monotonic() + running.budget_s < self._sleeping_until:
+    def start(self, slot: _Slice, budget_s: float) -> None:
+        """A slice starts in ``slot`` with this budget; its CPU time counts from now.
+
+        Budget and start change under the lock the watchdog reads them under,
+        so it never judges a slice by another one's budget.
+        """
+        with self._lock:
+            slot.cpu_start = time.clock_gettime(slot.clock_id)
+            slot.budget_s = budget_s
+            slot.running = True
+            self._slices.add(slot)
+            if time.monotonic() + budget_s < self._sleeping_until:
                 self._wakeup.notify()
 
-    def remove(self, running: _Slice) -> None:
-        with self._wakeup:
-            self._slices.discard(running)
+    def remove(self, slot: _Slice) -> None:
+        with self._lock:
+            self._slices.discard(slot)
 
     def _run(self) -> None:
         with self._wakeup:
             while True:
                 soonest = float("inf")
                 for running in list(self._slices):
+                    if not running.running:  # its thread is between two slices
+                        continue
                     try:
                         left = running.budget_s - running.cpu_used()
                     except OSError:  # the thread ended between snapshot and read
@@ -499,20 +527,23 @@ HostFunction = Callable[..., Primitive]
 # Entry points are called through a script, not through stpyv8's function
 # objects: a call through those aborts the process (ToLocalChecked on an empty
 # result) when the watchdog terminates it, while a script evaluation unwinds.
-# The script's arguments come from a queue only the engine fills, so a tenant
-# calling the trampoline itself gets nothing. They cross in one call back into
-# Python, packed as JSON: each call from the JS thread takes the GIL, and
-# waits for it while the event loop's thread runs (a dozen such calls per
-# request cost more than the request's JavaScript). Long strings and numbers
-# JSON cannot carry follow one call each ({} marks where).
+# The script's arguments are packed as JSON into a box that only the engine
+# and the trampoline hold, which empties it as it reads, so a tenant calling
+# the trampoline itself gets nothing. The engine fills the box from Python:
+# each call back into Python from the JS thread takes the GIL, and waits for
+# it while the event loop's thread runs (a dozen such calls per request cost
+# more than the request's JavaScript). Long strings and numbers JSON cannot
+# carry follow one call back each ({} marks where), from a queue only the engine fills.
 _CALL_SOURCE = "__warrenCall()"
 _TRAMPOLINE = """(function (next) {
   "use strict";
   const entries = new Map();
   const parse = JSON.parse;
   const apply = Reflect.apply;
+  const box = Object.create(null);
   Object.defineProperty(globalThis, "__warrenCall", { value: function () {
-    const packed = next();
+    const packed = box.packed;
+    box.packed = undefined;
     if (typeof packed !== "string") return undefined;
     const items = parse(packed);
     for (let i = 0; i < items.length; i++) {
@@ -536,16 +567,23 @@ _TRAMPOLINE = """(function (next) {
     }
     return undefined;
   } });
+  return box;
 })"""
 # Strings longer than this cross on their own: JSON would escape a latin-1 body's upper half six-fold.
 _PACKED_STRING_LIMIT = 4096
-_pack = json.JSONEncoder(separators=(",", ":")).encode
-_SEPARATE: dict[str, Any] = {}  # stands for an item that follows on its own
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps writes a string as
+_float_text = float.__repr__  # and a float, and an int
+_int_text = int.__repr__
 
 
 def _pack_items(items: tuple[Primitive, ...]) -> tuple[str, list[Primitive]]:
-    """The JSON the trampoline parses, and the items that follow it one by one."""
-    inline: list[Any] = []
+    """The JSON the trampoline parses, and the items that follow it one by one.
+
+    Written item by item as ``json.dumps`` would (a JSON encoder is built anew
+    on each of its calls, which costs more than the writing): {} marks an item
+    that follows on its own.
+    """
+    parts: list[str] = []
     separate: list[Primitive] = []
     item: Any
     for item in items:
@@ -554,11 +592,25 @@ def _pack_items(items: tuple[Primitive, ...]) -> tuple[str, list[Primitive]]:
             # What the engine never passes: a subclass as its base type, anything else as null.
             item = _primitive_value(item)
             kind = type(item)
-        if (kind is str and len(item) > _PACKED_STRING_LIMIT) or (kind is float and not math.isfinite(item)):
-            separate.append(item)
-            item = _SEPARATE
-        inline.append(item)
-    return _pack(inline), separate
+        if kind is str:
+            if len(item) > _PACKED_STRING_LIMIT:
+                separate.append(item)
+                parts.append("{}")
+            else:
+                parts.append(_json_string(item))
+        elif kind is float:
+            if math.isfinite(item):
+                parts.append(_float_text(item))
+            else:
+                separate.append(item)
+                parts.append("{}")
+        elif kind is int:
+            parts.append(_int_text(item))
+        elif item is None:
+            parts.append("null")
+        else:
+            parts.append("true" if item else "false")
+    return "[" + ",".join(parts) + "]", separate
 
 
 def _primitive_value(item: Any) -> Primitive:
@@ -583,13 +635,20 @@ _WASM_COMPILER = """(function (gate) {
 })"""
 
 
+_PLAIN_TYPES = frozenset({str, bool, int, float, type(None)})
+
+
 def _guard_host_function(name: str, function: HostFunction) -> Callable[..., Primitive]:
     # A Python exception or object must never reach tenant code: stpyv8 would
     # wrap it, and a wrapped Python object exposes its class and globals.
     def guarded(*args: Any) -> Primitive:
-        # Objects would hand Python a handle into the isolate that could outlive it.
-        plain = [arg if arg is None or isinstance(arg, (str, bool, int, float)) else None for arg in args]
-        del args
+        plain: Any = args
+        for arg in args:
+            if type(arg) not in _PLAIN_TYPES:
+                # Objects would hand Python a handle into the isolate that could outlive it.
+                plain = [arg if arg is None or isinstance(arg, (str, bool, int, float)) else None for arg in args]
+                del args, arg
+                break
         try:
             result = function(*plain)
         except Exception as exc:
@@ -606,9 +665,10 @@ class Isolate:
     """One V8 isolate with one context.
 
     Any thread may use it, one at a time (a V8 Locker and a Python lock are
-    taken around each use). ``call`` and ``run_script`` run JavaScript under a
-    CPU budget; past it, or past the heap limit, they raise a subclass of
-    ``IsolateTerminated`` and the isolate must be disposed.
+    taken around each use, or once around a ``session`` of several). ``call``
+    and ``run_script`` run JavaScript under a CPU budget; past it, or past the
+    heap limit, they raise a subclass of ``IsolateTerminated`` and the isolate
+    must be disposed.
 
     WebAssembly cannot be compiled from bytes, except by the function
     ``globalThis.__warrenCompileWasm(bytes)`` that every new isolate has: code
@@ -624,7 +684,14 @@ class Isolate:
         self._kill_lock = threading.Lock()
         self._memory_limit_bytes = memory_limit_mb * 1024 * 1024
         self._pending: deque[Primitive] = deque()
-        self._slice: _Slice | None = None
+        self._slice: _Slice | None = None  # while a slice runs: the slot it runs in
+        self._slot: _Slice | None = None  # the slot of the thread that last ran a slice
+        self._owner: int | None = None  # the thread holding the isolate entered
+        self._heap_stats = (ctypes.c_size_t * _HEAP_STATS_WORDS)()
+        self._pumped = False  # V8's tasks for the isolate have run since it was entered
+        self._call_engine: Any = None
+        self._call_script: Any = None
+        self._box: Any = None
         self._killed: str | None = None
         self._oom_grants = 0
         self._wasm_gate_open = False
@@ -657,16 +724,24 @@ class Isolate:
             # quarter of a millisecond per isolate.
             engine = _guard_host_function("engine", self._engine_call)
             install = self._ctx.eval(_TRAMPOLINE)
-            install(engine)
+            self._box = install(engine)
             install = self._ctx.eval(_WASM_COMPILER)
             install(engine)
             del install
+            # The trampoline's script, compiled once: ``eval`` would compile it
+            # again (a cache hit, but with the GIL given up and taken back) on
+            # every call. The script object refers to the engine object it came from.
+            self._call_engine = _v8.JSEngine()
+            self._call_script = self._call_engine.compile(_CALL_SOURCE, "warren:call")
             self._ctx.leave()
 
     # -- entering --
 
     @contextmanager
     def _entered(self) -> Iterator[None]:
+        if self._owner == threading.get_ident():  # inside this thread's session: entered already
+            yield
+            return
         if self._disposed:
             raise EngineError("isolate is disposed")
         assert _v8 is not None
@@ -677,55 +752,88 @@ class Isolate:
             context = self._ctx
             if context is not None:
                 context.enter()
+            self._owner = threading.get_ident()
+            self._pumped = False
             try:
                 yield
             finally:
+                self._owner = None
+                if self._slot is not None:
+                    _Watchdog.instance().remove(self._slot)
                 if context is not None:
                     context.leave()
                 self._iso.leave()
                 locker.leave()
 
-    def _run(self, cpu_budget_ms: float, action: Callable[[], Any]) -> Primitive:
-        assert _api is not None
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Hold the isolate on this thread for several calls.
+
+        Each call inside still runs under its own CPU budget, is charged its
+        own CPU time and has its memory checked; what it saves is taking and
+        giving back the isolate (V8's Locker, the isolate, the context) around
+        each one. Other threads wait for the session to end, so keep it to one
+        batch of work; dispose the isolate after it, not inside. On a disposed
+        isolate it holds nothing, and each call raises as it would outside.
+        """
+        if self._disposed:
+            yield
+            return
         with self._entered():
-            running = _Slice(self, cpu_budget_ms / 1000.0)
-            self._slice = running
-            _Watchdog.instance().add(running)
-            failure: BaseException | None = None
-            result: Any = None
-            try:
-                result = action()
-            except BaseException as exc:
-                failure = exc
-            finally:
-                # A slice terminated inside compileWasm never ran its finally.
-                self._wasm_gate_open = False
-                with self._kill_lock:
-                    running.running = False
-                    self._slice = None
-                _Watchdog.instance().remove(running)
-                self.last_cpu_seconds = running.cpu_used()
-            killed = self._killed
-            if killed is not None:
-                _api.cancel_terminate(self._ptr)
-            else:
+            yield
+
+    def _run(self, cpu_budget_ms: float, action: Callable[..., Any], argument: Any = None) -> Primitive:
+        """``action(argument)`` as one slice: under the budget, charged, its memory checked."""
+        if self._owner == threading.get_ident():
+            return self._run_entered(cpu_budget_ms, action, argument)
+        with self._entered():
+            return self._run_entered(cpu_budget_ms, action, argument)
+
+    def _run_entered(self, cpu_budget_ms: float, action: Callable[..., Any], argument: Any) -> Primitive:
+        assert _api is not None
+        watchdog = _Watchdog.instance()
+        slot = self._slot
+        clock = _thread_clock()
+        if slot is None or slot.clock_id != clock:
+            if slot is not None:
+                watchdog.remove(slot)
+            slot = self._slot = _Slice(self, clock)
+        self._slice = slot
+        watchdog.start(slot, cpu_budget_ms / 1000.0)
+        failure: BaseException | None = None
+        result: Any = None
+        try:
+            result = action(argument)
+        except BaseException as exc:
+            failure = exc
+        finally:
+            # A slice terminated inside compileWasm never ran its finally.
+            self._wasm_gate_open = False
+            with self._kill_lock:
+                slot.running = False
+                self._slice = None
+            self.last_cpu_seconds = slot.cpu_used()
+        killed = self._killed
+        if killed is not None:
+            _api.cancel_terminate(self._ptr)
+        else:
+            self.memory_bytes = self._measure_memory()
+            if self.memory_bytes > self._memory_limit_bytes:
+                # Dead ArrayBuffers count until a collection frees them;
+                # only live memory over the limit fails the script.
+                _api.low_memory_notification(self._ptr)
                 self.memory_bytes = self._measure_memory()
-                if self.memory_bytes > self._memory_limit_bytes:
-                    # Dead ArrayBuffers count until a collection frees them;
-                    # only live memory over the limit fails the script.
-                    _api.low_memory_notification(self._ptr)
-                    self.memory_bytes = self._measure_memory()
-                if self.memory_bytes > self._memory_limit_bytes:
-                    killed = self._killed = "memory"
-            if killed == "cpu":
-                raise CpuLimitExceeded(f"script exceeded its CPU time limit ({cpu_budget_ms:g} ms)")
-            if killed is not None:
-                raise MemoryLimitExceeded("script exceeded its memory limit")
-            if failure is not None:
-                if isinstance(failure, EngineError):
-                    raise failure
-                raise _script_error(failure) from None
-            return _primitive(result)
+            if self.memory_bytes > self._memory_limit_bytes:
+                killed = self._killed = "memory"
+        if killed == "cpu":
+            raise CpuLimitExceeded(f"script exceeded its CPU time limit ({cpu_budget_ms:g} ms)")
+        if killed is not None:
+            raise MemoryLimitExceeded("script exceeded its memory limit")
+        if failure is not None:
+            if isinstance(failure, EngineError):
+                raise failure
+            raise _script_error(failure) from None
+        return _primitive(result)
 
     def _kill(self, reason: str, only: _Slice | None = None) -> None:
         """Terminate running JavaScript. Safe from any thread."""
@@ -745,7 +853,7 @@ class Isolate:
 
     def _measure_memory(self) -> int:
         assert _api is not None
-        stats = (ctypes.c_size_t * _HEAP_STATS_WORDS)()
+        stats = self._heap_stats
         _api.heap_statistics(self._ptr, stats)
         return int(stats[_HEAP_USED] + max(0, stats[_HEAP_EXTERNAL] - self._shared_source_bytes))
 
@@ -759,7 +867,7 @@ class Isolate:
     def run_script(self, source: str, filename: str, *, cpu_budget_ms: float = 1000.0) -> Primitive:
         """Compile and run a classic script; returns its completion value if primitive."""
 
-        def action() -> Any:
+        def action(_: None) -> Any:
             assert _v8 is not None
             result = self._ctx.eval(source, filename)
             return result if isinstance(result, (str, bool, int, float)) or result is None else None
@@ -781,7 +889,7 @@ class Isolate:
             return
         resource, size = made
 
-        def action() -> None:
+        def action(_: None) -> None:
             assert shared is not None
             if shared.run_script(self._ptr, resource, filename):
                 self._shared_source_bytes += size
@@ -799,7 +907,7 @@ class Isolate:
         deleted from the global; tenant code never sees a Python object.
         """
 
-        def action() -> None:
+        def action(_: None) -> None:
             self._ctx.eval(f"globalThis[{global_name!r}] = Object.create(null); undefined")
             for name, function in functions.items():
                 self._define(global_name, name, _guard_host_function(name, function))
@@ -819,17 +927,23 @@ class Isolate:
         return self._pending.popleft() if self._pending else None
 
     def _trampoline(self, cpu_budget_ms: float, *items: Primitive) -> Primitive:
-        packed, separate = _pack_items(items)
+        return self._run(cpu_budget_ms, self._call_packed, _pack_items(items))
 
-        def action() -> Any:
-            self._pending.append(packed)
+    def _call_packed(self, packing: tuple[str, list[Primitive]]) -> Any:
+        packed, separate = packing
+        self._box.packed = packed
+        if separate:
             self._pending.extend(separate)
-            try:
-                return self._ctx.eval(_CALL_SOURCE, "warren:call")
-            finally:
+        try:
+            if self._pumped:
+                return self._call_script.run()
+            # ``eval`` also runs the tasks V8 posted for the isolate (FinalizationRegistry
+            # callbacks, GC jobs): once per hold of the isolate, under a slice's budget.
+            self._pumped = True
+            return self._ctx.eval(_CALL_SOURCE, "warren:call")
+        finally:
+            if separate:
                 self._pending.clear()
-
-        return self._run(cpu_budget_ms, action)
 
     def take_entry_point(self, global_name: str) -> None:
         """Move a global function into the engine's private table of entry points."""
@@ -855,6 +969,8 @@ class Isolate:
         """Free the isolate. It must not be running; afterwards it cannot be used."""
         if self._disposed:
             return
+        if self._owner == threading.get_ident():
+            raise EngineError("an isolate cannot be disposed inside its session")
         assert _v8 is not None
         with self._lock:
             # Every handle into the isolate must be released while it is
@@ -864,6 +980,9 @@ class Isolate:
             self._iso.enter()
             self._pending.clear()
             self._define = None
+            self._box = None
+            self._call_script = None
+            self._call_engine = None
             self._ctx = None
             self._iso.leave()
             locker.leave()

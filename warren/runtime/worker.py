@@ -501,43 +501,49 @@ class Worker:
     def _enter_batch(self, batch: list[tuple[int | None, tuple[Any, ...], bool]], outcome: list[Any]) -> None:
         """On the JS thread: the batch's slices one after the other, each under its own
         CPU budget and charged as it ends, until one is terminated or the batch has used
-        BATCH_CPU_S (a worker busy for long gives the thread up between slices)."""
-        used_total = 0.0
-        for request_id, args, charged in batch:
-            if self.broken or self._isolate is None:
+        BATCH_CPU_S (a worker busy for long gives the thread up between slices). The isolate
+        is held for the whole batch: taking and giving it back costs more than a small slice."""
+        isolate = self._isolate
+        if isolate is None:
+            outcome[0] += len(batch)
+            return
+        with isolate.session():
+            used_total = 0.0
+            for request_id, args, charged in batch:
+                if self.broken or self._isolate is None:
+                    outcome[0] += 1
+                    continue
+                invocation = self._invocations.get(request_id) if request_id is not None else None
+                budget = self.script.cpu_ms
+                if not charged:
+                    budget = TRANSFER_BUDGET_MS
+                elif invocation is not None:
+                    budget = max(0.0, self.script.cpu_ms - (invocation.cpu_seconds - invocation.cpu_base) * 1000.0)
+                self._current = request_id
+                self._log_bytes.pop(None, None)
+                mark = len(self._effects)
+                failure: BaseException | None = None
+                try:
+                    self._enter(budget, args)
+                except (IsolateTerminated, ScriptError, EngineError) as exc:
+                    failure = exc
+                # Charged before anything reports the invocation's cost.
+                used = self._isolate.last_cpu_seconds if self._isolate is not None else 0.0
+                self.cpu_seconds_total += used
+                if invocation is not None and charged:
+                    invocation.cpu_seconds += used
+                self._current = None
                 outcome[0] += 1
-                continue
-            invocation = self._invocations.get(request_id) if request_id is not None else None
-            budget = self.script.cpu_ms
-            if not charged:
-                budget = TRANSFER_BUDGET_MS
-            elif invocation is not None:
-                budget = max(0.0, self.script.cpu_ms - (invocation.cpu_seconds - invocation.cpu_base) * 1000.0)
-            self._current = request_id
-            self._log_bytes.pop(None, None)
-            mark = len(self._effects)
-            failure: BaseException | None = None
-            try:
-                self._enter(budget, args)
-            except (IsolateTerminated, ScriptError, EngineError) as exc:
-                failure = exc
-            # Charged before anything reports the invocation's cost.
-            used = self._isolate.last_cpu_seconds if self._isolate is not None else 0.0
-            self.cpu_seconds_total += used
-            if invocation is not None and charged:
-                invocation.cpu_seconds += used
-            self._current = None
-            outcome[0] += 1
-            if isinstance(failure, IsolateTerminated):
-                outcome[1:4] = [failure, request_id, mark]
-                return
-            if failure is not None:
-                self._effects.append(("log", None, "error", f"warren runtime error: {failure}"))
-            used_total += used
-            if used_total >= BATCH_CPU_S or any(effect[0] == "op" for effect in self._effects[mark:]):
-                # A slice that started host operations ends the batch: they start (and a
-                # timer of 0 ms fires) before the next slice runs, as they would one slice per trip.
-                return
+                if isinstance(failure, IsolateTerminated):
+                    outcome[1:4] = [failure, request_id, mark]
+                    return
+                if failure is not None:
+                    self._effects.append(("log", None, "error", f"warren runtime error: {failure}"))
+                used_total += used
+                if used_total >= BATCH_CPU_S or any(effect[0] == "op" for effect in self._effects[mark:]):
+                    # A slice that started host operations ends the batch: they start (and a
+                    # timer of 0 ms fires) before the next slice runs, as they would one slice per trip.
+                    return
 
     def _enter(self, budget_ms: float, args: tuple[Any, ...]) -> None:
         assert self._isolate is not None
