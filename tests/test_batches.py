@@ -1,0 +1,71 @@
+"""A worker's queued requests run in batches, one trip to a JS thread each, whose
+responses leave when the batch ends: batches are bounded so responses keep flowing."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
+
+
+class Reply:
+    def __init__(self, turns: list[int], index: int, done: asyncio.Future[None]) -> None:
+        self.turns, self.index, self.done_future = turns, index, done
+
+    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+
+    def body(self, chunk: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def error(self, status: int, message: str) -> None:
+        self.status = status
+
+    def log(self, level: str, message: str) -> None:
+        pass
+
+    def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
+        self.turns[self.index] = TURN[0]
+        if all(turn >= 0 for turn in self.turns):
+            self.done_future.set_result(None)
+
+
+TURN = [0]  # turns of the event loop so far
+
+
+def test_queued_requests_answer_in_bounded_batches() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            TURN[0] += 1
+            loop.call_soon(tick)
+
+        tick()
+        executor = ThreadPoolExecutor(1)
+        compiler = Compiler()
+        worker = Worker(
+            WorkerScript(name="quick", source="export default { fetch: () => new Response('ok') };"),
+            executor, compiler, lambda *a: None,
+        )
+        await worker.start()
+        count = 48  # ~1 ms of JavaScript: within one batch's CPU allowance (2 ms)
+        turns = [-1] * count
+        finished: asyncio.Future[None] = loop.create_future()
+        for index in range(count):  # all queued before the first batch starts
+            worker.fetch(IncomingRequest(index + 1, "GET", "http://x/", []), Reply(turns, index, finished))
+        await asyncio.wait_for(finished, 30)
+        # Answered in order, a batch at a time: never more than 16 in one turn.
+        assert turns == sorted(turns)
+        per_turn = [turns.count(turn) for turn in sorted(set(turns))]
+        assert max(per_turn) <= 16, per_turn
+        assert len(per_turn) >= 3, per_turn
+        await worker.close()
+        compiler.close()
+        executor.shutdown()
+
+    asyncio.run(scenario())
