@@ -84,6 +84,53 @@ def test_binary_bodies_round_trip(dev: Any) -> None:
     assert response.content == payload[::-1]
 
 
+def test_small_bodies_read_every_way(dev: Any) -> None:
+    # Small bodies reach the worker whole with the event (up to 64 KiB), larger ones stream
+    # from the host: both read the same through every reader.
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              async fetch(request) {
+                const how = new URL(request.url).searchParams.get("how");
+                const copy = request.clone();
+                let bytes;
+                if (how === "stream") {
+                  const reader = request.body.getReader();
+                  const parts = [];
+                  for (;;) { const { done, value } = await reader.read(); if (done) break; parts.push(...value); }
+                  bytes = new Uint8Array(parts);
+                } else if (how === "text") {
+                  bytes = new TextEncoder().encode(await request.text());
+                } else {
+                  bytes = new Uint8Array(await request.arrayBuffer());
+                }
+                const again = new Uint8Array(await copy.arrayBuffer());
+                let sum = 0;
+                for (const byte of bytes) sum = (sum * 31 + byte) >>> 0;
+                return Response.json({ length: bytes.length, sum, same: again.length === bytes.length, used: request.bodyUsed });
+              },
+            };
+            """
+        }
+    )
+
+    def expected(payload: bytes) -> int:
+        total = 0
+        for byte in payload:
+            total = (total * 31 + byte) & 0xFFFFFFFF
+        return total
+
+    for size in (1, 255, 64 * 1024, 64 * 1024 + 1):
+        payload = bytes(index % 256 for index in range(size))
+        for how in ("buffer", "stream"):
+            answer = server.request("POST", f"/?how={how}", content=payload).json()
+            assert answer == {"length": size, "sum": expected(payload), "same": True, "used": True}, (size, how)
+    text = "héllo wörld ✓".encode()
+    answer = server.request("POST", "/?how=text", content=text).json()
+    assert answer["length"] == len(text) and answer["sum"] == expected(text)
+
+
 def test_env_vars_from_wrangler_toml(dev: Any) -> None:
     server = dev(
         {

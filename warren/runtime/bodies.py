@@ -53,6 +53,16 @@ class QueueBody:
         self._failure: str | None = None
         self._ready = asyncio.Event()
         self.buffered = 0
+        self.taken = False  # some of it was read, or all by whole()
+
+    def whole(self, limit: int) -> bytes | None:
+        """All of the body, taken, if it has ended, is at most ``limit`` bytes and nobody read any."""
+        if not self._ended or self._failure is not None or self.buffered > limit or self.taken:
+            return None
+        self.taken = True
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
 
     def feed(self, chunk: bytes) -> None:
         if chunk and not self._ended:
@@ -78,6 +88,7 @@ class QueueBody:
             self._ready.clear()
             await self._ready.wait()
         chunk = self._chunks.popleft()
+        self.taken = True
         if len(chunk) > max_bytes:
             self._chunks.appendleft(chunk[max_bytes:])
             chunk = chunk[:max_bytes]

@@ -16,6 +16,8 @@ from warren.server.websockets import serve_websocket
 
 MAX_REQUEST_BODY = 100 * 1024 * 1024
 MAX_HEADER_BYTES = 128 * 1024
+# A request body this small, with its Content-Length, goes to the runtime with the head.
+INLINE_REQUEST_BODY = 64 * 1024
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -147,10 +149,33 @@ class EdgeApp:
         cf, headers = self.visitors.describe(
             client[0] if client else None, headers, scope.get("scheme", "http"), scope.get("http_version", "1.1")
         )
+        first: dict[str, Any] | None = None
+        inline_size = int(declared) if declared is not None and "transfer-encoding" not in lookup else -1
+        if has_body and 0 < inline_size <= INLINE_REQUEST_BODY:
+            # A small body is usually here with the head: it goes to the runtime in one frame
+            # with it, and the worker gets it whole with the event (no read back from the host).
+            first = dict(await receive())
+            if first["type"] == "http.disconnect":
+                return
+            if not first.get("more_body", False):
+                body = first.get("body", b"")
+                if len(body) == inline_size:
+                    exchange = await self.supervisor.open_exchange(
+                        target, scope["method"], url, headers, True, cf=cf, body=body
+                    )
+                    await self._respond_to(exchange, send, None, receive)
+                    return
         exchange = await self.supervisor.open_exchange(target, scope["method"], url, headers, has_body, cf=cf)
         # The pump forwards the request body, then watches for the client leaving; without a
         # body it starts only for a streamed response (the one case where leaving must stop work).
-        pump = asyncio.get_running_loop().create_task(self._pump_body(receive, exchange, True)) if has_body else None
+        pump = None
+        if has_body:
+            pump = asyncio.get_running_loop().create_task(self._pump_body(receive, exchange, True, first))
+        await self._respond_to(exchange, send, pump, receive)
+
+    async def _respond_to(
+        self, exchange: Exchange, send: Send, pump: asyncio.Task[None] | None, receive: Receive
+    ) -> None:
         try:
             await self._respond(exchange, send, pump, receive)
         except _ClientGone:
@@ -159,14 +184,17 @@ class EdgeApp:
             if pump is not None and not pump.done():
                 pump.cancel()
 
-    async def _pump_body(self, receive: Receive, exchange: Exchange, has_body: bool) -> None:
-        """Forward the request body, then keep listening: a client that leaves cancels the exchange."""
+    async def _pump_body(
+        self, receive: Receive, exchange: Exchange, has_body: bool, first: dict[str, Any] | None = None
+    ) -> None:
+        """Forward the request body (``first``: its first message, already received), then keep
+        listening: a client that leaves cancels the exchange."""
         if not has_body:
             await self._watch_disconnect(receive, exchange)
             return
         received = 0
         while True:
-            message = await receive()
+            message, first = (first, None) if first is not None else (await receive(), None)
             if message["type"] == "http.disconnect":
                 exchange.cancel()
                 return

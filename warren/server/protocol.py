@@ -34,6 +34,8 @@ class Kind(enum.IntEnum):
     CANCEL = 6  # the client went away
     RESULT = 7  # the result of a CALL (warren.bindings.encode_message)
     CREDIT = 8  # {bytes}: the client took this much of the response body; send more
+    # a REQUEST whose whole (small) body follows its head: 4 bytes of head length, head, body
+    REQUEST_WITH_BODY = 9
     # runtime -> supervisor
     LOADED = 20  # {key, error: null | {message, filename, line, column}}
     HEAD = 21  # {status, headers}
@@ -56,6 +58,16 @@ def encode(kind: Kind, stream: int, payload: bytes = b"") -> bytes:
 
 def encode_json(kind: Kind, stream: int, value: Any) -> bytes:
     return encode(kind, stream, json.dumps(value, separators=(",", ":")).encode())
+
+
+def encode_request_with_body(stream: int, head: dict[str, Any], body: bytes) -> bytes:
+    encoded = json.dumps(head, separators=(",", ":")).encode()
+    return encode(Kind.REQUEST_WITH_BODY, stream, len(encoded).to_bytes(4, "big") + encoded + body)
+
+
+def decode_request_with_body(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    length = int.from_bytes(payload[:4], "big")
+    return json.loads(payload[4 : 4 + length]), payload[4 + length :]
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[Kind, int, bytes] | None:

@@ -30,7 +30,7 @@ from warren.runtime.bodies import QueueBody
 from warren.runtime.pool import DEFAULT_POOL_SIZE, IsolatePool
 from warren.runtime.subrequests import Fetcher, SubrequestPolicy
 from warren.server import websockets
-from warren.server.protocol import BODY_CHUNK, FrameChannel, Kind, encode, encode_json
+from warren.server.protocol import BODY_CHUNK, FrameChannel, Kind, decode_request_with_body, encode, encode_json
 
 ACTIVITY_SLOTS = 16
 ACTIVITY_SLOT_SIZE = 128
@@ -416,6 +416,8 @@ class RuntimeServer:
         """One frame from the supervisor, handled in the order frames arrive."""
         if kind == Kind.REQUEST:
             self._request(stream, json.loads(payload))
+        elif kind == Kind.REQUEST_WITH_BODY:
+            self._request(stream, *decode_request_with_body(payload))
         elif kind == Kind.RESULT:
             header, data = decode_message(payload)
             waiting = self._calls.get(int(header.get("call", 0)))
@@ -503,10 +505,13 @@ class RuntimeServer:
             self._workers.pop(key, None)  # the next request retries, and reports again
         self.send(encode_json(Kind.LOADED, stream, {"key": key, "error": error}))
 
-    def _request(self, stream: int, head: dict[str, Any]) -> None:
+    def _request(self, stream: int, head: dict[str, Any], whole_body: bytes | None = None) -> None:
         key = head["key"]
         body = QueueBody() if head["has_body"] else None
-        if body is not None:
+        if whole_body is not None and body is not None:  # nothing follows it
+            body.feed(whole_body)
+            body.finish()
+        elif body is not None:
             self._bodies[stream] = body
         reply = _FrameReply(self, stream)
         self._replies[stream] = reply

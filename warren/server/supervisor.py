@@ -26,7 +26,7 @@ from warren.bindings import MAX_CALL_DEPTH, BindingCall, BindingError, BindingHo
 from warren.bindings.cache import CacheHandler
 from warren.runtime import ScriptLoadError, WorkerScript
 from warren.runtime.subrequests import SubrequestPolicy
-from warren.server.protocol import BODY_CHUNK, FrameChannel, Kind, encode, encode_json
+from warren.server.protocol import BODY_CHUNK, FrameChannel, Kind, encode, encode_json, encode_request_with_body
 from warren.server.runtime_process import ACTIVITY_SLOT_SIZE, ACTIVITY_SLOTS, read_activity
 from warren.server.websockets import HeldSockets
 
@@ -133,6 +133,7 @@ class Exchange:
         self.status = 0
         self.body_ended = False
         self.replay: list[bytes] | None = []
+        self.inline_body: bytes | None = None  # a small body sent whole with the head
         self.replay_size = 0
         self.retried = False
         self.finished = False
@@ -259,7 +260,10 @@ class RuntimeProcess:
         exchange.process = self
         self.exchanges[exchange.stream] = exchange
         self.ensure_loaded(exchange.key)
-        self.send(encode_json(Kind.REQUEST, exchange.stream, exchange.head))
+        if exchange.inline_body is not None:
+            self.send(encode_request_with_body(exchange.stream, exchange.head, exchange.inline_body))
+        else:
+            self.send(encode_json(Kind.REQUEST, exchange.stream, exchange.head))
 
     async def _read(self, channel: FrameChannel) -> None:
         await channel.closed  # frames go to _dispatch as they arrive
@@ -572,18 +576,26 @@ class Supervisor:
         depth: int = 0,
         cf: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        body: bytes | None = None,
     ) -> Exchange:
         """Send a request to the version ``key`` (which must be loaded).
 
         ``extra`` head fields make it another kind of invocation (warren.bindings.service,
         warren.triggers.consumer): ``event`` "rpc" or "queue", ``entrypoint``, ``name``.
+        ``body``, when the whole (small) body is at hand, goes with the head in one frame;
+        otherwise a body (``has_body``) follows through ``send_body`` and ``end_body``.
         """
+        has_body = has_body or body is not None
         head = {"key": key, "method": method, "url": url, "headers": headers, "has_body": has_body, "depth": depth}
         if extra:
             head.update(extra)
         if cf is not None:
             head["cf"] = cf
         exchange = Exchange(self.next_stream(), self.scripts[key].name, key, head)
+        if body is not None:
+            exchange.inline_body = body
+            exchange.bytes_in = len(body)
+            exchange.body_ended = True
         process = await self._process_for(key)
         process.start_exchange(exchange)
         return exchange

@@ -629,7 +629,8 @@
       .finally(answered);
   }
 
-  function dispatchFetch(requestId, method, url, headersJSON, bodyHandle, cfJSON, entrypoint) {
+  // A small body that arrived whole comes as a latin-1 string (bodyLatin1), not a handle.
+  function dispatchFetch(requestId, method, url, headersJSON, bodyHandle, cfJSON, entrypoint, bodyLatin1) {
     const { ctx, answered } = invocation(requestId);
     let result;
     try {
@@ -638,9 +639,10 @@
         throw new Error(entrypoint ? `The worker has no entrypoint "${entrypoint}" with a fetch() handler.`
           : "The worker has no fetch() handler.");
       }
-      const reader = bodyHandle ? hostReader(bodyHandle) : null;
+      const body = bodyHandle ? hostReader(bodyHandle)
+        : typeof bodyLatin1 === "string" ? internals.latin1ToBytes(bodyLatin1) : null;
       const cf = cfJSON ? JSON.parse(cfJSON) : undefined;
-      const request = internals.requestFromHost(method, url, JSON.parse(headersJSON), reader, cf);
+      const request = internals.requestFromHost(method, url, JSON.parse(headersJSON), body, cf);
       result = Promise.resolve(handler(request, ctx));
     } catch (error) {
       result = Promise.reject(error);
@@ -873,13 +875,13 @@
     onComplete(ok, value, bytes);
   }
 
-  globalThis.__warrenEnter = function (now, kind, a, b, c, d, e, f, g) {
+  globalThis.__warrenEnter = function (now, kind, a, b, c, d, e, f, g, h) {
     frozenNow = now;
     switch (kind) {
       case "complete": return complete(a, b, c, d);
       case "stash": return stash(a, b, c);
       case "pull": return pull(a, b, c);
-      case "fetch": return dispatchFetch(a, b, c, d, e, f, g);
+      case "fetch": return dispatchFetch(a, b, c, d, e, f, g, h);
       case "scheduled": return dispatchScheduled(a, b, c);
       case "rpc": return dispatchRpc(a, b, c, d);
       case "queue": return dispatchQueue(a, b, c);

@@ -2322,7 +2322,7 @@ globalThis.__warrenWebAPI = function install(global, internals) {
       method: NORMALIZED_METHODS.has(upper) ? upper : method,
       url: parseURL(toUSVString(url), 'requestFromHost').href,
       headers: headersWithGuard(headerPairs, 'immutable'),
-      body: reader ? new BodySource(null, reader) : null,
+      body: reader instanceof Uint8Array ? new BodySource(reader) : reader ? new BodySource(null, reader) : null,
       redirect: 'follow',
       cf,
       signal: undefined,
