@@ -1,12 +1,15 @@
 """A worker's queued requests run in batches, one trip to a JS thread each, whose
-responses leave when the batch ends: batches are bounded so responses keep flowing."""
+responses leave when the batch ends: batches are bounded so responses keep flowing; and
+the thread a worker's batches run on."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
+from warren.runtime.threads import JsThreads
 
 
 class Reply:
@@ -69,3 +72,24 @@ def test_queued_requests_answer_in_bounded_batches() -> None:
         executor.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_worker_keeps_to_its_thread_while_free_and_never_waits_behind_a_neighbour() -> None:
+    threads = JsThreads(2)
+    first, second, third = threads.for_worker(), threads.for_worker(), threads.for_worker()
+    assert (first.home, second.home, third.home) == (0, 1, 0)  # new workers take the threads in turn
+    # One worker's successive slices run on one thread (an isolate moving costs V8 a swap).
+    ran_on = {first.submit(threading.get_ident).result(5) for _ in range(20)}
+    assert len(ran_on) == 1
+    # Its thread busy with a neighbour's long slice: the third worker, whose last thread
+    # that is, runs on the free one instead of queueing behind it.
+    release = threading.Event()
+    hog = first.submit(release.wait, 10)
+    try:
+        moved_to = third.submit(threading.get_ident).result(5)
+        assert moved_to not in ran_on
+        assert third.home == 1
+    finally:
+        release.set()
+    assert hog.result(5) is True
+    threads.shutdown()

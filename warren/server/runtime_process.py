@@ -29,6 +29,7 @@ from warren.runtime import Compiler, IncomingRequest, ScriptLoadError, Worker, W
 from warren.runtime.bodies import QueueBody
 from warren.runtime.pool import DEFAULT_POOL_SIZE, IsolatePool
 from warren.runtime.subrequests import Fetcher, SubrequestPolicy
+from warren.runtime.threads import JsThreads
 from warren.server import websockets
 from warren.server.protocol import BODY_CHUNK, FrameChannel, Kind, decode_request_with_body, encode, encode_json
 
@@ -239,13 +240,15 @@ class RuntimeServer:
         self._replies: dict[int, _FrameReply] = {}
         self._depths: dict[int, int] = {}
         self._board = board
-        self._executor = ThreadPoolExecutor(js_threads, thread_name_prefix="warren-js")
+        self._js_threads = JsThreads(js_threads)
         self._compiler = Compiler()
         # Its own thread: preparing an isolate (~16 ms) must never queue a request's slice behind it.
         self._pool = IsolatePool(ThreadPoolExecutor(1, thread_name_prefix="warren-pool"), pool_size)
         self._pool.refill()
         # The compiler's first transform compiles sucrase itself (~20 ms): not on a tenant's time.
-        self._executor.submit(self._compiler.compile, WorkerScript(name="warm-up", source="export default {};"))
+        self._js_threads.for_worker().submit(
+            self._compiler.compile, WorkerScript(name="warm-up", source="export default {};")
+        )
         self._scripts: dict[str, WorkerScript] = {}
         self._workers: dict[str, asyncio.Future[Worker]] = {}
         self._retired: set[str] = set()
@@ -360,7 +363,7 @@ class RuntimeServer:
         script = self._scripts[key]
         worker = Worker(
             script,
-            self._executor,
+            self._js_threads.for_worker(),
             self._compiler,
             lambda level, message: self.send_log(script.name, level, message),
             self._board.mark if self._board is not None else None,
