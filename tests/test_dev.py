@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import socket
 import subprocess
 import sys
 import time
@@ -141,3 +143,17 @@ def test_a_bad_cron_expression_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "w.js").write_text("export default { scheduled() {} };")
     result = _dev_that_refuses_to_start(tmp_path)
     assert "is not a cron expression" in result.stderr
+
+
+def test_a_small_response_leaves_in_one_write(dev: Any) -> None:
+    # uvicorn writes a head and a body separately; the edge joins what one turn of its loop
+    # writes, so a client's first read after the request holds the whole small response.
+    server = dev({"worker.js": 'export default { fetch: () => new Response("x".repeat(300)) };'})
+    host, port = server.url.split("//", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(30):
+            connection.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            select.select([connection], [], [], 10)
+            first = connection.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"x" * 300), first[-60:]

@@ -292,6 +292,93 @@ class Listening:
         await self.task
 
 
+# Written at once past this; below it, what one turn of the loop writes waits for its end.
+_COALESCE_LIMIT = 64 * 1024
+
+
+class _CoalescingTransport:
+    """A connection's transport whose writes in one turn of the event loop go out in one.
+
+    uvicorn writes a response's head and its body separately: two system calls per small
+    response, about a third of the edge's CPU under load. Anything else asked of the
+    transport first writes what waits, so the order on the wire never changes.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= _COALESCE_LIMIT:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending = []
+        self._pending_size = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._pending_size
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._pending_size = 0
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._transport, name)
+        if not callable(attribute):
+            return attribute
+
+        def after_pending(*args: Any, **kwargs: Any) -> Any:
+            self.flush()
+            return attribute(*args, **kwargs)
+
+        return after_pending
+
+
+_edge_protocol: type | None = None
+
+
+def _edge_http_protocol() -> type:
+    """uvicorn's httptools protocol, on a coalescing transport."""
+    global _edge_protocol
+    if _edge_protocol is None:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        class EdgeHttpProtocol(HttpToolsProtocol):
+            def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+                super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+        _edge_protocol = EdgeHttpProtocol
+    return _edge_protocol
+
+
 async def listen(app: Any, host: str, port: int, date_header: bool = True) -> Listening:
     """Serve ``app`` with uvicorn (httptools) on host:port (0 picks a free port).
 
@@ -304,7 +391,7 @@ async def listen(app: Any, host: str, port: int, date_header: bool = True) -> Li
         app,
         host=host,
         port=port,
-        http="httptools",
+        http=_edge_http_protocol(),
         lifespan="off",
         log_level="warning",
         server_header=False,
