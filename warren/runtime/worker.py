@@ -815,6 +815,11 @@ class Worker:
         if invocation.outcome == "canceled":
             self._body_closed(invocation)
             return
+        if not handle and length >= 0 and (body is not None or not length):
+            whole = getattr(invocation.reply, "whole", None)  # one frame, where the reply can
+            if whole is not None:
+                whole(status, headers, body.encode("latin-1") if body else b"")
+                return
         invocation.reply.head(status, headers)
         if handle:
             source = self._bodies.pop(handle, None)

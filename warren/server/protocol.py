@@ -39,6 +39,8 @@ class Kind(enum.IntEnum):
     # runtime -> supervisor
     LOADED = 20  # {key, error: null | {message, filename, line, column}}
     HEAD = 21  # {status, headers}
+    # a whole (small) response: 4 bytes of head length, {status, headers}, the body; no END follows
+    RESPONSE = 28
     RBODY = 22  # raw response body bytes
     END = 23
     ERROR = 24  # {status, message}: failed before a response head
@@ -60,12 +62,13 @@ def encode_json(kind: Kind, stream: int, value: Any) -> bytes:
     return encode(kind, stream, json.dumps(value, separators=(",", ":")).encode())
 
 
-def encode_request_with_body(stream: int, head: dict[str, Any], body: bytes) -> bytes:
+def encode_with_body(kind: Kind, stream: int, head: dict[str, Any], body: bytes) -> bytes:
+    """A head and a whole body in one frame (REQUEST_WITH_BODY, RESPONSE)."""
     encoded = json.dumps(head, separators=(",", ":")).encode()
-    return encode(Kind.REQUEST_WITH_BODY, stream, len(encoded).to_bytes(4, "big") + encoded + body)
+    return encode(kind, stream, len(encoded).to_bytes(4, "big") + encoded + body)
 
 
-def decode_request_with_body(payload: bytes) -> tuple[dict[str, Any], bytes]:
+def decode_with_body(payload: bytes) -> tuple[dict[str, Any], bytes]:
     length = int.from_bytes(payload[:4], "big")
     return json.loads(payload[4 : 4 + length]), payload[4 + length :]
 

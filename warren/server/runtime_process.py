@@ -31,7 +31,15 @@ from warren.runtime.pool import DEFAULT_POOL_SIZE, IsolatePool
 from warren.runtime.subrequests import Fetcher, SubrequestPolicy
 from warren.runtime.threads import JsThreads
 from warren.server import websockets
-from warren.server.protocol import BODY_CHUNK, FrameChannel, Kind, decode_request_with_body, encode, encode_json
+from warren.server.protocol import (
+    BODY_CHUNK,
+    FrameChannel,
+    Kind,
+    decode_with_body,
+    encode,
+    encode_json,
+    encode_with_body,
+)
 
 ACTIVITY_SLOTS = 16
 ACTIVITY_SLOT_SIZE = 128
@@ -138,6 +146,11 @@ class _FrameReply:
 
     def head(self, status: int, headers: list[tuple[str, str]]) -> None:
         self._runtime.send(encode_json(Kind.HEAD, self._stream, {"status": status, "headers": headers}))
+
+    def whole(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+        """Head, body and end of a small response, in one frame."""
+        self.bytes_out += len(data)
+        self._runtime.send(encode_with_body(Kind.RESPONSE, self._stream, {"status": status, "headers": headers}, data))
 
     def body(self, chunk: bytes) -> None:
         self.bytes_out += len(chunk)
@@ -420,7 +433,7 @@ class RuntimeServer:
         if kind == Kind.REQUEST:
             self._request(stream, json.loads(payload))
         elif kind == Kind.REQUEST_WITH_BODY:
-            self._request(stream, *decode_request_with_body(payload))
+            self._request(stream, *decode_with_body(payload))
         elif kind == Kind.RESULT:
             header, data = decode_message(payload)
             waiting = self._calls.get(int(header.get("call", 0)))

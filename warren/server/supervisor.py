@@ -26,7 +26,15 @@ from warren.bindings import MAX_CALL_DEPTH, BindingCall, BindingError, BindingHo
 from warren.bindings.cache import CacheHandler
 from warren.runtime import ScriptLoadError, WorkerScript
 from warren.runtime.subrequests import SubrequestPolicy
-from warren.server.protocol import BODY_CHUNK, FrameChannel, Kind, encode, encode_json, encode_request_with_body
+from warren.server.protocol import (
+    BODY_CHUNK,
+    FrameChannel,
+    Kind,
+    decode_with_body,
+    encode,
+    encode_json,
+    encode_with_body,
+)
 from warren.server.runtime_process import ACTIVITY_SLOT_SIZE, ACTIVITY_SLOTS, read_activity
 from warren.server.websockets import HeldSockets
 
@@ -261,7 +269,7 @@ class RuntimeProcess:
         self.exchanges[exchange.stream] = exchange
         self.ensure_loaded(exchange.key)
         if exchange.inline_body is not None:
-            self.send(encode_request_with_body(exchange.stream, exchange.head, exchange.inline_body))
+            self.send(encode_with_body(Kind.REQUEST_WITH_BODY, exchange.stream, exchange.head, exchange.inline_body))
         else:
             self.send(encode_json(Kind.REQUEST, exchange.stream, exchange.head))
 
@@ -303,6 +311,15 @@ class RuntimeProcess:
             return
         if kind in (Kind.WS_MESSAGE, Kind.WS_CLOSE, Kind.WS_ACK):  # an accepted WebSocket's (warren.server.websockets)
             exchange.events.put_nowait(("ws", kind, payload))
+            return
+        if kind == Kind.RESPONSE:
+            head, data = decode_with_body(payload)
+            exchange.head_received = True
+            exchange.status = head["status"]
+            exchange.events.put_nowait(("head", head["status"], head["headers"]))
+            if data:
+                exchange.events.put_nowait(("body", data))
+            exchange.events.put_nowait(("end",))
             return
         if kind in (Kind.HEAD, Kind.ERROR):
             # Either one settles the response, so a crash from now on cannot replay it.
