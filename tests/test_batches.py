@@ -8,33 +8,22 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.test_pool import Collect
 from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
 from warren.runtime.threads import JsThreads
 
 
-class Reply:
+class Reply(Collect):
+    """Records the loop turn in which its invocation finished."""
+
     def __init__(self, turns: list[int], index: int, done: asyncio.Future[None]) -> None:
-        self.turns, self.index, self.done_future = turns, index, done
-
-    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self.status = status
-
-    def body(self, chunk: bytes) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-    def error(self, status: int, message: str) -> None:
-        self.status = status
-
-    def log(self, level: str, message: str) -> None:
-        pass
+        super().__init__()
+        self.turns, self.index, self.all_done = turns, index, done
 
     def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
         self.turns[self.index] = TURN[0]
         if all(turn >= 0 for turn in self.turns):
-            self.done_future.set_result(None)
+            self.all_done.set_result(None)
 
 
 TURN = [0]  # turns of the event loop so far

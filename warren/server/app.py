@@ -154,7 +154,7 @@ class EdgeApp:
         if has_body and 0 < inline_size <= INLINE_REQUEST_BODY:
             # A small body is usually here with the head: it goes to the runtime in one frame
             # with it, and the worker gets it whole with the event (no read back from the host).
-            first = dict(await receive())
+            first = await receive()
             if first["type"] == "http.disconnect":
                 return
             if not first.get("more_body", False):
