@@ -157,3 +157,26 @@ def test_a_small_response_leaves_in_one_write(dev: Any) -> None:
             select.select([connection], [], [], 10)
             first = connection.recv(65536)
             assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"x" * 300), first[-60:]
+
+
+def test_lone_surrogates_in_a_workers_strings_cross_the_frames(dev: Any) -> None:
+    # The frames' JSON codec (orjson) refuses lone surrogates; a script's log line and
+    # response body may hold them, and must still arrive (json escapes them), with the
+    # process serving on.
+    server = dev(
+        {
+            "worker.js": """
+            export default {
+              fetch(request) {
+                console.log("lone \\ud800 surrogate");
+                return Response.json({ text: "x\\udc80y", url: request.url });
+              },
+            };
+            """
+        }
+    )
+    response = server.get("/?q=%F0%9F%90%87")
+    assert response.status_code == 200
+    assert response.json()["text"] == "x\udc80y"  # JSON.stringify escapes a lone half
+    server.wait_for("lone . surrogate")
+    assert server.get("/").status_code == 200

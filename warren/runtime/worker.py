@@ -28,6 +28,7 @@ from warren.engine import (
     MemoryLimitExceeded,
     ScriptError,
 )
+from warren.json_codec import dump_json_text, load_json
 from warren.runtime.bodies import BodyAborted, BodySource, BytesBody, QueueBody, read_all
 from warren.runtime.crypto import CryptoHost
 from warren.runtime.pool import ENTRY_POINT as _ENTER
@@ -325,7 +326,12 @@ class Worker:
                     isolate.run_script(module.text, module.name, cpu_budget_ms=STARTUP_CPU_MS)
                 else:
                     isolate.call(
-                        _ENTER, _now_ms(), "defineData", module.name, module.kind, module.text,
+                        _ENTER,
+                        _now_ms(),
+                        "defineData",
+                        module.name,
+                        module.kind,
+                        module.text,
                         cpu_budget_ms=STARTUP_CPU_MS,
                     )
             main = modules[0].name if module_worker else None
@@ -393,7 +399,7 @@ class Worker:
             scheduled_time = float(request.scheduled_time)
             self._schedule(request.request_id, "scheduled", request.request_id, request.cron, scheduled_time)
             return
-        headers = json.dumps(request.headers)
+        headers = dump_json_text(request.headers)
         body_handle = 0
         whole: str | None = None
         if request.body is not None:
@@ -423,7 +429,7 @@ class Worker:
             request.url,
             headers,
             body_handle,
-            json.dumps(request.cf) if request.cf is not None else "",
+            dump_json_text(request.cf) if request.cf is not None else "",
             request.entrypoint,
             whole,
         )
@@ -1142,7 +1148,7 @@ _FORBIDDEN_IN_HEADERS = re.compile(r"[\r\n\0]")
 def _valid_headers(headers_json: str) -> list[tuple[str, str]] | None:
     """Header pairs from the isolate, or None if they could split a response."""
     try:
-        pairs = json.loads(headers_json)
+        pairs = load_json(headers_json)
     except ValueError:
         return None
     if not isinstance(pairs, list):
@@ -1180,4 +1186,3 @@ def runtime_asset(name: str) -> str | None:
 def _now_ms() -> float:
     # A float: stpyv8 turns a Python int past 2**31 into a wrapped 32-bit integer.
     return float(int(time.time() * 1000))
-

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import struct
 from collections.abc import Callable
 from typing import Any, cast
+
+from warren.json_codec import dump_json, load_json
 
 _HEADER = struct.Struct("!IBI")
 MAX_FRAME = 64 * 1024 * 1024
@@ -59,18 +60,18 @@ def encode(kind: Kind, stream: int, payload: bytes = b"") -> bytes:
 
 
 def encode_json(kind: Kind, stream: int, value: Any) -> bytes:
-    return encode(kind, stream, json.dumps(value, separators=(",", ":")).encode())
+    return encode(kind, stream, dump_json(value))
 
 
 def encode_with_body(kind: Kind, stream: int, head: dict[str, Any], body: bytes) -> bytes:
     """A head and a whole body in one frame (REQUEST_WITH_BODY, RESPONSE)."""
-    encoded = json.dumps(head, separators=(",", ":")).encode()
+    encoded = dump_json(head)
     return encode(kind, stream, len(encoded).to_bytes(4, "big") + encoded + body)
 
 
 def decode_with_body(payload: bytes) -> tuple[dict[str, Any], bytes]:
     length = int.from_bytes(payload[:4], "big")
-    return json.loads(payload[4 : 4 + length]), payload[4 + length :]
+    return load_json(payload[4 : 4 + length]), payload[4 + length :]
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[Kind, int, bytes] | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import mmap
 import os
 import signal
@@ -25,6 +24,7 @@ from typing import Any
 
 from warren.bindings import decode_message, encode_message
 from warren.engine import configure, set_abort_hook
+from warren.json_codec import load_json
 from warren.runtime import Compiler, IncomingRequest, ScriptLoadError, Worker, WorkerScript
 from warren.runtime.bodies import QueueBody
 from warren.runtime.pool import DEFAULT_POOL_SIZE, IsolatePool
@@ -431,7 +431,7 @@ class RuntimeServer:
     def handle(self, kind: Kind, stream: int, payload: bytes) -> None:
         """One frame from the supervisor, handled in the order frames arrive."""
         if kind == Kind.REQUEST:
-            self._request(stream, json.loads(payload))
+            self._request(stream, load_json(payload))
         elif kind == Kind.REQUEST_WITH_BODY:
             self._request(stream, *decode_with_body(payload))
         elif kind == Kind.RESULT:
@@ -465,7 +465,7 @@ class RuntimeServer:
             if future is not None and future.done() and future.exception() is None:
                 future.result().websocket_event(stream, *websockets.decode_incoming(kind, payload))
         elif kind == Kind.LOAD:
-            message = json.loads(payload)
+            message = load_json(payload)
             key = message["key"]
             # Registered before any later frame is read, so a REQUEST that
             # follows this LOAD finds the script; starting it happens meanwhile.
@@ -476,7 +476,7 @@ class RuntimeServer:
             else:
                 self._precompile(key)
         elif kind == Kind.UNLOAD:
-            key = json.loads(payload)["key"]
+            key = load_json(payload)["key"]
             self._retired.add(key)
             asyncio.get_running_loop().create_task(self._retire_if_idle(key))
 

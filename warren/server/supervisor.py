@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import socket
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 
 from warren.bindings import MAX_CALL_DEPTH, BindingCall, BindingError, BindingHost, decode_message, encode_message
 from warren.bindings.cache import CacheHandler
+from warren.json_codec import load_json
 from warren.runtime import ScriptLoadError, WorkerScript
 from warren.runtime.subrequests import SubrequestPolicy
 from warren.server.protocol import (
@@ -285,7 +285,7 @@ class RuntimeProcess:
             asyncio.get_running_loop().create_task(self.supervisor.answer_call(self, stream, payload))
             return
         if kind == Kind.LOG:
-            message = json.loads(payload)
+            message = load_json(payload)
             if "evicted" in message:
                 self.evictions += int(message["evicted"])
                 self.isolates = int(message.get("isolates", self.isolates))
@@ -300,7 +300,7 @@ class RuntimeProcess:
             return
         if kind == Kind.LOADED:
             future = self.loads.pop(stream, None)
-            message = json.loads(payload)
+            message = load_json(payload)
             if message["error"] is not None:
                 self.loaded.discard(message["key"])
             if future is not None and not future.done():
@@ -324,7 +324,7 @@ class RuntimeProcess:
         if kind in (Kind.HEAD, Kind.ERROR):
             # Either one settles the response, so a crash from now on cannot replay it.
             exchange.head_received = True
-            message = json.loads(payload)
+            message = load_json(payload)
             exchange.status = message["status"]
             second = message["headers"] if kind == Kind.HEAD else message["message"]
             exchange.events.put_nowait(("head" if kind == Kind.HEAD else "error", message["status"], second))
@@ -333,7 +333,7 @@ class RuntimeProcess:
         elif kind == Kind.END:
             exchange.events.put_nowait(("end",))
         elif kind == Kind.DONE:
-            message = json.loads(payload)
+            message = load_json(payload)
             self.exchanges.pop(stream, None)
             exchange.finished = True
             exchange.metering = message
@@ -658,9 +658,7 @@ class Supervisor:
             if not future.done():
                 future.set_result({"message": CRASHED, "filename": "", "line": 0, "column": 0})
 
-        slot = next(
-            (slot for slot in self._cordons.get(dead.cordon, []) if slot.process is dead), None
-        )
+        slot = next((slot for slot in self._cordons.get(dead.cordon, []) if slot.process is dead), None)
         if slot is None:
             return  # the supervisor is stopping
         slot.process = None

@@ -21,6 +21,9 @@ import maxminddb
 EDGE_HEADERS = frozenset({"cf-connecting-ip", "cf-ipcountry", "cf-ray", "cf-visitor", "x-real-ip", "x-forwarded-for"})
 
 
+_CF_VISITOR = {scheme: f'{{"scheme":"{scheme}"}}' for scheme in ("http", "https")}
+
+
 class Visitors:
     """Describes visitors for one node; the databases are opened once."""
 
@@ -34,6 +37,8 @@ class Visitors:
 
     def lookup(self, address: str) -> dict[str, Any]:
         """The geography of ``address`` as request.cf fields (empty without a database or a match)."""
+        if not self._readers:
+            return {}
         try:
             ipaddress.ip_address(address)
         except ValueError:
@@ -62,7 +67,7 @@ class Visitors:
             kept += [("cf-connecting-ip", client), ("x-real-ip", client), ("x-forwarded-for", client)]
         if "country" in cf:
             kept.append(("cf-ipcountry", str(cf["country"])))
-        kept.append(("cf-visitor", json.dumps({"scheme": scheme}, separators=(",", ":"))))
+        kept.append(("cf-visitor", _CF_VISITOR.get(scheme) or json.dumps({"scheme": scheme}, separators=(",", ":"))))
         return cf, kept
 
 
