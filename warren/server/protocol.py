@@ -42,6 +42,8 @@ class Kind(enum.IntEnum):
     HEAD = 21  # {status, headers}
     # a whole (small) response: 4 bytes of head length, {status, headers}, the body; no END follows
     RESPONSE = 28
+    # a RESPONSE and the DONE of its invocation, which ended with it: two heads (response, metering), the body
+    RESPONSE_DONE = 29
     RBODY = 22  # raw response body bytes
     END = 23
     ERROR = 24  # {status, message}: failed before a response head
@@ -63,15 +65,27 @@ def encode_json(kind: Kind, stream: int, value: Any) -> bytes:
     return encode(kind, stream, dump_json(value))
 
 
-def encode_with_body(kind: Kind, stream: int, head: dict[str, Any], body: bytes) -> bytes:
-    """A head and a whole body in one frame (REQUEST_WITH_BODY, RESPONSE)."""
-    encoded = dump_json(head)
-    return encode(kind, stream, len(encoded).to_bytes(4, "big") + encoded + body)
+def encode_with_body(kind: Kind, stream: int, head: dict[str, Any], body: bytes, *more: dict[str, Any]) -> bytes:
+    """JSON heads, each after 4 bytes of its length, then a whole body, in one frame
+    (REQUEST_WITH_BODY and RESPONSE: one head; RESPONSE_DONE: the response's, then the metering)."""
+    parts: list[bytes] = []
+    for value in (head, *more):
+        encoded = dump_json(value)
+        parts += (len(encoded).to_bytes(4, "big"), encoded)
+    parts.append(body)
+    return encode(kind, stream, b"".join(parts))
 
 
-def decode_with_body(payload: bytes) -> tuple[dict[str, Any], bytes]:
-    length = int.from_bytes(payload[:4], "big")
-    return load_json(payload[4 : 4 + length]), payload[4 + length :]
+def decode_with_body(payload: bytes, heads: int = 1) -> tuple[Any, ...]:
+    """``heads`` JSON heads and the body: ``(head, body)``, or ``(head, metering, body)`` for two."""
+    values: list[Any] = []
+    offset = 0
+    for _ in range(heads):
+        length = int.from_bytes(payload[offset : offset + 4], "big")
+        values.append(load_json(payload[offset + 4 : offset + 4 + length]))
+        offset += 4 + length
+    values.append(payload[offset:])
+    return tuple(values)
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[Kind, int, bytes] | None:

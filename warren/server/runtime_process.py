@@ -128,6 +128,7 @@ class _FrameReply:
         self.unconfirmed = 0  # body bytes sent that the supervisor has not yet passed on
         self.gone = False
         self._credit = asyncio.Event()
+        self._held: tuple[int, list[tuple[str, str]], bytes] | None = None  # a whole response not yet sent
 
     def confirm(self, count: int) -> None:
         self.unconfirmed = max(0, self.unconfirmed - count)
@@ -148,9 +149,23 @@ class _FrameReply:
         self._runtime.send(encode_json(Kind.HEAD, self._stream, {"status": status, "headers": headers}))
 
     def whole(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
-        """Head, body and end of a small response, in one frame."""
+        """Head, body and end of a small response, in one frame.
+
+        Held until ``done``, which usually comes later in the same pass over a slice's
+        effects: then response and metering leave in one RESPONSE_DONE frame. Whatever
+        is still held when the loop turns (work left in ``waitUntil``, say) leaves alone.
+        """
         self.bytes_out += len(data)
-        self._runtime.send(encode_with_body(Kind.RESPONSE, self._stream, {"status": status, "headers": headers}, data))
+        self._held = (status, headers, data)
+        self._runtime.hold(self)
+
+    def release(self) -> None:
+        """Send a held response now."""
+        if self._held is not None:
+            status, headers, data = self._held
+            self._held = None
+            head = {"status": status, "headers": headers}
+            self._runtime.send(encode_with_body(Kind.RESPONSE, self._stream, head, data))
 
     def body(self, chunk: bytes) -> None:
         self.bytes_out += len(chunk)
@@ -175,6 +190,7 @@ class _FrameReply:
         self._runtime.send(encode(Kind.WS_ACK, self._stream, websockets.encode_ack(count)))
 
     def error(self, status: int, message: str) -> None:
+        self.release()
         self._runtime.send(encode_json(Kind.ERROR, self._stream, {"status": status, "message": message}))
 
     def log(self, level: str, message: str) -> None:
@@ -209,6 +225,12 @@ class _FrameReply:
         }
         if self.exceptions:
             metering["exceptions"] = self.exceptions
+        if self._held is not None:
+            status, headers, data = self._held
+            self._held = None
+            head = {"status": status, "headers": headers}
+            self._runtime.send(encode_with_body(Kind.RESPONSE_DONE, self._stream, head, data, metering))
+            return
         self._runtime.send(encode_json(Kind.DONE, self._stream, metering))
 
 
@@ -251,6 +273,7 @@ class RuntimeServer:
         self._calls: dict[int, asyncio.Future[tuple[dict[str, Any], bytes | None]]] = {}
         self._next_call = 1
         self._replies: dict[int, _FrameReply] = {}
+        self._held_replies: list[_FrameReply] = []  # whole responses waiting for their DONE (_FrameReply.whole)
         self._depths: dict[int, int] = {}
         self._board = board
         self._js_threads = JsThreads(js_threads)
@@ -275,6 +298,17 @@ class RuntimeServer:
 
     def send(self, frame: bytes) -> None:
         self._writer.send(frame)
+
+    def hold(self, reply: _FrameReply) -> None:
+        """``reply`` holds a response for its DONE: send it at the next turn if the DONE has not come."""
+        self._held_replies.append(reply)
+        if len(self._held_replies) == 1:
+            asyncio.get_running_loop().call_soon(self._release_held)
+
+    def _release_held(self) -> None:
+        held, self._held_replies = self._held_replies, []
+        for reply in held:
+            reply.release()
 
     def send_log(self, script: str, level: str, message: str, stream: int = 0) -> None:
         self.send(encode_json(Kind.LOG, stream, {"script": script, "level": level, "message": message}))

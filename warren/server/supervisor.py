@@ -313,13 +313,12 @@ class RuntimeProcess:
             exchange.events.put_nowait(("ws", kind, payload))
             return
         if kind == Kind.RESPONSE:
-            head, data = decode_with_body(payload)
-            exchange.head_received = True
-            exchange.status = head["status"]
-            exchange.events.put_nowait(("head", head["status"], head["headers"]))
-            if data:
-                exchange.events.put_nowait(("body", data))
-            exchange.events.put_nowait(("end",))
+            self._whole_response(exchange, *decode_with_body(payload))
+            return
+        if kind == Kind.RESPONSE_DONE:
+            head, metering, data = decode_with_body(payload, heads=2)
+            self._whole_response(exchange, head, data)
+            self._done(stream, exchange, metering)
             return
         if kind in (Kind.HEAD, Kind.ERROR):
             # Either one settles the response, so a crash from now on cannot replay it.
@@ -333,13 +332,24 @@ class RuntimeProcess:
         elif kind == Kind.END:
             exchange.events.put_nowait(("end",))
         elif kind == Kind.DONE:
-            message = load_json(payload)
-            self.exchanges.pop(stream, None)
-            exchange.finished = True
-            exchange.metering = message
-            self.isolates = int(message.get("isolates", self.isolates))
-            exchange.completed.set()
-            self.supervisor.on_done(exchange.name, exchange, message["outcome"], message["cpu_ms"], message["wall_ms"])
+            self._done(stream, exchange, load_json(payload))
+
+    @staticmethod
+    def _whole_response(exchange: Exchange, head: dict[str, Any], data: bytes) -> None:
+        exchange.head_received = True
+        exchange.status = head["status"]
+        exchange.events.put_nowait(("head", head["status"], head["headers"]))
+        if data:
+            exchange.events.put_nowait(("body", data))
+        exchange.events.put_nowait(("end",))
+
+    def _done(self, stream: int, exchange: Exchange, metering: dict[str, Any]) -> None:
+        self.exchanges.pop(stream, None)
+        exchange.finished = True
+        exchange.metering = metering
+        self.isolates = int(metering.get("isolates", self.isolates))
+        exchange.completed.set()
+        self.supervisor.on_done(exchange.name, exchange, metering["outcome"], metering["cpu_ms"], metering["wall_ms"])
 
     async def close_channel(self) -> None:
         if self.writer is not None:
