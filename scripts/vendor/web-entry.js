@@ -1,6 +1,9 @@
 // Entry for warren/runtime/vendor/web.js (see README.md).
 // The bundle's only effect is to define globalThis.__warrenVendor.
-import { URL, URLSearchParams } from "whatwg-url";
+// The URL classes from whatwg-url's webidl2js wrapper, installed as its root module
+// installs them: the root also loads the URL-string validator (isValidURLString),
+// ~13 KB of objects per isolate that the classes never use.
+import { URL as URLInterface, URLSearchParams as URLSearchParamsInterface } from "whatwg-url/webidl2js-wrapper";
 import structuredClone from "@ungap/structured-clone";
 // The ponyfill build: it defines nothing global; bootstrap.js installs the classes.
 import {
@@ -18,6 +21,11 @@ import {
   ByteLengthQueuingStrategy,
   CountQueuingStrategy,
 } from "web-streams-polyfill";
+
+const urlGlobals = { Array, Object, Promise, String, TypeError };
+URLInterface.install(urlGlobals, ["Window"]);
+URLSearchParamsInterface.install(urlGlobals, ["Window"]);
+const { URL, URLSearchParams } = urlGlobals;
 
 // Evaluated on first use, not when the bundle loads: every isolate loads the
 // bundle, few use these. fflate builds ~200 KB of Huffman tables when it loads,

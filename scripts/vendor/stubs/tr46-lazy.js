@@ -5,6 +5,9 @@
 // plain ASCII, for which UTS #46 processing (with whatwg-url's non-strict
 // options) is just lower-casing. That case is answered here; anything else
 // (non-ASCII, "xn--" labels, strict checks) loads the real tr46 on first use.
+// whatwg-url 17.3 lower-cases ASCII domains itself in non-strict parsing and
+// does not call tr46 for them at all; the check here keeps ASCII hosts off the
+// table should a later version call it again (tests/test_isolate_memory.py).
 let real = null;
 const load = () => (real ??= require("../node_modules/tr46/index.js"));
 const PLAIN = /^[a-z0-9.-]*$/;
