@@ -115,8 +115,11 @@ def configure(heap_limit_mb: int = _DEFAULT_HEAP_LIMIT_MB) -> None:
 
         # Async wasm compilation finishes through a task posted to V8's
         # platform, which nothing pumps between our slices: compile in-line.
+        # No Sparkplug: its baseline code is ~90 KiB per isolate (most of it for
+        # functions the runtime runs once as it prepares an isolate), and neither
+        # hello nor a Web-API-heavy handler ran slower without it (bench/README.md).
         _STPyV8.JSEngine.setFlags(
-            "--disallow-code-generation-from-strings --no-wasm-async-compilation"
+            "--disallow-code-generation-from-strings --no-wasm-async-compilation --no-sparkplug"
             f" --max-old-space-size={heap_limit_mb}"
         )
         _STPyV8._JSError._jsclass = _BindingError
