@@ -1,7 +1,8 @@
 """warren against Cloudflare's workerd, side by side in one run, on one machine, loopback only.
 
-    python bench/compare_workerd.py                 # about 2.5 minutes
-    python bench/compare_workerd.py --quick         # about 50 s, smaller counts
+    python bench/compare_workerd.py                 # about 3.5 minutes
+    python bench/compare_workerd.py --quick         # about 70 s, smaller counts
+    python bench/compare_workerd.py --only 1,6      # hello only: one process, then all cores (about 65 s)
     python bench/compare_workerd.py --workerd bench/.workerd/node_modules/@cloudflare/workerd-linux-64/bin/workerd
 
 Without --workerd it installs workerd from npm into a temporary directory
@@ -31,7 +32,14 @@ It runs the same worker scripts on both and prints a table of warren/workerd rat
    by one wrk connection, while a paced client (its own process, one keep-alive
    connection, ``--rate`` req/s) measures a hello worker in the same process:
    p50/p99 with and without the hog. warren is also run with ``while(true){}`` at
-   its default 50 ms CPU limit.
+   its default 50 ms CPU limit;
+6. hello req/s using all cores: ``warren serve --processes N`` (N = the CPU count),
+   fed through its control API like tests/test_edge.py, with (a) one hello worker and
+   (b) 4N copies of it on distinct hostnames, wrk rotating the Host header per request
+   (a worker's requests always go to one runtime process, so only (b) can keep all
+   of them busy), against one ``workerd serve`` process with one hello worker (a
+   workerd socket names one service: K workers would need K ports or a router
+   worker). warren's CPU is the supervisor's plus every runtime process's.
 
 This is a benchmark, not a test: it prints figures and never asserts on time. It
 exits non-zero only when it cannot measure at all (wrk missing, a server not
@@ -47,6 +55,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -340,9 +349,21 @@ def start_warren_dev(script: Path) -> Any:
 # -- wrk -------------------------------------------------------------------------------
 
 
-def load(server: Any, url: str, args: argparse.Namespace, duration: float, lua: Path | None = None) -> Any:
-    """wrk -t2 -c64 against url (with an optional Lua script); a hello.Run with CPU per request."""
-    from hello import Run, cpu_seconds, parse_wrk
+def load(
+    server: Any,
+    url: str,
+    args: argparse.Namespace,
+    duration: float,
+    lua: Path | None = None,
+    split: dict[int, float] | None = None,
+) -> Any:
+    """wrk -t2 -c64 against url (with an optional Lua script); a hello.Run with CPU per request.
+
+    Also fills the Run's wrk_cores (wrk's own CPU), other_cores (the rest of the machine
+    busy meanwhile) and root_us_per_request (the process started: warren's supervisor),
+    and ``split`` (if given) with each server process's CPU seconds.
+    """
+    from hello import Run, cpu_seconds, parse_wrk, system_busy_seconds
 
     run = Run(server.label)
     pids = server.pids()
@@ -350,10 +371,15 @@ def load(server: Any, url: str, args: argparse.Namespace, duration: float, lua: 
     command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s", "--latency"]
     if lua is not None:
         command += ["-s", str(lua)]
+    times_before, busy_before = os.times(), system_busy_seconds()
     result = subprocess.run([*command, url], capture_output=True, text=True, timeout=duration + 60)
+    busy, times_after = system_busy_seconds() - busy_before, os.times()
     if result.returncode != 0:
         raise SystemExit(f"wrk failed ({result.returncode}):\n{result.stdout}{result.stderr}")
     after = cpu_seconds(server.pids())
+    run.wrk_cpu_s = (times_after.children_user - times_before.children_user) + (
+        times_after.children_system - times_before.children_system
+    )
     run.processes = len(pids)
     if set(after) != set(before):
         run.note = f"process set changed: {sorted(before)} -> {sorted(after)}"
@@ -362,6 +388,13 @@ def load(server: Any, url: str, args: argparse.Namespace, duration: float, lua: 
     parse_wrk(result.stdout, run)
     run.cpu_us_per_request = run.cpu_s / run.requests * 1e6 if run.requests else float("nan")
     run.cores = run.cpu_s / run.seconds
+    run.wrk_cores = run.wrk_cpu_s / run.seconds
+    run.other_cores = max(0.0, busy - run.cpu_s - run.wrk_cpu_s) / run.seconds
+    root = server.process.pid
+    root_cpu = after.get(root, 0.0) - before.get(root, 0.0)
+    run.root_us_per_request = root_cpu / run.requests * 1e6 if run.requests else float("nan")
+    if split is not None:
+        split.update({pid: after[pid] - before.get(pid, 0.0) for pid in after})
     return run
 
 
@@ -848,12 +881,305 @@ def bench_neighbour(binary: Path, args: argparse.Namespace, report: Report) -> N
     )
 
 
+# -- 6. hello on all cores: warren serve --processes N ----------------------------------
+
+WARREN = [sys.executable, "-m", "warren.cli"]
+SERVE_ACCOUNT = "bench"
+SERVE_DOMAIN = "workers.bench"
+SERVE_REQUEST_LINE = re.compile(r"^\[([^\]]+)\] [A-Z]+ /\S* (\d{3})(?: (\w+))?")
+SERVE_EXPECTED = ("Ready on ", "Control-plane API on ", "⎔ serving ", "info: started ")
+
+
+class WarrenServe:
+    """``warren serve --processes N`` on a fresh SQLite store, fed through its own control API.
+
+    The deploy path of tests/test_edge.py (test_serve_can_host_the_control_api_itself):
+    ``warren control --store DB account create bench``, ``warren serve --store DB
+    --control-port 0``, then a multipart ``PUT /client/v4/accounts/A/workers/scripts/NAME``
+    per worker, which answers on ``NAME.bench.workers.bench``. Its output goes to a file:
+    a pipe drained by this process would cost CPU on the machine being measured.
+    """
+
+    label = "warren"
+
+    def __init__(self, workdir: Path, processes: int) -> None:
+        self.store = workdir / "serve.db"
+        self.log = workdir / "serve.log"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        created = subprocess.run(
+            [*WARREN, "control", "--store", str(self.store), "account", "create", SERVE_ACCOUNT, "--json"],
+            capture_output=True,
+            text=True,
+            cwd=workdir,
+            env=env,
+            timeout=120,
+        )
+        if created.returncode != 0:
+            raise SystemExit(f"warren control account create failed:\n{created.stdout}{created.stderr}")
+        self.account = json.loads(created.stdout)
+        options = ["--processes", str(processes), "--control-port", "0", "--port", "0"]
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [*WARREN, "serve", "--store", str(self.store), "--workers-domain", SERVE_DOMAIN, *options],
+                cwd=workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        self.seen: set[int] = set()  # every process of its tree seen, to find any left behind
+        self.url = self._wait_for(r"Ready on (http://\S+)")
+        self.api = self._wait_for(r"Control-plane API on (http://\S+)")
+
+    def _wait_for(self, pattern: str, timeout: float = 90) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.log.read_text(errors="replace"))
+            if match:
+                return match.group(1)
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                text = self.log.read_text(errors="replace")[-3000:]
+                self.stop()
+                raise SystemExit(f"warren serve did not start; it printed:\n{text}")
+            time.sleep(0.05)
+
+    def deploy(self, name: str, source: str) -> None:
+        import httpx
+
+        metadata = {"main_module": "index.js", "compatibility_date": COMPAT_DATE}
+        files = {
+            "metadata": (None, json.dumps(metadata), "application/json"),
+            "index.js": ("index.js", source, "application/javascript+module"),
+        }
+        response = httpx.put(
+            f"{self.api}/client/v4/accounts/{self.account['account_id']}/workers/scripts/{name}",
+            files=files,
+            headers={"authorization": f"Bearer {self.account['token']}"},
+            timeout=60,
+        )
+        if response.status_code != 200:
+            raise SystemExit(f"deploying {name} to warren serve: {response.status_code} {response.text[:500]}")
+
+    def wait_serving(self, hosts: list[str], expected: bytes, timeout: float = 60) -> None:
+        """Poll each hostname until it answers 200 with the expected body (deploys propagate through the store)."""
+        port = int(self.url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + timeout
+        for host in hosts:
+            while True:
+                status, body = 0, b""
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                        data = b""
+                        while chunk := sock.recv(65536):
+                            data += chunk
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    status = int(head.split(b" ", 2)[1])
+                except (OSError, ValueError, IndexError):
+                    pass
+                if status == 200 and expected in body:
+                    break
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"warren serve never served {host}: last answer {status} {body[:200]!r}")
+                time.sleep(0.02)
+
+    def pids(self) -> list[int]:
+        from hello import descendants
+
+        found = descendants(self.process.pid)
+        self.seen.update(found)
+        return found
+
+    def output(self) -> tuple[dict[str, int], list[str]]:
+        """Statuses of the request log lines (``"200 ok": n``), and any line that is not a request or start-up line."""
+        statuses: dict[str, int] = {}
+        other: list[str] = []
+        with self.log.open(errors="replace") as file:
+            for line in file:
+                match = SERVE_REQUEST_LINE.match(line)
+                if match:
+                    status = match.group(2) + (f" {match.group(3)}" if match.group(3) else "")
+                    statuses[status] = statuses.get(status, 0) + 1
+                elif line.strip() and not any(text in line for text in SERVE_EXPECTED) and len(other) < 20:
+                    other.append(line.rstrip("\n"))
+        return statuses, other
+
+    def stop(self) -> list[int]:
+        """SIGTERM the supervisor and wait; returns the pids of its tree still alive after (then killed)."""
+        if self.process.poll() is None:
+            self.pids()
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        left = []
+        for pid in sorted(self.seen - {self.process.pid}):
+            for _ in range(50):  # the runtime processes end once their supervisor has gone
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.1)
+            else:
+                left.append(pid)
+                os.kill(pid, 9)
+        return left
+
+
+def host_rotation(path: Path, hosts: list[str]) -> Path:
+    """A wrk script sending each thread's requests to the hostnames in turn (requests formatted once)."""
+    quoted = ", ".join(json.dumps(host) for host in hosts)
+    path.write_text(
+        f"local hosts = {{{quoted}}}\n"
+        "local requests, n = {}, 0\n"
+        "init = function(args)\n"
+        "  for i, host in ipairs(hosts) do requests[i] = wrk.format(nil, nil, {Host = host}) end\n"
+        "end\n"
+        "request = function()\n"
+        "  n = n % #requests + 1\n"
+        "  return requests[n]\n"
+        "end\n"
+    )
+    return path
+
+
+def describe_cores(run: Any, split: dict[int, float], supervisor: int | None) -> str:
+    """Where the CPU went: the supervisor, each runtime process, wrk, and the rest of the machine."""
+    parts = []
+    if supervisor is not None:
+        runtimes = sorted((seconds for pid, seconds in split.items() if pid != supervisor), reverse=True)
+        parts.append(f"supervisor {split.get(supervisor, 0.0) / run.seconds:.2f}")
+        parts.append("runtimes " + " + ".join(f"{seconds / run.seconds:.2f}" for seconds in runtimes))
+        child_us = run.cpu_us_per_request - run.root_us_per_request
+        parts[-1] += f" (sup {run.root_us_per_request:.0f} + runtimes {child_us:.0f} us/req)"
+    parts.append(f"wrk {run.wrk_cores:.2f}")
+    parts.append(f"rest of machine {run.other_cores:.2f}")
+    busy = run.cores + run.wrk_cores + run.other_cores
+    return f"cores: {', '.join(parts)}; machine busy {busy:.2f} of {os.cpu_count()}"
+
+
+def bench_all_cores(binary: Path, args: argparse.Namespace, report: Report, workdir: Path) -> None:
+    cpus = os.cpu_count() or 1
+    processes = cpus
+    copies = 4 * processes
+    report.say(
+        f"\n== 6. hello req/s using all cores: warren serve --processes {processes} with 1 and {copies} hello workers; "
+        f"one workerd process (wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s) =="
+    )
+    report.say(
+        f"this machine has {cpus} vCPUs, shared by wrk (-t{args.threads}) and the server under test: "
+        "'all cores' includes the ones wrk uses"
+    )
+    report.say(
+        "workerd: one `workerd serve` process (requests run on one thread per process) with one hello worker: "
+        f"a workerd socket names one service, so {copies} workers would need {copies} ports (or a router worker)"
+    )
+    report.say(
+        f"wrk runs the same Lua script for all three (Host header rotated over 1 or {copies} hostnames; "
+        "workerd ignores it); warren's CPU = supervisor + every runtime process"
+    )
+    names = [f"h{index}" for index in range(copies)]
+    hosts = [f"{name}.{SERVE_ACCOUNT}.{SERVE_DOMAIN}" for name in names]
+    one = host_rotation(workdir / "one-host.lua", hosts[:1])
+    many = host_rotation(workdir / "many-hosts.lua", hosts)
+    source = HELLO.read_text()
+    started = time.perf_counter()
+    warren = WarrenServe(workdir, processes)
+    workerd: WorkerdProcess | None = None
+    try:
+        report.say(f"warren serve ready in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
+        for name in names:
+            warren.deploy(name, source)
+        warren.wait_serving(hosts, b"hello from an isolate")
+        pids = warren.pids()
+        report.say(
+            f"warren serve: {copies} copies deployed through the control API and each answering in "
+            f"{time.perf_counter() - started:.1f} s; supervisor pid {warren.process.pid}, "
+            f"runtime pids {[pid for pid in pids if pid != warren.process.pid]}"
+        )
+        if len(pids) != processes + 1:
+            report.odd.append(f"all cores: warren serve --processes {processes} runs {len(pids)} processes: {pids}")
+        workerd = WorkerdProcess(binary, {"hello": source})
+        workerd.first_200("hello")
+        targets = [
+            ("warren, 1 worker", warren, warren.url + "/", one),
+            (f"warren, {copies} workers", warren, warren.url + "/", many),
+            ("workerd, 1 worker", workerd.server, workerd.url("hello") + "/", one),
+        ]
+        for _, server, url, lua in targets:
+            load(server, url, args, args.warmup, lua)
+        runs: dict[str, list[Any]] = {label: [] for label, *_ in targets}
+        for index in range(args.runs):
+            for label, server, url, lua in targets:  # alternate, so drift in the machine's load hits all alike
+                split: dict[int, float] = {}
+                run = load(server, url, args, args.duration, lua, split)
+                runs[label].append(run)
+                report.say(f"  run {index + 1} {label:18} {describe_run(run)}")
+                supervisor = warren.process.pid if server is warren else None
+                report.say(f"        {describe_cores(run, split, supervisor)}")
+                if server is warren:
+                    wrk_problems(run, f"all cores ({label})", report)
+        statuses, other = warren.output()
+        bad = {key: count for key, count in statuses.items() if key not in ("200", "200 ok")}
+        if bad:
+            report.odd.append(f"all cores: warren serve logged non-200 statuses {bad} (of {sum(statuses.values())})")
+        if other:
+            report.odd.append("all cores: warren serve printed:\n      " + "\n      ".join(other[:12]))
+        if warren.process.poll() is not None:
+            report.odd.append(f"all cores: warren serve exited with {warren.process.returncode}")
+    finally:
+        left = warren.stop()
+        if left:
+            report.odd.append(f"all cores: runtime processes {left} outlived warren serve's SIGTERM by 5 s (killed)")
+        if workerd is not None:
+            workerd.stop()
+
+    def median(label: str, name: str) -> float:
+        return statistics.median(getattr(run, name) for run in runs[label])
+
+    theirs, their_cpu, their_cores = (
+        median("workerd, 1 worker", name) for name in ("rps", "cpu_us_per_request", "cores")
+    )
+    for label in ("warren, 1 worker", f"warren, {copies} workers"):
+        workers = label.split(", ")[1]
+        ours, cpu, cores = (median(label, name) for name in ("rps", "cpu_us_per_request", "cores"))
+        report.rows.append(
+            Row(
+                f"hello req/s, all cores, {workers}",
+                f"{ours:,.0f}",
+                f"{theirs:,.0f}",
+                ratio(ours, theirs),
+                f"warren serve --processes {processes} busy {cores:.2f} cores, workerd (1 process, 1 worker) "
+                f"{their_cores:.2f}; {cpus} vCPUs shared with wrk",
+            )
+        )
+        report.rows.append(
+            Row(
+                f"hello CPU per request, all cores, {workers}",
+                f"{cpu:.0f} us",
+                f"{their_cpu:.0f} us",
+                ratio(cpu, their_cpu, "x"),
+            )
+        )
+
+
 # -- main ------------------------------------------------------------------------------
 
 
 def loadavg() -> str:
     with open("/proc/loadavg") as file:
         return " ".join(file.read().split()[:3])
+
+
+def commit() -> str:
+    """The commit measured, "+changes" if the tree differs from it (other people's edits included)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return "an unknown commit (no git)"
+    return head.stdout.strip() + (" +changes" if dirty.stdout.strip() else "") if head.returncode == 0 else "?"
 
 
 def print_table(report: Report) -> None:
@@ -885,7 +1211,7 @@ def main() -> int:
         type=Path,
         help=f"use this workerd binary instead of installing one (e.g. {INSTALLED.relative_to(ROOT)})",
     )
-    parser.add_argument("--quick", action="store_true", help="short runs and small counts (about 50 s)")
+    parser.add_argument("--quick", action="store_true", help="short runs and small counts (about 70 s)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10; quick 3)")
     parser.add_argument("--runs", type=int, default=1, help="wrk runs per server for hello (default 1)")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up load for hello (default 2)")
@@ -900,7 +1226,10 @@ def main() -> int:
     parser.add_argument("--hog-iterations", type=int, default=55_000_000, help="hog loop length (~200 ms)")
     parser.add_argument("--rate", type=float, default=100, help="neighbour requests per second (default 100)")
     parser.add_argument(
-        "--only", type=str, default="1,2,3,5", help="which parts to run: 1 hello, 2 JSON, 3 cold start + RSS, 5 hog"
+        "--only",
+        type=str,
+        default="1,2,3,5,6",
+        help="which parts to run: 1 hello, 2 JSON, 3 cold start + RSS, 5 hog, 6 hello on all cores (warren serve)",
     )
     args = parser.parse_args()
     args.duration = args.duration or (3 if args.quick else 10)
@@ -934,7 +1263,7 @@ def main() -> int:
             binary = found
         version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip()
         print(
-            f"{version} ({binary}); warren {ROOT}; {os.cpu_count()} CPUs, {platform.python_version()}, "
+            f"{version} ({binary}); warren {ROOT} at {commit()}; {os.cpu_count()} CPUs, {platform.python_version()}, "
             f"{time.strftime('%Y-%m-%d %H:%M')}"
         )
         print("load tools (wrk, the neighbour client) run on the same CPUs as the servers")
@@ -949,6 +1278,8 @@ def main() -> int:
                 bench_cold_and_rss(binary, args, report)
             if "5" in parts:
                 bench_neighbour(binary, args, report)
+            if "6" in parts:
+                bench_all_cores(binary, args, report, Path(work))
 
     print(
         f"\n== summary ({version}, {os.cpu_count()} CPUs, total {time.perf_counter() - total:.0f} s, "
