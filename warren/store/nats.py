@@ -159,6 +159,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BucketNotFoundError, NoStreamResponseError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from warren.json_codec import dump_json
 from warren.store import validation
 from warren.store.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from warren.store.kv_data import KVChange, KVKeyInfo, KVRecord, key_bytes
@@ -1569,7 +1570,7 @@ class NATSStore:
         limit = self._max_record()
         by_script: dict[str, list[bytes]] = {}
         for event in events:
-            encoded = json.dumps(event, separators=(",", ":")).encode()
+            encoded = dump_json(event)
             if len(encoded) + 2 <= limit:  # events are bounded upstream; one that is not is skipped
                 by_script.setdefault(str(event.get("scriptName", "")), []).append(encoded)
         try:

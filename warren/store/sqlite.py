@@ -25,6 +25,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from warren.json_codec import dump_json_text
 from warren.store import validation
 from warren.store.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from warren.store.kv_data import KVChange, KVKeyInfo, KVRecord, key_bytes, prefix_end
@@ -706,14 +707,15 @@ class SQLiteStore:
         from warren.observability.analytics import count_events
 
         received = _now_ms()
-        rows = [
-            (account_id, str(event.get("scriptName", "")), received, json.dumps(event, separators=(",", ":")))
-            for event in events
-        ]
         counts = count_events(events)
         prune = received - getattr(self, "_events_pruned", 0) >= EVENTS_PRUNE_EVERY_MS
 
         def write(conn: sqlite3.Connection) -> None:
+            # Encoded here, on the store's thread: on the event loop, a node's JSON per request
+            # was a fifth of its supervisor's time under load.
+            rows = [
+                (account_id, str(event.get("scriptName", "")), received, dump_json_text(event)) for event in events
+            ]
             conn.executemany("INSERT INTO events (account_id, script, received, data) VALUES (?, ?, ?, ?)", rows)
             conn.executemany(
                 "INSERT INTO event_stats (account_id, script, minute, requests, errors, cpu_ms)"
