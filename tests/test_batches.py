@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from tests.test_pool import Collect
 from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
@@ -29,7 +32,9 @@ class Reply(Collect):
 TURN = [0]  # turns of the event loop so far
 
 
-def test_queued_requests_answer_in_bounded_batches() -> None:
+@pytest.mark.parametrize("threads", ["runtime", "pool"])
+def test_queued_requests_answer_in_bounded_batches(threads: str) -> None:
+    # Both hand-offs: the runtime's JS threads (WorkerThread.call) and any Executor.
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
 
@@ -38,7 +43,8 @@ def test_queued_requests_answer_in_bounded_batches() -> None:
             loop.call_soon(tick)
 
         tick()
-        executor = ThreadPoolExecutor(1)
+        js_threads = JsThreads(1)
+        executor = js_threads.for_worker() if threads == "runtime" else ThreadPoolExecutor(1)
         compiler = Compiler()
         worker = Worker(
             WorkerScript(name="quick", source="export default { fetch: () => new Response('ok') };"),
@@ -59,6 +65,7 @@ def test_queued_requests_answer_in_bounded_batches() -> None:
         await worker.close()
         compiler.close()
         executor.shutdown()
+        js_threads.shutdown()
 
     asyncio.run(scenario())
 
@@ -82,3 +89,41 @@ def test_a_worker_keeps_to_its_thread_while_free_and_never_waits_behind_a_neighb
         release.set()
     assert hog.result(5) is True
     threads.shutdown()
+
+
+def test_a_js_thread_hands_results_and_errors_straight_back_to_the_loop() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        threads = JsThreads(2)
+        worker = threads.for_worker()
+        loop_thread = threading.get_ident()
+        ran_on = await worker.call(loop, threading.get_ident)
+        assert ran_on != loop_thread
+        assert await worker.call(loop, pow, 2, 10) == 1024
+        try:
+            await worker.call(loop, int, "not a number")
+        except ValueError as exc:
+            assert "not a number" in str(exc)
+        else:
+            raise AssertionError("the error stayed on the JS thread")
+        # Nobody waits any more (a cancelled request): the thread finishes the work and goes on.
+        release = threading.Event()
+        abandoned = worker.call(loop, release.wait, 10)
+        abandoned.cancel()
+        release.set()
+        assert await asyncio.wait_for(worker.call(loop, str, "alive"), 5) == "alive"
+        # Each piece of work is counted off when it ends: with both threads idle again, a
+        # worker's calls all run on its own thread.
+        await asyncio.sleep(0.05)
+        again = {await worker.call(loop, threading.get_ident) for _ in range(10)}
+        assert len(again) == 1
+        threads.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_js_threads_stop_when_shut_down() -> None:
+    threads = JsThreads(2, name="warren-js-stopping")
+    threads.shutdown(wait=True)
+    time.sleep(0.05)
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("warren-js-stopping")]

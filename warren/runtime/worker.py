@@ -238,7 +238,7 @@ class Worker:
             outcome: list[Any] = [0, None, None, 0, None]  # as _enter_batch's, then where its effects start
             try:
                 # Compiled on the same trip to the executor as the load: one hop less.
-                await self._loop.run_in_executor(self._executor, self._compile_and_load, prepared, batch, outcome)
+                await self._on_js_thread(self._compile_and_load, prepared, batch, outcome)
             except BaseException:
                 if first is not None:
                     self._invocations.pop(first[0].request_id, None)
@@ -271,6 +271,12 @@ class Worker:
         if self._slices:
             self._slicing = True
             self._loop.create_task(self._run_slices(yield_first=started_ops))
+
+    def _on_js_thread(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        call = getattr(self._executor, "call", None)  # a JS thread's own hand-off (warren.runtime.threads)
+        if call is not None:
+            return call(self._loop, fn, *args)  # type: ignore[no-any-return]
+        return self._loop.run_in_executor(self._executor, fn, *args)
 
     def _compile_and_load(
         self,
@@ -502,7 +508,7 @@ class Worker:
             return len(batch), None, False
         outcome: list[Any] = [0, None, None, 0]  # ran, failure, its request id, where its effects start
         try:
-            await self._loop.run_in_executor(self._executor, self._enter_batch, batch, outcome)
+            await self._on_js_thread(self._enter_batch, batch, outcome)
         finally:
             self._current = None
         return await self._after_batch(outcome)
