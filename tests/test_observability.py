@@ -8,6 +8,7 @@ The end-to-end path (edge nodes -> store -> control plane -> WebSocket) is tests
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import time
@@ -301,20 +302,148 @@ async def check_store(store: Store) -> None:
     assert await store.revision() == revision  # events are not configuration: edge nodes do not reload
 
 
-def test_sqlite_event_ring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sqlite_event_ring(tmp_path: Path) -> None:
     async def body() -> None:
         async with SQLiteStore(tmp_path / "w.db") as store:
             await check_store(store)
-            monkeypatch.setattr(sqlite_module, "EVENTS_MAX_ROWS", 50)
-            monkeypatch.setattr(sqlite_module, "EVENTS_PRUNE_EVERY_MS", 0)
-            for _ in range(20):
-                await store.publish_events("acc", [event() for _ in range(10)])
         connection = sqlite3.connect(tmp_path / "w.db")
-        (rows,) = connection.execute("SELECT COUNT(*) FROM events").fetchone()
+        (rows,) = connection.execute("SELECT COUNT(*) FROM event_batches").fetchone()
         connection.close()
-        assert 50 <= rows <= 60
+        assert rows == 4  # a row per call and script: (acc, a), (acc, b), (other, a), (acc, a)
 
     asyncio.run(body())
+
+
+def numbered(script: str, number: int) -> dict[str, Any]:
+    return event(script, url=f"http://hello.example/{number}")
+
+
+def number_of(item: dict[str, Any]) -> int:
+    return int(item["event"]["request"]["url"].rsplit("/", 1)[1])
+
+
+def test_sqlite_event_batches_are_followed_in_order_across_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small rows and reads, so that calls span several rows and followers several reads.
+    monkeypatch.setattr(sqlite_module, "EVENTS_PER_ROW", 4)
+    monkeypatch.setattr(sqlite_module, "EVENTS_READ_BATCH", 3)
+
+    async def body() -> None:
+        async with SQLiteStore(tmp_path / "w.db") as one, SQLiteStore(tmp_path / "w.db") as two:
+            before = int(time.time() * 1000)
+            calls: list[list[dict[str, Any]]] = []
+            number = 0
+            for size in (1, 9, 4, 13, 2):  # scripts interleaved within each call
+                call = []
+                for i in range(size):
+                    number += 1
+                    call.append(numbered("a" if i % 3 else "b", number))
+                calls.append(call)
+            total = sum(len(call) for call in calls)
+            everything, got_all = await follow_some(one, total, since_ms=before)
+            only_a, got_a = await follow_some(two, sum(1 for c in calls for e in c if e["scriptName"] == "a"), "a")
+            for index, call in enumerate(calls):
+                await (one if index % 2 else two).publish_events("acc", call)
+                await two.publish_events("other", [numbered("a", 0)])
+            await asyncio.wait_for(asyncio.gather(everything, only_a), 10)
+            # One call's events grouped by script, in publish order within each; calls in order.
+            expected = [
+                number_of(e)
+                for call in calls
+                for script in dict.fromkeys(e["scriptName"] for e in call)
+                for e in call
+                if e["scriptName"] == script
+            ]
+            assert [number_of(item) for item in got_all] == expected
+            assert [number_of(item) for item in got_a] == [
+                number_of(e) for call in calls for e in call if e["scriptName"] == "a"
+            ]
+            # "received at or after since_ms": a follower from after the first calls sees only the last.
+            await asyncio.sleep(0.01)
+            since = int(time.time() * 1000)
+            later, got_later = await follow_some(one, 3, "b", since_ms=since)
+            await two.publish_events("acc", [numbered("a", 101), numbered("b", 102), numbered("b", 103)])
+            await one.publish_events("acc", [numbered("b", 104)])
+            await asyncio.wait_for(later, 10)
+            assert [number_of(item) for item in got_later] == [102, 103, 104]
+        connection = sqlite3.connect(tmp_path / "w.db")
+        sizes = [n for (n,) in connection.execute("SELECT json_array_length(data) FROM event_batches ORDER BY id")]
+        connection.close()
+        assert sum(sizes) == total + len(calls) + 4 and max(sizes) == 4
+
+    asyncio.run(body())
+
+
+def test_sqlite_event_ring_keeps_a_malformed_event(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with SQLiteStore(tmp_path / "w.db") as store:
+            malformed = event(logs=[{"level": "log", "message": ["half a pair: \ud800"], "timestamp": 1}])
+            assert malformed["logs"][0]["message"] == ["half a pair: \ud800"]  # orjson refuses this one
+            before = int(time.time() * 1000)
+            await store.publish_events("acc", [numbered("hello", 1), malformed, numbered("hello", 3)])
+            got, items = await follow_some(store, 3, since_ms=before)
+            await asyncio.wait_for(got, 10)
+            assert items[1]["logs"][0]["message"] == ["half a pair: \ud800"]
+            assert [number_of(items[0]), number_of(items[2])] == [1, 3]
+
+    asyncio.run(body())
+
+
+def test_sqlite_event_ring_is_bounded_in_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_module, "EVENTS_MAX_COUNT", 250)
+    monkeypatch.setattr(sqlite_module, "EVENTS_PRUNE_EVERY_MS", 0)
+
+    def kept() -> list[int]:
+        connection = sqlite3.connect(tmp_path / "w.db")
+        rows = connection.execute("SELECT data FROM event_batches ORDER BY id").fetchall()
+        connection.close()
+        return [number_of(item) for (data,) in rows for item in json.loads(data)]
+
+    async def body() -> None:
+        async with SQLiteStore(tmp_path / "w.db") as one, SQLiteStore(tmp_path / "w.db") as two:
+            for call in range(30):  # 1,110 events in rows of 37, from two nodes
+                events = [numbered("hello", call * 37 + i + 1) for i in range(37)]
+                await (one if call % 2 else two).publish_events("acc", events)
+            # The newest 250 are numbers 861..1110; the row holding 860 goes whole (rows are kept whole).
+            assert kept() == list(range(889, 1111))
+            followed, items = await follow_some(one, 222, since_ms=0)
+            await asyncio.wait_for(followed, 10)
+            assert [number_of(item) for item in items] == list(range(889, 1111))
+
+            # The age bound: rows received more than EVENTS_MAX_AGE_MS ago go.
+            await asyncio.sleep(0.01)
+            monkeypatch.setattr(sqlite_module, "EVENTS_MAX_AGE_MS", 5)
+            await one.publish_events("acc", [numbered("hello", 2000)])
+            assert kept() == [2000]
+
+    asyncio.run(body())
+
+
+def test_sqlite_event_ring_ignores_an_old_events_table(tmp_path: Path) -> None:
+    # Files written before events were batched have a row per event in ``events``.
+    connection = sqlite3.connect(tmp_path / "w.db")
+    connection.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, account_id TEXT NOT NULL,"
+        " script TEXT NOT NULL, received INTEGER NOT NULL, data TEXT NOT NULL)"
+    )
+    connection.execute("CREATE INDEX events_by_account ON events (account_id, id)")
+    connection.execute("CREATE INDEX events_by_received ON events (received)")
+    connection.execute(
+        "INSERT INTO events (account_id, script, received, data) VALUES ('acc', 'a', ?, ?)",
+        (int(time.time() * 1000) + 60_000, json.dumps(numbered("a", 1))),
+    )
+    connection.commit()
+    connection.close()
+
+    async def body() -> None:
+        async with SQLiteStore(tmp_path / "w.db") as store:
+            await check_store(store)  # the old row (received in a minute, script a) would be an extra "a"
+
+    asyncio.run(body())
+    connection = sqlite3.connect(tmp_path / "w.db")
+    assert connection.execute("SELECT COUNT(*) FROM events").fetchone() == (1,)
+    connection.close()
 
 
 @pytest.fixture

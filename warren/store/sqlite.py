@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from warren.json_codec import dump_json_text
+from warren.json_codec import dump_json_text, load_json
 from warren.store import validation
 from warren.store.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from warren.store.kv_data import KVChange, KVKeyInfo, KVRecord, key_bytes, prefix_end
@@ -99,16 +99,24 @@ POLL_INTERVAL_S = 0.05
 
 # Invocation events (warren.observability): the ring's bounds, and the per-minute counts'.
 EVENTS_MAX_AGE_MS = 3600 * 1000
-EVENTS_MAX_ROWS = 100_000
+EVENTS_MAX_COUNT = 100_000  # events, not rows: a row holds up to EVENTS_PER_ROW of them
+EVENTS_PER_ROW = 100
+EVENTS_MAX_ROW_CHARS = 1024 * 1024  # a chunk encoding to more is split (a single event may exceed it)
 EVENT_STATS_MAX_AGE_MS = 3 * 3600 * 1000
 EVENTS_PRUNE_EVERY_MS = 1000
-EVENTS_READ_BATCH = 500
+EVENTS_READ_BATCH = 20  # rows per read of a follower: at most 2,000 events, about 20 MB
+# One row per chunk of up to EVENTS_PER_ROW events of one (account, script), as a JSON array:
+# a row per event cost an edge node's supervisor ~12 us of CPU per request. A row's id is
+# the number of its last event in the file's running count of events (sqlite_sequence keeps
+# that count, even when the ring is empty), so the ring is bounded in events by id ranges.
+# An older file's per-event ``events`` table is left as it is and no longer read or written
+# (its rows, at most an hour of events, are not shown to tails).
 _EVENT_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS events (
+    """CREATE TABLE IF NOT EXISTS event_batches (
         id INTEGER PRIMARY KEY AUTOINCREMENT, account_id TEXT NOT NULL, script TEXT NOT NULL,
-        received INTEGER NOT NULL, data TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS events_by_account ON events (account_id, id)",
-    "CREATE INDEX IF NOT EXISTS events_by_received ON events (received)",
+        received INTEGER NOT NULL, events INTEGER NOT NULL, data TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS event_batches_by_account ON event_batches (account_id, id)",
+    "CREATE INDEX IF NOT EXISTS event_batches_by_received ON event_batches (received)",
     """CREATE TABLE IF NOT EXISTS event_stats (
         account_id TEXT NOT NULL, script TEXT NOT NULL, minute INTEGER NOT NULL, requests INTEGER NOT NULL,
         errors INTEGER NOT NULL, cpu_ms REAL NOT NULL, PRIMARY KEY (account_id, script, minute))""",
@@ -703,20 +711,42 @@ class SQLiteStore:
         return self._in_section(_EVENT_SCHEMA, fn, write)
 
     async def publish_events(self, account_id: str, events: Sequence[dict[str, Any]]) -> None:
-        """Append invocation events (warren.observability) to the ring, and count them per minute."""
+        """Append invocation events (warren.observability) to the ring, and count them per minute.
+
+        An account's follower sees one call's events grouped by script, in order within each
+        script (as in the NATS store)."""
         from warren.observability.analytics import count_events
 
         received = _now_ms()
         counts = count_events(events)
         prune = received - getattr(self, "_events_pruned", 0) >= EVENTS_PRUNE_EVERY_MS
+        by_script: dict[str, list[dict[str, Any]]] = {}
+        for event in events:
+            by_script.setdefault(str(event.get("scriptName", "")), []).append(event)
+
+        def encoded(chunk: list[dict[str, Any]]) -> list[tuple[str, int]]:
+            data = dump_json_text(chunk)  # the whole chunk through json if one event needs it
+            if len(data) <= EVENTS_MAX_ROW_CHARS or len(chunk) == 1:
+                return [(data, len(chunk))]
+            half = len(chunk) // 2
+            return encoded(chunk[:half]) + encoded(chunk[half:])
 
         def write(conn: sqlite3.Connection) -> None:
             # Encoded here, on the store's thread: on the event loop, a node's JSON per request
             # was a fifth of its supervisor's time under load.
-            rows = [
-                (account_id, str(event.get("scriptName", "")), received, dump_json_text(event)) for event in events
-            ]
-            conn.executemany("INSERT INTO events (account_id, script, received, data) VALUES (?, ?, ?, ?)", rows)
+            (count,) = conn.execute(
+                "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'event_batches'), 0)"
+            ).fetchone()
+            rows = []
+            for script, items in by_script.items():
+                for start in range(0, len(items), EVENTS_PER_ROW):
+                    for data, n in encoded(items[start : start + EVENTS_PER_ROW]):
+                        count += n
+                        rows.append((count, account_id, script, received, n, data))
+            conn.executemany(
+                "INSERT INTO event_batches (id, account_id, script, received, events, data) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             conn.executemany(
                 "INSERT INTO event_stats (account_id, script, minute, requests, errors, cpu_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, script, minute)"
@@ -725,8 +755,17 @@ class SQLiteStore:
                 [(account_id, script, minute, int(n), int(e), c) for (script, minute), (n, e, c) in counts.items()],
             )
             if prune:
-                conn.execute("DELETE FROM events WHERE received < ?", (received - EVENTS_MAX_AGE_MS,))
-                conn.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (EVENTS_MAX_ROWS,))
+                conn.execute("DELETE FROM event_batches WHERE received < ?", (received - EVENTS_MAX_AGE_MS,))
+                if count > EVENTS_MAX_COUNT:
+                    # At most the newest EVENTS_MAX_COUNT events, in whole rows: those numbered up
+                    # to ``gone``, and the one row (the next) that may hold ``gone`` and later ones.
+                    gone = count - EVENTS_MAX_COUNT
+                    conn.execute("DELETE FROM event_batches WHERE id <= ?", (gone,))
+                    conn.execute(
+                        "DELETE FROM event_batches WHERE id = (SELECT MIN(id) FROM event_batches WHERE id > ?1)"
+                        " AND id - events < ?1",
+                        (gone,),
+                    )
                 conn.execute("DELETE FROM event_stats WHERE minute < ?", (received - EVENT_STATS_MAX_AGE_MS,))
 
         await asyncio.to_thread(self._in_events, write, True)
@@ -742,30 +781,40 @@ class SQLiteStore:
 
         def start(conn: sqlite3.Connection) -> int:
             row = conn.execute(
-                "SELECT COALESCE((SELECT MIN(id) FROM events WHERE received >= ?) - 1,"
-                " (SELECT MAX(id) FROM events), 0)",
+                "SELECT COALESCE((SELECT MIN(id) FROM event_batches WHERE received >= ?) - 1,"
+                " (SELECT MAX(id) FROM event_batches), 0)",
                 (since,),
             ).fetchone()
             return int(row[0])
 
         last = await asyncio.to_thread(self._in_events, start, False)
-        query = "SELECT id, data FROM events WHERE account_id = ? AND id > ? AND id <= ?"
+        query = "SELECT id, data FROM event_batches WHERE account_id = ? AND id > ? AND id <= ?"
         if script is not None:
             query += " AND script = ?"
         query += f" ORDER BY id LIMIT {EVENTS_READ_BATCH}"
 
-        def read(after: int, conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row]]:
-            top = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+        def read(after: int, conn: sqlite3.Connection) -> tuple[int, bool, list[dict[str, Any]]]:
+            top = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM event_batches").fetchone()[0])
             parameters: tuple[Any, ...] = (account_id, after, top) + ((script,) if script is not None else ())
-            return top, conn.execute(query, parameters).fetchall()
+            rows = conn.execute(query, parameters).fetchall()
+            found: list[dict[str, Any]] = []
+            for row in rows:
+                try:
+                    batch = load_json(row[1])
+                except ValueError:
+                    continue
+                if isinstance(batch, list):
+                    found.extend(event for event in batch if isinstance(event, dict))
+            if len(rows) < EVENTS_READ_BATCH:
+                # Rows of other accounts and scripts are skipped by moving past them all at once.
+                return max(after, top), False, found
+            return int(rows[-1][0]), True, found
 
         while True:
-            top, rows = await asyncio.to_thread(self._in_events, functools.partial(read, last), False)
-            # Rows of other accounts and scripts are skipped by moving past them all at once.
-            last = max(last, top) if len(rows) < EVENTS_READ_BATCH else int(rows[-1]["id"])
-            for row in rows:
-                yield json.loads(row["data"])
-            if len(rows) < EVENTS_READ_BATCH:
+            last, more, found = await asyncio.to_thread(self._in_events, functools.partial(read, last), False)
+            for event in found:
+                yield event
+            if not more:
                 await asyncio.sleep(POLL_INTERVAL_S)
 
     async def event_stats(self, account_id: str, since_ms: int) -> list[tuple[str, int, int, int, float]]:
