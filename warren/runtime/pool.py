@@ -1,8 +1,9 @@
 """Isolates with the runtime's own JavaScript already loaded, ready for a tenant.
 
-Loading the Web APIs and the vendored bundle costs ~16 ms of CPU per isolate
-here (the URL package's IDNA tables are most of it), against ~1 ms for a
-tenant's own small script. The pool keeps a few isolates prepared in the
+Loading the Web APIs and the vendored bundle costs ~19 ms of CPU per isolate
+here (mostly compiling and running the runtime's JavaScript: tr46's IDNA table
+is built only for a non-ASCII host), against ~1 ms for a tenant's own small
+script. The pool keeps a few isolates prepared in the
 background, so a new script's cold start is only its own part. A prepared
 isolate belongs to nobody until claimed: its host functions go through a
 ``HostRouter`` whose target is set by the Worker that takes it.
