@@ -1,72 +1,124 @@
-"""The JS threads of a runtime process, and which of them runs each worker's slices.
+"""The JS threads of a runtime process, and which of them runs each piece of JavaScript work.
 
-An isolate may run on any thread, one at a time, but moving it costs V8 a
-swap of its per-thread state, and the caches go cold: one hot worker whose
-batches alternated between two threads served ~15% fewer requests than on
-one. So a worker keeps to the thread it last ran on while that thread is
-free, and takes a free one otherwise: a neighbour busy on "its" thread never
-makes it wait while another thread idles. Only this module picks threads; it
+One thread, the primary, runs the work as it comes, in order. The others are
+spares: one takes the next piece only once the primary has been on its current
+piece for SPILL_AFTER_S, which short batches never are (a batch ends at 2 ms of
+CPU) but a slice spinning to its CPU limit is. So a neighbour waits at most
+that long behind a hog, and meanwhile the work stays on one thread: on a
+machine whose cores the supervisor, the runtime's loop and other runtime
+processes share, a second busy JS thread cost more than it gave (8 hello
+workers in one process: 9.3k req/s with two threads taking work as it came,
+11.1–12.0k with one; an isolate moving between threads costs V8 a swap of its
+per-thread state and cold caches as well). Only this module picks threads; it
 knows nothing of isolates.
 
 A trip to a JS thread is what a worker with little traffic pays per request, so
-``WorkerThread.call`` hands work over with one queue and hands the result back
-with one ``call_soon_threadsafe``: no ``concurrent.futures`` future, no callback
-chain, no executor bookkeeping in between.
+work goes in through one queue and its result goes back with one
+``call_soon_threadsafe``: no ``concurrent.futures`` future or callback chain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
-_STOP = None
+SPILL_AFTER_S = 0.003  # the primary on one piece of work this long: a spare takes the next
+
+Deliver = Callable[[Any, BaseException | None], None]
 
 
-class _JsThread:
-    """One thread running what it is given, in order."""
+class JsThreads:
+    """A primary JS thread and spares, taking work from one queue."""
 
-    def __init__(self, name: str, finished: Callable[[], None]) -> None:
-        self._work: deque[tuple[Callable[[], Any], Callable[[Any, BaseException | None], None]] | None] = deque()
-        self._ready = threading.Condition(threading.Lock())
-        self._finished = finished  # told after each piece of work, on this thread
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+    def __init__(self, count: int, name: str = "warren-js") -> None:
+        count = max(1, count)
+        self._lock = threading.Lock()
+        self._ready = [threading.Condition(self._lock) for _ in range(count)]  # one each: who is woken is chosen
+        self._pending: deque[tuple[Callable[[], Any], Deliver]] = deque()
+        self._since: list[float | None] = [None] * count  # when each thread started its current work
+        self._idle_untimed = [False] * count  # a spare waiting with no deadline (nothing was pending)
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._run, args=(index,), name=f"{name}-{index}", daemon=True)
+            for index in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def put(self, work: Callable[[], Any], deliver: Callable[[Any, BaseException | None], None]) -> None:
-        """Run ``work``, count it off, then ``deliver(result, error)``: a caller told of the
-        result and submitting more at once finds this thread free again."""
-        with self._ready:
-            self._work.append((work, deliver))
-            self._ready.notify()
+    def for_worker(self) -> WorkerThread:
+        """What a worker hands its JavaScript work to."""
+        return WorkerThread(self)
 
-    def stop(self, wait: bool) -> None:
-        with self._ready:
-            self._work.append(_STOP)
-            self._ready.notify()
-        if wait and self._thread is not threading.current_thread():
-            self._thread.join()
+    def put(self, work: Callable[[], Any], deliver: Deliver) -> None:
+        """Run ``work`` on a JS thread, then ``deliver(result, error)`` from that thread."""
+        with self._lock:
+            self._pending.append((work, deliver))
+            if self._since[0] is None:
+                self._ready[0].notify()
+            else:  # the primary is busy: spares must watch how long it stays so
+                self._wake_spares()
 
-    def _run(self) -> None:
+    def _wake_spares(self) -> None:
+        """Under the lock: spares waiting with no deadline start watching the primary."""
+        for index in range(1, len(self._threads)):
+            if self._idle_untimed[index]:
+                self._ready[index].notify()
+
+    def _wait_before_taking(self, index: int, now: float) -> float | None:
+        """Under the lock, with work pending: 0 to take it now, else how long to wait (None: until told)."""
+        if index == 0:
+            return 0.0
+        started = self._since[0]
+        if started is None:
+            return None  # the primary is free and was told
+        return max(0.0, started + SPILL_AFTER_S - now)
+
+    def _run(self, index: int) -> None:
+        ready = self._ready[index]
         while True:
-            with self._ready:
-                while not self._work:
-                    self._ready.wait()
-                item = self._work.popleft()
-            if item is _STOP:
-                return
-            work, deliver = item
+            with self._lock:
+                while True:
+                    if self._stopping:
+                        return
+                    wait: float | None = None
+                    if self._pending:
+                        now = time.monotonic()
+                        wait = self._wait_before_taking(index, now)
+                        if wait == 0.0:
+                            work, deliver = self._pending.popleft()
+                            self._since[index] = now
+                            if index == 0 and self._pending:
+                                self._wake_spares()  # put while the primary was still free
+                            break
+                    self._idle_untimed[index] = wait is None
+                    ready.wait(wait)
+                    self._idle_untimed[index] = False
             result: Any = None
             error: BaseException | None = None
             try:
                 result = work()
             except BaseException as exc:  # handed to whoever waits, as an executor would
                 error = exc
-            self._finished()
+            with self._lock:
+                self._since[index] = None
+                if self._pending and index != 0 and self._since[0] is None:
+                    self._ready[0].notify()  # taken over while the primary was stuck: it is free now
             deliver(result, error)
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            self._stopping = True
+            for ready in self._ready:
+                ready.notify_all()
+        if wait:
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join()
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -78,53 +130,11 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-class JsThreads:
-    """A fixed set of JS threads, each counting the work it has in hand."""
-
-    def __init__(self, count: int, name: str = "warren-js") -> None:
-        count = max(1, count)
-        self._busy = [0] * count
-        self._lock = threading.Lock()  # submissions come from the loop, completions from the threads
-        self._threads = [
-            _JsThread(f"{name}-{index}", lambda index=index: self._done(index))  # type: ignore[misc]
-            for index in range(count)
-        ]
-        self._next_home = 0
-
-    def for_worker(self) -> WorkerThread:
-        """An executor for one worker; new workers start on the threads in turn."""
-        with self._lock:
-            home = self._next_home
-            self._next_home = (home + 1) % len(self._threads)
-        return WorkerThread(self, home)
-
-    def put_from(
-        self, home: int, work: Callable[[], Any], deliver: Callable[[Any, BaseException | None], None]
-    ) -> int:
-        """Run ``work`` on ``home`` if it is free, else on a free thread, else queue it on ``home``: the thread."""
-        with self._lock:
-            index = home
-            if self._busy[home]:
-                index = next((other for other, busy in enumerate(self._busy) if not busy), home)
-            self._busy[index] += 1
-        self._threads[index].put(work, deliver)
-        return index
-
-    def _done(self, index: int) -> None:
-        with self._lock:
-            self._busy[index] -= 1
-
-    def shutdown(self, wait: bool = True) -> None:
-        for thread in self._threads:
-            thread.stop(wait)
-
-
 class WorkerThread(Executor):
-    """What a worker runs its slices on: its last thread while free (``call``, or as an Executor)."""
+    """What a worker runs its slices on (``call``, or as an Executor)."""
 
-    def __init__(self, threads: JsThreads, home: int) -> None:
+    def __init__(self, threads: JsThreads) -> None:
         self._threads = threads
-        self.home = home
 
     def call(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """``fn(*args)`` on a JS thread; the future is settled on ``loop``."""
@@ -136,7 +146,7 @@ class WorkerThread(Executor):
             except RuntimeError:  # the loop is closed: nobody awaits it any more
                 pass
 
-        self.home = self._threads.put_from(self.home, lambda: fn(*args), deliver)
+        self._threads.put(lambda: fn(*args), deliver)
         return future
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -150,7 +160,6 @@ class WorkerThread(Executor):
             else:
                 future.set_result(result)
 
-        if not future.set_running_or_notify_cancel():
-            return future
-        self.home = self._threads.put_from(self.home, lambda: fn(*args), deliver)
+        if future.set_running_or_notify_cancel():
+            self._threads.put(lambda: fn(*args), deliver)
         return future
