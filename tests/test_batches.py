@@ -127,8 +127,14 @@ def test_a_js_thread_hands_results_and_errors_straight_back_to_the_loop() -> Non
     asyncio.run(scenario())
 
 
-def test_js_threads_stop_when_shut_down() -> None:
+def test_js_threads_stop_when_shut_down_after_the_work_already_put() -> None:
     threads = JsThreads(2, name="warren-js-stopping")
+    worker = threads.for_worker()
+    release = threading.Event()
+    first = worker.submit(release.wait, 10)
+    queued = [worker.submit(pow, 2, index) for index in range(5)]
+    release.set()
     threads.shutdown(wait=True)
+    assert first.result(0) is True and [future.result(0) for future in queued] == [2**index for index in range(5)]
     time.sleep(0.05)
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("warren-js-stopping")]

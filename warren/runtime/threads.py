@@ -71,7 +71,7 @@ class JsThreads:
 
     def _wait_before_taking(self, index: int, now: float) -> float | None:
         """Under the lock, with work pending: 0 to take it now, else how long to wait (None: until told)."""
-        if index == 0:
+        if index == 0 or self._stopping:  # shutting down: every thread drains what is left
             return 0.0
         started = self._since[0]
         if started is None:
@@ -83,7 +83,7 @@ class JsThreads:
         while True:
             with self._lock:
                 while True:
-                    if self._stopping:
+                    if self._stopping and not self._pending:
                         return
                     wait: float | None = None
                     if self._pending:
@@ -111,6 +111,7 @@ class JsThreads:
             deliver(result, error)
 
     def shutdown(self, wait: bool = True) -> None:
+        """Stop once the work already put has run (as ``ThreadPoolExecutor.shutdown`` does)."""
         with self._lock:
             self._stopping = True
             for ready in self._ready:
