@@ -93,6 +93,33 @@ def get(port: int, path: str, timeout: float = 60) -> tuple[float, int, bytes]:
     return elapsed, status, body
 
 
+class KeptAlive:
+    """One loopback HTTP/1.1 connection kept open, as a front proxy keeps its connections to an edge."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def get(self, path: str) -> tuple[float, int, bytes]:
+        """(seconds from sending to the whole response, status, body); the body has a Content-Length."""
+        started = time.perf_counter()
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += self.sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            body += self.sock.recv(65536)
+        elapsed = time.perf_counter() - started
+        return elapsed, int(head.split(b" ", 2)[1]), body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
@@ -230,11 +257,14 @@ class Series:
             print(f"  ! ... and {len(self.failures) - 10} more")
 
 
-def measure_lazy(edge: Edge, series: Series, name: str, source: str, expected: bytes) -> None:
-    """First request to a script nobody has started: isolate, script and response together."""
+def measure_lazy(
+    edge: Edge, series: Series, name: str, source: str, expected: bytes, kept: KeptAlive | None = None
+) -> None:
+    """First request to a script nobody has started: isolate, script and response together
+    (on a new connection, or on ``kept``)."""
     edge.register(name, source)
     for attempt in ("first", "second"):
-        elapsed, status, body = get(edge.port, f"/{name}/")
+        elapsed, status, body = kept.get(f"/{name}/") if kept is not None else get(edge.port, f"/{name}/")
         if status != 200 or expected not in body:
             series.failures.append(f"{name}: {attempt} request -> {status} {body[:200]!r}")
         (series.first if attempt == "first" else series.second).append(elapsed)
@@ -321,15 +351,39 @@ def main() -> int:
         for failure in lazy.failures[:10]:
             print(f"  ! {failure}")
 
-        # The cold-start series above loaded args.workers more; the RSS figure counts them.
-        extra = max(0, args.rss_workers - 2 * args.workers)
+        # The same on one kept-alive connection: what the cold start costs without the new
+        # TCP connection (a front proxy keeps its connections to the edge open).
+        kept = KeptAlive(edge.port)
+        kept_lazy = Series()
+        kept_floor: list[float] = []
+        for index in range(args.workers):
+            time.sleep(args.gap_ms / 1000)
+            kept_floor.append(kept.get("/w0/")[0])
+            time.sleep(args.gap_ms / 1000)
+            measure_lazy(
+                edge, kept_lazy, f"kept{index}", SMALL.format(index=f"k{index}"), f"worker k{index}\n".encode(), kept
+            )
+        kept.close()
+        print(f"\nthe same on one kept-alive connection ({args.workers} more scripts):")
+        print(summary("first request (cold)", kept_lazy.first))
+        print(summary("second request (warm)", kept_lazy.second))
+        print(summary("warm, same pause", kept_floor))
+        print(
+            f"  cold start's own cost (medians): "
+            f"{(statistics.median(kept_lazy.first) - statistics.median(kept_floor)) * 1000:.2f} ms"
+        )
+        for failure in kept_lazy.failures[:10]:
+            print(f"  ! {failure}")
+
+        # The two cold-start series above loaded 2 * args.workers more; the RSS figure counts them.
+        extra = max(0, args.rss_workers - 3 * args.workers)
         if extra:
             more = Series()
             for index in range(args.workers, args.workers + extra):
                 measure(edge, more, f"w{index}", SMALL.format(index=index), f"worker {index}\n".encode())
             for failure in more.failures[:10]:
                 print(f"  ! {failure}")
-        rss[2 * args.workers + extra] = rss_kib(edge.runtime_pid)
+        rss[3 * args.workers + extra] = rss_kib(edge.runtime_pid)
 
         print("\nruntime child RSS (VmRSS) by loaded workers (plus one warm-up worker):")
         base = rss[0]

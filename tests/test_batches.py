@@ -138,3 +138,29 @@ def test_js_threads_stop_when_shut_down_after_the_work_already_put() -> None:
     assert first.result(0) is True and [future.result(0) for future in queued] == [2**index for index in range(5)]
     time.sleep(0.05)
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("warren-js-stopping")]
+
+
+def test_housekeeping_runs_on_a_spare_and_never_holds_up_the_primary() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        threads = JsThreads(2)
+        worker = threads.for_worker()
+        primary = await worker.call(loop, threading.get_ident)
+        # An idle isolate's collection (background work) takes a while...
+        release = threading.Event()
+        housekeeping = worker.call(loop, release.wait, 10, background=True)
+        await asyncio.sleep(0.02)
+        # ... and a request meanwhile runs on the primary, not queued behind it.
+        assert await asyncio.wait_for(worker.call(loop, threading.get_ident), 5) == primary
+        assert not housekeeping.done()
+        release.set()
+        assert await asyncio.wait_for(housekeeping, 5) is True
+        assert await worker.call(loop, threading.get_ident, background=True) != primary
+        threads.shutdown()
+        # With one thread there is no spare: it does the housekeeping too.
+        alone = JsThreads(1)
+        only = await alone.for_worker().call(loop, threading.get_ident)
+        assert await alone.for_worker().call(loop, threading.get_ident, background=True) == only
+        alone.shutdown()
+
+    asyncio.run(scenario())

@@ -40,6 +40,8 @@ class JsThreads:
         self._lock = threading.Lock()
         self._ready = [threading.Condition(self._lock) for _ in range(count)]  # one each: who is woken is chosen
         self._pending: deque[tuple[Callable[[], Any], Deliver]] = deque()
+        # Housekeeping (an idle isolate's collection): on a spare, so it never delays the primary.
+        self._background: deque[tuple[Callable[[], Any], Deliver]] = deque()
         self._since: list[float | None] = [None] * count  # when each thread started its current work
         self._idle_untimed = [False] * count  # a spare waiting with no deadline (nothing was pending)
         self._stopping = False
@@ -54,9 +56,17 @@ class JsThreads:
         """What a worker hands its JavaScript work to."""
         return WorkerThread(self)
 
-    def put(self, work: Callable[[], Any], deliver: Deliver) -> None:
-        """Run ``work`` on a JS thread, then ``deliver(result, error)`` from that thread."""
+    def put(self, work: Callable[[], Any], deliver: Deliver, background: bool = False) -> None:
+        """Run ``work`` on a JS thread, then ``deliver(result, error)`` from that thread.
+
+        ``background`` work runs on a spare as soon as one is free (the primary takes it only
+        when there is no spare), after any other background work, and never delays the primary.
+        """
         with self._lock:
+            if background and len(self._threads) > 1:
+                self._background.append((work, deliver))
+                self._wake_spares()
+                return
             self._pending.append((work, deliver))
             if self._since[0] is None:
                 self._ready[0].notify()
@@ -83,9 +93,13 @@ class JsThreads:
         while True:
             with self._lock:
                 while True:
-                    if self._stopping and not self._pending:
+                    if self._stopping and not self._pending and not self._background:
                         return
                     wait: float | None = None
+                    if index != 0 and self._background:
+                        work, deliver = self._background.popleft()
+                        self._since[index] = time.monotonic()
+                        break
                     if self._pending:
                         now = time.monotonic()
                         wait = self._wait_before_taking(index, now)
@@ -137,8 +151,11 @@ class WorkerThread(Executor):
     def __init__(self, threads: JsThreads) -> None:
         self._threads = threads
 
-    def call(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """``fn(*args)`` on a JS thread; the future is settled on ``loop``."""
+    def call(
+        self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any, background: bool = False
+    ) -> asyncio.Future[Any]:
+        """``fn(*args)`` on a JS thread (``background``: housekeeping, see ``JsThreads.put``);
+        the future is settled on ``loop``."""
         future: asyncio.Future[Any] = loop.create_future()
 
         def deliver(result: Any, error: BaseException | None) -> None:
@@ -147,7 +164,7 @@ class WorkerThread(Executor):
             except RuntimeError:  # the loop is closed: nobody awaits it any more
                 pass
 
-        self._threads.put(lambda: fn(*args), deliver)
+        self._threads.put(lambda: fn(*args), deliver, background)
         return future
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:

@@ -272,10 +272,12 @@ class Worker:
             self._slicing = True
             self._loop.create_task(self._run_slices(yield_first=started_ops))
 
-    def _on_js_thread(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    def _on_js_thread(self, fn: Callable[..., Any], *args: Any, background: bool = False) -> Awaitable[Any]:
+        """``fn(*args)`` on the worker's executor; ``background`` for housekeeping that must not
+        hold up other workers' requests (a collection, a disposal: warren.runtime.threads)."""
         call = getattr(self._executor, "call", None)  # a JS thread's own hand-off (warren.runtime.threads)
         if call is not None:
-            return call(self._loop, fn, *args)  # type: ignore[no-any-return]
+            return call(self._loop, fn, *args, background=background)  # type: ignore[no-any-return]
         return self._loop.run_in_executor(self._executor, fn, *args)
 
     def _compile_and_load(
@@ -371,7 +373,7 @@ class Worker:
         self._cancel_ops(lambda op: True)
         async with self._turn:
             if self._isolate is not None:
-                await self._loop.run_in_executor(self._executor, self._discard_isolate)
+                await self._on_js_thread(self._discard_isolate, background=True)
 
     async def compact(self) -> None:
         """Shrink an idle isolate's heap (a full collection); a no-op once done until it runs again."""
@@ -379,7 +381,7 @@ class Worker:
             return
         async with self._turn:
             if self._isolate is not None and not self.broken:
-                await self._loop.run_in_executor(self._executor, self._isolate.compact)
+                await self._on_js_thread(self._isolate.compact, background=True)
                 self._compacted_at = self.last_used
 
     @property
@@ -599,7 +601,7 @@ class Worker:
             else:
                 self._fail_invocation(invocation, 503, RESTARTED, "canceled")
         self._cancel_ops(lambda op: True)
-        await self._loop.run_in_executor(self._executor, self._discard_isolate)
+        await self._on_js_thread(self._discard_isolate, background=True)
 
     def _settle_idle(self) -> None:
         """Finish what can no longer progress: nothing queued and no host operation pending."""
