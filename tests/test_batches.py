@@ -96,6 +96,21 @@ def test_work_stays_on_the_primary_thread_and_spills_to_a_spare_only_past_a_stuc
     threads.shutdown()
 
 
+def test_work_piling_up_behind_a_busy_primary_brings_the_spares_in() -> None:
+    # Heavy tenants: each piece is short (under SPILL_AFTER_S), but they queue faster than one
+    # thread runs them; once the oldest has waited SPILL_AFTER_S a spare takes it.
+    threads = JsThreads(2)
+    worker = threads.for_worker()
+
+    def piece() -> int:
+        time.sleep(SPILL_AFTER_S * 0.7)
+        return threading.get_ident()
+
+    ran_on = {future.result(10) for future in [worker.submit(piece) for _ in range(30)]}
+    assert len(ran_on) == 2
+    threads.shutdown()
+
+
 def test_a_js_thread_hands_results_and_errors_straight_back_to_the_loop() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()

@@ -1,22 +1,22 @@
 """The JS threads of a runtime process, and which of them runs each piece of JavaScript work.
 
 One thread, the primary, runs the work as it comes, in order. The others are
-spares: one takes the next piece only once the primary has been on its current
-piece for SPILL_AFTER_S, which short batches never are (a batch ends at 2 ms of
-CPU) but a slice spinning to its CPU limit is. So a neighbour waits at most
-that long behind a hog, and meanwhile the work stays on one thread: on a
-machine whose cores the supervisor, the runtime's loop and other runtime
-processes share, a second busy JS thread cost more than it gave (8 hello
-workers in one process: 9.3k req/s with two threads taking work as it came,
-11.1–12.0k with one; an isolate moving between threads costs V8 a swap of its
-per-thread state and cold caches as well). Only this module picks threads; it
-knows nothing of isolates.
+spares: one takes the oldest waiting piece only once it has waited SPILL_AFTER_S
+while the primary was busy. Short batches rarely wait that long (a batch ends at
+2 ms of CPU), so the work stays on one thread; a slice spinning to its CPU limit
+makes the next piece wait, so a neighbour waits at most that long behind a hog;
+and work piling up behind a busy primary (heavy tenants) brings the spares in.
+On a machine whose cores the supervisor, the runtime's loop and other runtime
+processes share, a second busy JS thread cost more than it gave for light work
+(8 hello workers in one process: 9.3k req/s with two threads taking work as it
+came, 11.1-12.0k with one; an isolate moving between threads also costs V8 a
+swap of its per-thread state, and the caches go cold). Only this module picks
+threads; it knows nothing of isolates.
 
 A trip to a JS thread is what a worker with little traffic pays per request, so
 work goes in through one queue and its result goes back with one
 ``call_soon_threadsafe``: no ``concurrent.futures`` future or callback chain.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
-SPILL_AFTER_S = 0.003  # the primary on one piece of work this long: a spare takes the next
+SPILL_AFTER_S = 0.003  # work waiting this long behind a busy primary: a spare takes it
 
 Deliver = Callable[[Any, BaseException | None], None]
 
@@ -39,7 +39,7 @@ class JsThreads:
         count = max(1, count)
         self._lock = threading.Lock()
         self._ready = [threading.Condition(self._lock) for _ in range(count)]  # one each: who is woken is chosen
-        self._pending: deque[tuple[Callable[[], Any], Deliver]] = deque()
+        self._pending: deque[tuple[Callable[[], Any], Deliver, float]] = deque()  # work, deliver, put at
         # Housekeeping (an idle isolate's collection): on a spare, so it never delays the primary.
         self._background: deque[tuple[Callable[[], Any], Deliver]] = deque()
         self._since: list[float | None] = [None] * count  # when each thread started its current work
@@ -67,7 +67,7 @@ class JsThreads:
                 self._background.append((work, deliver))
                 self._wake_spares()
                 return
-            self._pending.append((work, deliver))
+            self._pending.append((work, deliver, time.monotonic()))
             if self._since[0] is None:
                 self._ready[0].notify()
             else:  # the primary is busy: spares must watch how long it stays so
@@ -83,10 +83,9 @@ class JsThreads:
         """Under the lock, with work pending: 0 to take it now, else how long to wait (None: until told)."""
         if index == 0 or self._stopping:  # shutting down: every thread drains what is left
             return 0.0
-        started = self._since[0]
-        if started is None:
+        if self._since[0] is None:
             return None  # the primary is free and was told
-        return max(0.0, started + SPILL_AFTER_S - now)
+        return max(0.0, self._pending[0][2] + SPILL_AFTER_S - now)
 
     def _run(self, index: int) -> None:
         ready = self._ready[index]
@@ -104,7 +103,7 @@ class JsThreads:
                         now = time.monotonic()
                         wait = self._wait_before_taking(index, now)
                         if wait == 0.0:
-                            work, deliver = self._pending.popleft()
+                            work, deliver, _ = self._pending.popleft()
                             self._since[index] = now
                             if index == 0 and self._pending:
                                 self._wake_spares()  # put while the primary was still free
