@@ -42,7 +42,7 @@ class JsThreads:
         self._pending: deque[tuple[Callable[[], Any], Deliver, float]] = deque()  # work, deliver, put at
         # Housekeeping (an idle isolate's collection): on a spare, so it never delays the primary.
         self._background: deque[tuple[Callable[[], Any], Deliver]] = deque()
-        self._since: list[float | None] = [None] * count  # when each thread started its current work
+        self._since: list[float | None] = [None] * count  # when each thread started its current work (None: free)
         self._idle_untimed = [False] * count  # a spare waiting with no deadline (nothing was pending)
         self._stopping = False
         self._threads = [
@@ -70,11 +70,11 @@ class JsThreads:
             self._pending.append((work, deliver, time.monotonic()))
             if self._since[0] is None:
                 self._ready[0].notify()
-            else:  # the primary is busy: spares must watch how long it stays so
+            else:  # the primary is busy: spares must watch how long the work waits
                 self._wake_spares()
 
     def _wake_spares(self) -> None:
-        """Under the lock: spares waiting with no deadline start watching the primary."""
+        """Under the lock: spares waiting with no deadline start watching the queue (or take housekeeping)."""
         for index in range(1, len(self._threads)):
             if self._idle_untimed[index]:
                 self._ready[index].notify()
