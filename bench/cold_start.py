@@ -270,6 +270,29 @@ def measure_lazy(
         (series.first if attempt == "first" else series.second).append(elapsed)
 
 
+def cold_starts(edge: Edge, args: argparse.Namespace, prefix: str, kept: KeptAlive | None, title: str) -> None:
+    """args.workers cold starts, args.gap_ms apart, each after a request to a long-loaded worker
+    after the same pause; on new connections, or on ``kept``. Prints the figures."""
+    lazy = Series()
+    floor: list[float] = []
+    for index in range(args.workers):
+        time.sleep(args.gap_ms / 1000)
+        floor.append(kept.get("/w0/")[0] if kept is not None else get(edge.port, "/w0/")[0])
+        time.sleep(args.gap_ms / 1000)
+        tag = f"{prefix}{index}"
+        measure_lazy(edge, lazy, tag, SMALL.format(index=tag), f"worker {tag}\n".encode(), kept)
+    print(title)
+    print(summary("first request (cold)", lazy.first))
+    print(summary("second request (warm)", lazy.second))
+    print(summary("warm, same pause", floor))
+    print(
+        f"  cold start's own cost (medians, first request - warm worker after the same pause): "
+        f"{(statistics.median(lazy.first) - statistics.median(floor)) * 1000:.2f} ms"
+    )
+    for failure in lazy.failures[:10]:
+        print(f"  ! {failure}")
+
+
 def measure(edge: Edge, series: Series, name: str, source: str, expected: bytes) -> None:
     try:
         series.deploy.append(edge.deploy(name, source))
@@ -330,50 +353,13 @@ def main() -> int:
         # so the runtime's pool of prepared isolates can refill between them.
         # The floor for the same pattern: a request to a worker loaded long ago, after the
         # same pause (an idle machine wakes up slower than a busy one answers).
-        lazy = Series()
-        floor: list[float] = []
-        for index in range(args.workers):
-            time.sleep(args.gap_ms / 1000)
-            floor.append(get(edge.port, "/w0/")[0])
-            time.sleep(args.gap_ms / 1000)
-            measure_lazy(edge, lazy, f"cold{index}", SMALL.format(index=f"c{index}"), f"worker c{index}\n".encode())
-        print(
-            f"\ncold start: first request to a script not yet started, "
-            f"{args.workers} distinct, {args.gap_ms:g} ms apart:"
-        )
-        print(summary("first request (cold)", lazy.first))
-        print(summary("second request (warm)", lazy.second))
-        print(summary("warm, same pause", floor))
-        print(
-            f"  cold start's own cost (medians, first request - warm worker after the same pause): "
-            f"{(statistics.median(lazy.first) - statistics.median(floor)) * 1000:.2f} ms"
-        )
-        for failure in lazy.failures[:10]:
-            print(f"  ! {failure}")
-
+        title = f"\ncold start: first request to a script not yet started, {args.workers} distinct, "
+        cold_starts(edge, args, "cold", None, title + f"{args.gap_ms:g} ms apart:")
         # The same on one kept-alive connection: what the cold start costs without the new
         # TCP connection (a front proxy keeps its connections to the edge open).
         kept = KeptAlive(edge.port)
-        kept_lazy = Series()
-        kept_floor: list[float] = []
-        for index in range(args.workers):
-            time.sleep(args.gap_ms / 1000)
-            kept_floor.append(kept.get("/w0/")[0])
-            time.sleep(args.gap_ms / 1000)
-            measure_lazy(
-                edge, kept_lazy, f"kept{index}", SMALL.format(index=f"k{index}"), f"worker k{index}\n".encode(), kept
-            )
+        cold_starts(edge, args, "kept", kept, f"\nthe same on one kept-alive connection ({args.workers} more scripts):")
         kept.close()
-        print(f"\nthe same on one kept-alive connection ({args.workers} more scripts):")
-        print(summary("first request (cold)", kept_lazy.first))
-        print(summary("second request (warm)", kept_lazy.second))
-        print(summary("warm, same pause", kept_floor))
-        print(
-            f"  cold start's own cost (medians): "
-            f"{(statistics.median(kept_lazy.first) - statistics.median(kept_floor)) * 1000:.2f} ms"
-        )
-        for failure in kept_lazy.failures[:10]:
-            print(f"  ! {failure}")
 
         # The two cold-start series above loaded 2 * args.workers more; the RSS figure counts them.
         extra = max(0, args.rss_workers - 3 * args.workers)
