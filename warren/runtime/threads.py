@@ -42,7 +42,7 @@ class JsThreads:
         self._pending: deque[tuple[Callable[[], Any], Deliver, float]] = deque()  # work, deliver, put at
         # Housekeeping (an idle isolate's collection): on a spare, so it never delays the primary.
         self._background: deque[tuple[Callable[[], Any], Deliver]] = deque()
-        self._since: list[float | None] = [None] * count  # when each thread started its current work (None: free)
+        self._primary_busy = False
         self._idle_untimed = [False] * count  # a spare waiting with no deadline (nothing was pending)
         self._stopping = False
         self._threads = [
@@ -68,7 +68,7 @@ class JsThreads:
                 self._wake_spares()
                 return
             self._pending.append((work, deliver, time.monotonic()))
-            if self._since[0] is None:
+            if not self._primary_busy:
                 self._ready[0].notify()
             else:  # the primary is busy: spares must watch how long the work waits
                 self._wake_spares()
@@ -83,7 +83,7 @@ class JsThreads:
         """Under the lock, with work pending: 0 to take it now, else how long to wait (None: until told)."""
         if index == 0 or self._stopping:  # shutting down: every thread drains what is left
             return 0.0
-        if self._since[0] is None:
+        if not self._primary_busy:
             return None  # the primary is free and was told
         return max(0.0, self._pending[0][2] + SPILL_AFTER_S - now)
 
@@ -97,16 +97,16 @@ class JsThreads:
                     wait: float | None = None
                     if index != 0 and self._background:
                         work, deliver = self._background.popleft()
-                        self._since[index] = time.monotonic()
                         break
                     if self._pending:
                         now = time.monotonic()
                         wait = self._wait_before_taking(index, now)
                         if wait == 0.0:
                             work, deliver, _ = self._pending.popleft()
-                            self._since[index] = now
-                            if index == 0 and self._pending:
-                                self._wake_spares()  # put while the primary was still free
+                            if index == 0:
+                                self._primary_busy = True
+                                if self._pending:
+                                    self._wake_spares()  # put while the primary was still free
                             break
                     self._idle_untimed[index] = wait is None
                     ready.wait(wait)
@@ -117,10 +117,9 @@ class JsThreads:
                 result = work()
             except BaseException as exc:  # handed to whoever waits, as an executor would
                 error = exc
-            with self._lock:
-                self._since[index] = None
-                if self._pending and index != 0 and self._since[0] is None:
-                    self._ready[0].notify()  # taken over while the primary was stuck: it is free now
+            if index == 0:
+                with self._lock:
+                    self._primary_busy = False
             deliver(result, error)
 
     def shutdown(self, wait: bool = True) -> None:

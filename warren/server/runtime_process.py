@@ -161,11 +161,16 @@ class _FrameReply:
 
     def release(self) -> None:
         """Send a held response now."""
-        if self._held is not None:
-            status, headers, data = self._held
-            self._held = None
-            head = {"status": status, "headers": headers}
-            self._runtime.send(encode_with_body(Kind.RESPONSE, self._stream, head, data))
+        self._send_held(Kind.RESPONSE)
+
+    def _send_held(self, kind: Kind, *more: dict[str, Any]) -> bool:
+        """Send the held response (RESPONSE, or RESPONSE_DONE with ``more``: the metering), if any."""
+        if self._held is None:
+            return False
+        status, headers, data = self._held
+        self._held = None
+        self._runtime.send(encode_with_body(kind, self._stream, {"status": status, "headers": headers}, data, *more))
+        return True
 
     def body(self, chunk: bytes) -> None:
         self.bytes_out += len(chunk)
@@ -225,13 +230,8 @@ class _FrameReply:
         }
         if self.exceptions:
             metering["exceptions"] = self.exceptions
-        if self._held is not None:
-            status, headers, data = self._held
-            self._held = None
-            head = {"status": status, "headers": headers}
-            self._runtime.send(encode_with_body(Kind.RESPONSE_DONE, self._stream, head, data, metering))
-            return
-        self._runtime.send(encode_json(Kind.DONE, self._stream, metering))
+        if not self._send_held(Kind.RESPONSE_DONE, metering):
+            self._runtime.send(encode_json(Kind.DONE, self._stream, metering))
 
 
 EVICTION_INTERVAL_S = 5.0

@@ -718,11 +718,7 @@ class SQLiteStore:
         from warren.observability.analytics import count_events
 
         received = _now_ms()
-        counts = count_events(events)
         prune = received - getattr(self, "_events_pruned", 0) >= EVENTS_PRUNE_EVERY_MS
-        by_script: dict[str, list[dict[str, Any]]] = {}
-        for event in events:
-            by_script.setdefault(str(event.get("scriptName", "")), []).append(event)
 
         def encoded(chunk: list[dict[str, Any]]) -> list[tuple[str, int]]:
             data = dump_json_text(chunk)  # the whole chunk through json if one event needs it
@@ -732,8 +728,12 @@ class SQLiteStore:
             return encoded(chunk[:half]) + encoded(chunk[half:])
 
         def write(conn: sqlite3.Connection) -> None:
-            # Encoded here, on the store's thread: on the event loop, a node's JSON per request
-            # was a fifth of its supervisor's time under load.
+            # Grouped, counted and encoded here, on the store's thread: on the event loop, a
+            # node's JSON per request was a fifth of its supervisor's time under load.
+            counts = count_events(events)
+            by_script: dict[str, list[dict[str, Any]]] = {}
+            for event in events:
+                by_script.setdefault(str(event.get("scriptName", "")), []).append(event)
             (count,) = conn.execute(
                 "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'event_batches'), 0)"
             ).fetchone()
