@@ -13,7 +13,7 @@ In one process it runs warren's Supervisor behind EdgeApp on uvicorn (port 0 on
   and prints p50/p99 (and max) of each, plus deploy + first request;
 * does the same for --big scripts of about --big-mb MB each, each distinct: modules
   whose top level holds a big array of string literals, then modules whose top
-  level holds one big string literal;
+  level holds one big string literal, then bundles of small functions (code);
 * reports the runtime child process's RSS (/proc/PID/status VmRSS) before any
   worker, after the small ones and after --rss-workers loaded workers, and the
   growth per worker.
@@ -51,7 +51,25 @@ export default {{
 
 
 def big_script(index: int, megabytes: float, kind: str) -> str:
-    """A module of about ``megabytes`` MB: an array of distinct string literals, or one string."""
+    """A module of about ``megabytes`` MB: an array of distinct string literals, one string,
+    or code (small functions, in the shape wrangler's esbuild writes a bundle)."""
+    if kind == "code":
+        functions = []
+        size = 0
+        while size < megabytes * 1024 * 1024:
+            n = len(functions)
+            functions.append(
+                f"function helper{index}_{n}(value) {{\n  const text = `#{n}:` + String(value);\n"
+                f"  return text.length > {n % 7 + 3} ? text.slice(0, {n % 5 + 2}) : text;\n}}\n"
+            )
+            size += len(functions[-1])
+        return (
+            'import { DurableObject } from "cloudflare:workers";\n// src/index.js\n'
+            + "".join(functions)
+            + "var src_default = {\n  async fetch(request) {\n"
+            + f'    return new Response("big worker {index}: " + helper{index}_{len(functions) - 1}(7) + "\\n");\n'
+            + "  }\n};\nexport {\n  src_default as default\n};\n"
+        )
     item = 100  # characters per literal
     count = int(megabytes * 1024 * 1024 / (item + 4))
     filler = "x" * (item - 12)
@@ -377,7 +395,11 @@ def main() -> int:
             growth = f"  (+{(kib - base) / count / 1024:.2f} MiB per worker)" if count else ""
             print(f"  {count:5d} workers: {kib / 1024:8.1f} MiB{growth}")
 
-        for kind, description in (("array", "an array of 100-byte string literals"), ("string", "one string literal")):
+        for kind, description in (
+            ("array", "an array of 100-byte string literals"),
+            ("string", "one string literal"),
+            ("code", "functions, bundled as esbuild writes them"),
+        ):
             if not args.big:
                 break
             big = Series()

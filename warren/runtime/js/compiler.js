@@ -1,0 +1,168 @@
+// The compiler isolate's entry point (warren/runtime/script.py): an ES module's
+// text in, a CommonJS-shaped body for the bootstrap's define() out.
+//
+// sucrase does the general case. It tokenizes the whole module, which costs
+// ~0.3 ms per KB (a 1 MB bundle: 0.3 s) on a cold start. A bundle built by
+// wrangler/esbuild has little module syntax: a final `export { x as default }`
+// and perhaps an import of "cloudflare:workers" at the top. For such a module,
+// es-module-lexer finds that syntax (~5 ms per MB) and only those statements are
+// rewritten; anything else goes to sucrase. Line numbers are kept either way.
+// (A data file's default import, "./x.wasm", counts as little as the runtime's module.)
+(function () {
+  "use strict";
+  const sucrase = globalThis.__warrenSucrase;
+  const lexer = globalThis.__warrenModuleLexer;
+  delete globalThis.__warrenSucrase;
+  delete globalThis.__warrenModuleLexer;
+
+  const PROLOGUE = '"use strict";Object.defineProperty(exports, "__esModule", {value: true});';
+  // Modules the runtime provides (bootstrap.js, requireFrom): no cycles, never reassigned.
+  const BUILTIN_MODULES = new Set(["cloudflare:workers"]);
+  // The worker's files that are data (wrangler's default module rules): imported for
+  // their default export, which is never reassigned, from modules that import nothing.
+  const DATA_MODULE = /\.(?:wasm|wasm\?module|txt|html|bin|json)$/;
+  // A default import as sucrase binds it: a CommonJS module's exports, or an ES module's default.
+  const DEFAULT_OF = "((m) => m && m.__esModule ? m.default : m)";
+  const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
+  // Whitespace, comments and the end of an import before: what may stand before an import.
+  const NOTHING = /^(?:\s|;|\/\/[^\n]*|\/\*[\s\S]*?\*\/)*$/;
+
+  function newlines(text) {
+    let count = 0;
+    for (let at = text.indexOf("\n"); at !== -1; at = text.indexOf("\n", at + 1)) count += 1;
+    return "\n".repeat(count);
+  }
+
+  // `{ A, B as C }` or `* as N` (what a bundle imports from a builtin) as a
+  // destructuring pattern; null for anything else (a default import, say).
+  function importPattern(clause) {
+    clause = clause.trim();
+    const namespace = /^\*\s+as\s+([A-Za-z_$][A-Za-z0-9_$]*)$/.exec(clause);
+    if (namespace) return namespace[1];
+    if (!clause.startsWith("{") || !clause.endsWith("}")) return null;
+    const parts = [];
+    for (const item of clause.slice(1, -1).split(",")) {
+      const words = item.trim().split(/\s+/).filter((word) => word !== "");
+      if (words.length === 0) continue;  // a trailing comma
+      if (words.length === 1 && IDENTIFIER.test(words[0])) parts.push(words[0]);
+      else if (words.length === 3 && words[1] === "as" && IDENTIFIER.test(words[0]) && IDENTIFIER.test(words[2])) {
+        parts.push(`${words[0]}: ${words[2]}`);
+      } else return null;
+    }
+    return `{ ${parts.join(", ")} }`;
+  }
+
+  // The module as a CommonJS body, or null when the fast path does not apply.
+  function rewriteBundle(code) {
+    if (code.startsWith("#!")) return null;
+    let imports, exports;
+    try {
+      [imports, exports] = lexer.parse(code);
+    } catch (error) {
+      return null;  // sucrase reports the syntax error, with its position
+    }
+    const edits = [];  // [start, end, replacement], not overlapping
+    let headEnd = 0;
+    for (const found of imports) {
+      if (found.type !== "static" || found.typeOnly || found.attributes !== null) return null;
+      const data = DATA_MODULE.test(found.specifier) && found.specifier.startsWith(".");
+      if (!BUILTIN_MODULES.has(found.specifier) && !data) return null;
+      // Imports are bound before any of the module runs; here they run where they
+      // stand, so only comments and other imports may come before them.
+      if (!NOTHING.test(code.slice(headEnd, found.importStart))) return null;
+      const statement = code.slice(found.importStart, found.importEnd);
+      const shape = /^import\s*([\s\S]*?)\s*from\s*(["'])([^"']*)\2\s*;?$/.exec(statement);
+      if (shape === null || shape[3] !== found.specifier) return null;
+      const required = `require(${JSON.stringify(found.specifier)})`;
+      let binding;
+      if (data) {  // import name from "./file.wasm"
+        const name = shape[1].trim();
+        if (!IDENTIFIER.test(name)) return null;
+        binding = `const ${name} = ${DEFAULT_OF}(${required});`;
+      } else {
+        const pattern = importPattern(shape[1]);
+        if (pattern === null) return null;
+        binding = `const ${pattern} = ${required};`;
+      }
+      edits.push([found.importStart, found.importEnd, binding + newlines(statement)]);
+      headEnd = found.importEnd;
+    }
+    const getters = [];
+    const names = new Set();
+    const statements = new Map();  // exportStart -> its exports
+    for (const found of exports) {
+      if (found.type !== "direct" || found.typeOnly || names.has(found.name)) return null;
+      names.add(found.name);
+      if (!statements.has(found.exportStart)) statements.set(found.exportStart, []);
+      statements.get(found.exportStart).push(found);
+    }
+    for (const [start, members] of statements) {
+      const head = /^export(\s+default\b)?\s*/.exec(code.slice(start, start + 64));
+      if (head === null) return null;
+      const after = start + head[0].length;
+      if (head[1] === undefined && code[after] === "{") {  // export { a, b as c };
+        const lastName = Math.max(...members.map((member) => member.end));
+        const close = code.indexOf("}", lastName);
+        if (close === -1 || !/^\s*,?\s*$/.test(code.slice(lastName, close))) return null;
+        let end = close + 1;
+        const semicolon = /^[ \t]*;/.exec(code.slice(end, end + 64));
+        if (semicolon) end += semicolon[0].length;
+        if (/^\s*from\b/.test(code.slice(end))) return null;
+        edits.push([start, end, newlines(code.slice(start, end))]);
+      } else if (head[1] !== undefined) {
+        if (members.length !== 1) return null;
+        // Named here, not by the lexer, which reads `class extends Base` as a class named "extends".
+        const declared = /^(?:(?:async\s+)?function\b\s*\*?\s*|class\s+)([A-Za-z_$][A-Za-z0-9_$]*)?/
+          .exec(code.slice(after, after + 256));
+        const name = declared === null || declared[1] === "extends" ? undefined : declared[1];
+        const lexed = members[0].localName;
+        if (name === undefined && lexed !== undefined && lexed !== "extends") return null;  // unsure: sucrase
+        if (name === undefined) {  // an expression, or an anonymous function or class
+          edits.push([start, after, "exports.default = "]);
+          continue;
+        }
+        if (name !== lexed) return null;
+        edits.push([start, after, ""]);  // export default function f() {}
+      } else if (/^(?:const|let|var|function|async\s+function|class)\b/.test(code.slice(after, after + 16))) {
+        edits.push([start, after, ""]);  // export <declaration>
+      } else {
+        return null;
+      }
+      for (const member of members) {
+        if (member.localName === undefined || !IDENTIFIER.test(member.localName)) return null;
+        // A getter keeps the binding live, as an ES module's export is.
+        getters.push(`Object.defineProperty(exports, ${JSON.stringify(member.name)}, ` +
+          `{enumerable: true, get: () => ${member.localName}});`);
+      }
+    }
+    edits.sort((a, b) => a[0] - b[0]);
+    let out = "";
+    let at = 0;
+    for (const [start, end, replacement] of edits) {
+      if (start < at) return null;
+      out += code.slice(at, start) + replacement;
+      at = end;
+    }
+    out += code.slice(at);
+    // What is left must be a plain script: no module syntax the lexer can see.
+    try {
+      const [left, exported] = lexer.parse(out);
+      if (left.length !== 0 || exported.length !== 0) return null;
+    } catch (error) {
+      return null;
+    }
+    return PROLOGUE + getters.join("") + out;
+  }
+
+  globalThis.__warrenTransform = function (code, filePath) {
+    const rewritten = rewriteBundle(code);
+    if (rewritten !== null) return JSON.stringify({ code: rewritten, fast: true });
+    try {
+      const options = { transforms: ["imports"], filePath };
+      return JSON.stringify({ code: sucrase.transform(code, options).code });
+    } catch (e) {
+      const loc = e.loc || {};
+      return JSON.stringify({ error: String(e.message), line: loc.line || 0, column: loc.column || 0 });
+    }
+  };
+})();
