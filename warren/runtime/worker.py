@@ -375,14 +375,17 @@ class Worker:
             if self._isolate is not None:
                 await self._on_js_thread(self._discard_isolate, background=True)
 
-    async def compact(self) -> None:
-        """Shrink an idle isolate's heap (a full collection); a no-op once done until it runs again."""
+    async def compact(self) -> bool:
+        """Shrink an idle isolate's heap (a full collection); a no-op once done until it runs again.
+        True if it collected."""
         if self._compacted_at == self.last_used or not self.idle or self._isolate is None:
-            return
+            return False
         async with self._turn:
             if self._isolate is not None and not self.broken:
                 await self._on_js_thread(self._isolate.compact, background=True)
                 self._compacted_at = self.last_used
+                return True
+        return False
 
     @property
     def idle(self) -> bool:
