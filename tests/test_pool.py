@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
+from warren.runtime import Compiler, IncomingRequest, ScriptLoadError, Worker, WorkerScript
 from warren.runtime import pool as pool_module
 from warren.runtime.pool import IsolatePool
 
@@ -95,5 +95,37 @@ def test_the_pool_deepens_while_new_tenants_arrive_in_a_burst() -> None:
             if item is not None:
                 item.isolate.dispose()
         pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_prepared_isolate_keeps_nothing_of_its_warm_up() -> None:
+    # Preparing an isolate runs a module through the load path and a fetch to it, so
+    # that V8 has compiled them before a tenant's cold start; none of it may show.
+    async def scenario() -> None:
+        executor = ThreadPoolExecutor(1)
+        compiler = Compiler()
+        source = (
+            "export default { async fetch(request, env) {\n"
+            "  let warm = 'none';\n"
+            "  try { await import('warren:warm'); warm = 'importable'; } catch (error) { warm = error.message; }\n"
+            "  return new Response(JSON.stringify({ env: Object.keys(env), warm }));\n"
+            "} };"
+        )
+        worker = Worker(WorkerScript(name="w", source=source, vars={"ONLY": "1"}), executor, compiler, lambda *a: None)
+        await worker.start()
+        reply = Collect()
+        worker.fetch(IncomingRequest(1, "GET", "http://x/", []), reply)  # type: ignore[arg-type]
+        assert await asyncio.wait_for(reply.finished, 10) == "ok"
+        assert reply.received == b'{"env":["ONLY"],"warm":"No such module \\"warren:warm\\", imported from \\"worker.js\\"."}'
+        await worker.close()
+        silent = Worker(WorkerScript(name="s", source="const nothing = 1;"), executor, compiler, lambda *a: None)
+        try:
+            await silent.start()
+            raise AssertionError("a script without handlers loaded")
+        except ScriptLoadError as exc:
+            assert "No event handlers were registered" in str(exc)
+        compiler.close()
+        executor.shutdown()
 
     asyncio.run(scenario())
