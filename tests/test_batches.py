@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-
-import pytest
 
 from tests.test_pool import Collect
 from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
@@ -32,9 +29,7 @@ class Reply(Collect):
 TURN = [0]  # turns of the event loop so far
 
 
-@pytest.mark.parametrize("threads", ["runtime", "pool"])
-def test_queued_requests_answer_in_bounded_batches(threads: str) -> None:
-    # Both hand-offs: the runtime's JS threads (WorkerThread.call) and any Executor.
+def test_queued_requests_answer_in_bounded_batches() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
 
@@ -44,7 +39,7 @@ def test_queued_requests_answer_in_bounded_batches(threads: str) -> None:
 
         tick()
         js_threads = JsThreads(1)
-        executor = js_threads.for_worker() if threads == "runtime" else ThreadPoolExecutor(1)
+        executor = js_threads.for_worker()
         compiler = Compiler()
         worker = Worker(
             WorkerScript(name="quick", source="export default { fetch: () => new Response('ok') };"),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
+from warren.runtime.threads import JsThreads
 from warren.server.runtime_process import release_freed_memory
 
 
@@ -29,7 +29,8 @@ class _Quiet:
 
 def test_compacting_an_idle_worker_frees_its_garbage_and_keeps_its_state() -> None:
     async def scenario() -> None:
-        executor = ThreadPoolExecutor(1)
+        js_threads = JsThreads(1)
+        executor = js_threads.for_worker()
         compiler = Compiler()
         source = (
             "let kept = 0;\n"
@@ -50,7 +51,7 @@ def test_compacting_an_idle_worker_frees_its_garbage_and_keeps_its_state() -> No
         assert await second.finished == "ok"
         await worker.close()
         compiler.close()
-        executor.shutdown()
+        js_threads.shutdown()
 
     asyncio.run(scenario())
 

@@ -16,7 +16,6 @@ import json
 import random
 import textwrap
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
 from warren.runtime.crypto import CryptoHost
+from warren.runtime.threads import JsThreads
 
 MESSAGE = b"signed by python, checked by the worker"
 LARGE = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: crosses the DigestStream flush size
@@ -879,7 +879,8 @@ class _Collect:
 
 def test_a_key_handle_from_one_worker_is_useless_to_another() -> None:
     async def scenario() -> None:
-        executor = ThreadPoolExecutor(2)
+        js_threads = JsThreads(2)
+        executor = js_threads.for_worker()
         compiler = Compiler()
         workers = []
         for name in ("alice", "mallory"):
@@ -923,7 +924,7 @@ def test_a_key_handle_from_one_worker_is_useless_to_another() -> None:
         for worker in workers:
             await worker.close()
         compiler.close()
-        executor.shutdown()
+        js_threads.shutdown()
 
     asyncio.run(scenario())
 

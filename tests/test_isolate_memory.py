@@ -10,10 +10,10 @@ statistics after a full collection, with a wide margin.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
+from warren.runtime.threads import JsThreads
 
 # The table's share of the heap is ~1.46 MiB (V8 13.1); half of it is the margin.
 IDNA_TABLE_BYTES_AT_LEAST = 750 * 1024
@@ -54,7 +54,8 @@ class _Body:
 
 def test_the_idna_table_is_built_only_for_a_non_ascii_host() -> None:
     async def scenario() -> None:
-        executor = ThreadPoolExecutor(1)
+        js_threads = JsThreads(1)
+        executor = js_threads.for_worker()
         compiler = Compiler()
         worker = Worker(WorkerScript(name="hosts", source=HOST_ECHO), executor, compiler, lambda *a: None)
         await worker.start()
@@ -87,6 +88,6 @@ def test_the_idna_table_is_built_only_for_a_non_ascii_host() -> None:
         finally:
             await worker.close()
             compiler.close()
-            executor.shutdown()
+            js_threads.shutdown()
 
     asyncio.run(scenario())

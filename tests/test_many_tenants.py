@@ -188,6 +188,7 @@ def test_a_script_that_fails_to_compile_hands_its_prepared_isolate_back() -> Non
 
     from warren.runtime import Compiler, ScriptLoadError, Worker
     from warren.runtime.pool import IsolatePool
+    from warren.runtime.threads import JsThreads
 
     async def scenario() -> tuple[int, int, int]:
         pool = IsolatePool(ThreadPoolExecutor(1), size=2)
@@ -195,12 +196,14 @@ def test_a_script_that_fails_to_compile_hands_its_prepared_isolate_back() -> Non
         while len(pool._ready) < 2:
             await asyncio.sleep(0.01)
         broken = WorkerScript(name="broken", source="export default { fetch( { };")
-        worker = Worker(broken, ThreadPoolExecutor(1), Compiler(), lambda level, message: None, pool=pool)
+        js_threads = JsThreads(1)
+        worker = Worker(broken, js_threads.for_worker(), Compiler(), lambda level, message: None, pool=pool)
         with pytest.raises(ScriptLoadError):
             await worker.start()
         await asyncio.sleep(0)  # handed back through the loop (before the refill, 100 ms later)
         ready = len(pool._ready)
         pool.close()
+        js_threads.shutdown()
         return ready, pool.taken, pool.missed
 
     ready, taken, missed = asyncio.run(scenario())

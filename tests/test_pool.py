@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from warren.runtime import Compiler, IncomingRequest, ScriptLoadError, Worker, WorkerScript
 from warren.runtime import pool as pool_module
 from warren.runtime.pool import IsolatePool
+from warren.runtime.threads import JsThreads
 
 
 class Collect:
@@ -36,7 +37,8 @@ class Collect:
 
 def test_pooled_isolates_serve_one_tenant_each_with_its_own_env() -> None:
     async def scenario() -> None:
-        executor = ThreadPoolExecutor(2)
+        js_threads = JsThreads(2)
+        executor = js_threads.for_worker()
         pool = IsolatePool(ThreadPoolExecutor(1), size=2)
         pool.refill()
         for _ in range(200):  # until both are prepared
@@ -65,7 +67,7 @@ def test_pooled_isolates_serve_one_tenant_each_with_its_own_env() -> None:
             await worker.close()
         pool.close()
         compiler.close()
-        executor.shutdown()
+        js_threads.shutdown()
 
     asyncio.run(scenario())
 
@@ -103,7 +105,8 @@ def test_a_prepared_isolate_keeps_nothing_of_its_warm_up() -> None:
     # Preparing an isolate runs a module through the load path and a fetch to it, so
     # that V8 has compiled them before a tenant's cold start; none of it may show.
     async def scenario() -> None:
-        executor = ThreadPoolExecutor(1)
+        js_threads = JsThreads(1)
+        executor = js_threads.for_worker()
         compiler = Compiler()
         source = (
             "export default { async fetch(request, env) {\n"
@@ -126,6 +129,6 @@ def test_a_prepared_isolate_keeps_nothing_of_its_warm_up() -> None:
         except ScriptLoadError as exc:
             assert "No event handlers were registered" in str(exc)
         compiler.close()
-        executor.shutdown()
+        js_threads.shutdown()
 
     asyncio.run(scenario())

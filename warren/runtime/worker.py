@@ -1,6 +1,6 @@
 """One running instance of a Worker: an isolate, its event loop, its invocations.
 
-JavaScript runs in "slices" on a thread of the executor, one slice at a time
+JavaScript runs in "slices" on a JS thread (warren.runtime.threads), one slice at a time
 per Worker; between slices the isolate waits for host operations (timers,
 request bodies) on the asyncio loop. Host functions called from JavaScript only
 record effects, which the loop applies after the slice returns, so nothing on
@@ -15,7 +15,6 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
@@ -41,6 +40,7 @@ from warren.runtime.script import (
     WorkerScript,
 )
 from warren.runtime.subrequests import Fetcher, SubrequestError
+from warren.runtime.threads import WorkerThread
 from warren.runtime.websockets import NO_SOCKET_101, WebSocketHost
 
 # Limits on calls from the isolate; they are the bindings' rules, enforced here
@@ -177,7 +177,7 @@ class Worker:
     def __init__(
         self,
         script: WorkerScript,
-        executor: Executor,
+        js_thread: WorkerThread,
         compiler: Compiler,
         log_sink: LogSink,
         activity: Activity | None = None,
@@ -196,7 +196,7 @@ class Worker:
         self.cold_start_pooled = False
         self.key = key or script.name
         self._activity = activity
-        self._executor = executor
+        self._js_thread = js_thread
         self._compiler = compiler
         self._log_sink = log_sink
         self._loop = asyncio.get_running_loop()
@@ -237,7 +237,7 @@ class Worker:
                 batch, self._slices = self._slices, []
             outcome: list[Any] = [0, None, None, 0, None]  # as _enter_batch's, then where its effects start
             try:
-                # Compiled on the same trip to the executor as the load: one hop less.
+                # Compiled on the same trip to the JS thread as the load: one hop less.
                 await self._on_js_thread(self._compile_and_load, prepared, batch, outcome)
             except BaseException:
                 if first is not None:
@@ -273,12 +273,9 @@ class Worker:
             self._loop.create_task(self._run_slices(yield_first=started_ops))
 
     def _on_js_thread(self, fn: Callable[..., Any], *args: Any, background: bool = False) -> Awaitable[Any]:
-        """``fn(*args)`` on the worker's executor; ``background`` for housekeeping that must not
+        """``fn(*args)`` on a JS thread; ``background`` for housekeeping that must not
         hold up other workers' requests (a collection, a disposal: warren.runtime.threads)."""
-        call = getattr(self._executor, "call", None)  # a JS thread's own hand-off (warren.runtime.threads)
-        if call is not None:
-            return call(self._loop, fn, *args, background=background)  # type: ignore[no-any-return]
-        return self._loop.run_in_executor(self._executor, fn, *args)
+        return self._js_thread.call(self._loop, fn, *args, background=background)
 
     def _compile_and_load(
         self,
@@ -468,7 +465,7 @@ class Worker:
 
     async def _run_slices(self, yield_first: bool = False) -> None:
         """Run the queued slices in order. Those queued by the time the isolate is free
-        go to the executor together: a trip to a JS thread and back costs two thread
+        go to the JS thread together: a trip to a JS thread and back costs two thread
         wake-ups, more than a small request's JavaScript."""
         try:
             if yield_first:
