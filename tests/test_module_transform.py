@@ -170,3 +170,21 @@ def test_a_data_file_imported_by_a_rewritten_module_is_its_default_export(compil
     script = WorkerScript(name="text", source=main, modules=(Module("greeting.txt", "text", "hello from a file"),))
     harness._run(harness.supervisor.deploy(script))
     assert harness.get("/text").text == "hello from a file"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # The first sent a regular expression of the compiler into exponential backtracking
+        # (10 s, the compiler's limit, for everyone: the compiler isolate is shared by every
+        # tenant of the process); the others put long tenant-made text where the others look.
+        "/**/" * 40 + "x\nimport { env } from 'cloudflare:workers';\nexport default {};",
+        "var a = 1;\nexport { a" + " " * 50_000 + "x };\n",
+        "import " + 'from "a" ' * 20_000 + "x from 'cloudflare:workers';\nexport default {};",
+    ],
+)
+def test_a_module_made_to_stall_the_compiler_does_not(compiler: Compiler, source: str) -> None:
+    try:
+        compiler.compile(WorkerScript(name="stall", source=source, filename="stall.js"))
+    except ScriptLoadError as exc:  # sucrase's verdict, not the compiler's CPU limit
+        assert "limit" not in str(exc), exc

@@ -24,8 +24,32 @@
   // A default import as sucrase binds it: a CommonJS module's exports, or an ES module's default.
   const DEFAULT_OF = "((m) => m && m.__esModule ? m.default : m)";
   const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
-  // Whitespace, comments and the end of an import before: what may stand before an import.
-  const NOTHING = /^(?:\s|;|\/\/[^\n]*|\/\*[\s\S]*?\*\/)*$/;
+  // Past this, a statement is left to sucrase: the regular expressions below then
+  // never see a long tenant-made string (this isolate is every tenant's compiler).
+  const STATEMENT_LIMIT = 4096;
+
+  // Whether code[start, end) is only whitespace, comments and semicolons (what may stand
+  // before an import here). A scan, not a regular expression: one would backtrack
+  // exponentially on "/**//**/…x".
+  function nothingBetween(code, start, end) {
+    let at = start;
+    while (at < end) {
+      const char = code[at];
+      if (char === ";" || /\s/.test(char)) {
+        at += 1;
+      } else if (code.startsWith("//", at)) {
+        const line = code.indexOf("\n", at);
+        at = line === -1 || line >= end ? end : line + 1;
+      } else if (code.startsWith("/*", at)) {
+        const close = code.indexOf("*/", at + 2);
+        if (close === -1 || close + 2 > end) return false;
+        at = close + 2;
+      } else {
+        return false;
+      }
+    }
+    return true;
+  }
 
   function newlines(text) {
     let count = 0;
@@ -69,7 +93,8 @@
       if (!BUILTIN_MODULES.has(found.specifier) && !data) return null;
       // Imports are bound before any of the module runs; here they run where they
       // stand, so only comments and other imports may come before them.
-      if (!NOTHING.test(code.slice(headEnd, found.importStart))) return null;
+      if (!nothingBetween(code, headEnd, found.importStart)) return null;
+      if (found.importEnd - found.importStart > STATEMENT_LIMIT) return null;
       const statement = code.slice(found.importStart, found.importEnd);
       const shape = /^import\s*([\s\S]*?)\s*from\s*(["'])([^"']*)\2\s*;?$/.exec(statement);
       if (shape === null || shape[3] !== found.specifier) return null;
@@ -101,13 +126,15 @@
       if (head === null) return null;
       const after = start + head[0].length;
       if (head[1] === undefined && code[after] === "{") {  // export { a, b as c };
-        const lastName = Math.max(...members.map((member) => member.end));
+        let lastName = start;
+        for (const member of members) lastName = Math.max(lastName, member.end);
         const close = code.indexOf("}", lastName);
-        if (close === -1 || !/^\s*,?\s*$/.test(code.slice(lastName, close))) return null;
+        if (close === -1 || close - lastName > 256) return null;
+        if (!/^\s*,?\s*$/.test(code.slice(lastName, close))) return null;
         let end = close + 1;
         const semicolon = /^[ \t]*;/.exec(code.slice(end, end + 64));
         if (semicolon) end += semicolon[0].length;
-        if (/^\s*from\b/.test(code.slice(end))) return null;
+        if (/^\s*from\b/.test(code.slice(end, end + 256))) return null;
         edits.push([start, end, newlines(code.slice(start, end))]);
       } else if (head[1] !== undefined) {
         if (members.length !== 1) return null;
