@@ -188,3 +188,66 @@ def test_a_module_made_to_stall_the_compiler_does_not(compiler: Compiler, source
         compiler.compile(WorkerScript(name="stall", source=source, filename="stall.js"))
     except ScriptLoadError as exc:  # sucrase's verdict, not the compiler's CPU limit
         assert "limit" not in str(exc), exc
+
+
+def test_a_slow_transform_never_holds_up_a_neighbours_requests(edge: Any) -> None:
+    # Two tenants deploy 1.5 MB that only sucrase can take (a relative import), which
+    # costs it about half a second each: that runs on the compiler's thread, not on the JS
+    # threads serving the neighbour.
+    import threading
+    import time
+
+    harness = edge({"neighbour": "export default { fetch() { return new Response('here'); } };"})
+    assert harness.get("/neighbour").text == "here"
+    body = esbuild_bundle(12_000).replace(
+        'import { DurableObject, WorkerEntrypoint as Entry } from "cloudflare:workers";',
+        'import { DurableObject, WorkerEntrypoint as Entry } from "cloudflare:workers";\nimport "./side.js";',
+    )
+    assert len(body) > 1_400_000  # at ~2 MB sucrase outgrows the compiler's heap (128 MB)
+    took: list[float] = []
+
+    def deploy(name: str) -> None:
+        script = WorkerScript(
+            name=name, source=f"// {name}\n{body}", vars={"WHO": name}, modules=(Module("side.js", "esm", ""),)
+        )
+        started = time.monotonic()
+        harness._run(harness.supervisor.deploy(script), timeout=120)
+        took.append(time.monotonic() - started)
+
+    deploys = [threading.Thread(target=deploy, args=(name,)) for name in ("slow-a", "slow-b")]
+    for thread in deploys:
+        thread.start()
+    waits = []
+    while any(thread.is_alive() for thread in deploys):
+        started = time.monotonic()
+        assert harness.get("/neighbour").text == "here"
+        waits.append(time.monotonic() - started)
+        time.sleep(0.01)
+    for thread in deploys:
+        thread.join()
+    # Bound: well under one transform; a neighbour stuck behind both waited for both.
+    assert max(waits) < 0.25, (max(waits), took)
+    assert len(took) == 2 and max(took) > 0.4, took  # long enough for the check to mean something
+    assert len(waits) > 10, waits
+    assert harness.get("/slow-b").text.endswith(" function slow-b")
+
+
+def test_a_small_module_is_transformed_while_a_large_one_is(compiler: Compiler) -> None:
+    import threading
+    import time
+
+    large = esbuild_bundle(12_000).replace('from "cloudflare:workers";', 'from "cloudflare:workers";\nimport "./x.js";', 1)
+    finished: list[float] = []
+
+    def transform_large() -> None:
+        compiler.compile(WorkerScript(name="large", source=large, modules=(Module("x.js", "esm", ""),)))
+        finished.append(time.monotonic())
+
+    thread = threading.Thread(target=transform_large)
+    thread.start()
+    time.sleep(0.05)  # sucrase is under way
+    small = "import './y.js';\nexport default { fetch() { return new Response('small'); } };"
+    compiler.compile(WorkerScript(name="small", source=small, modules=(Module("y.js", "esm", ""),)))
+    small_done = time.monotonic()
+    thread.join()
+    assert finished and small_done < finished[0], "the small module waited for the large one"

@@ -211,27 +211,14 @@ def runtime_js(name: str) -> str:
     return resources.files("warren.runtime").joinpath(name).read_text("utf-8")
 
 
-class Compiler:
-    """Turns ES modules into classic scripts, caching by content.
-
-    Runs its JavaScript (js/compiler.js: es-module-lexer, and sucrase where the
-    module needs more than its import and export statements rewritten) in its
-    own isolate; the tenant's source is only data to it. Thread-safe.
-    """
-
-    # By size, not count: a runtime process may hold 10,000 small tenants, and an
-    # evicted tenant's next start should not transform its modules again (~1 ms
-    # for a small module; sucrase ~0.3 s for 1 MB of code, the lexer's path ~25 ms).
-    CACHE_CHARS = 64 * 1024 * 1024
+class _Transformer:
+    """One isolate running the compiler's JavaScript, used by one thread at a time."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self._isolate: Isolate | None = None
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[str, str] = OrderedDict()
-        self._cached_chars = 0
-        self.rewritten_modules = 0  # transformed by rewriting their module statements only, without sucrase
 
-    def _ready_isolate(self) -> Isolate:
+    def isolate(self) -> Isolate:
         if self._isolate is None or self._isolate.broken:
             if self._isolate is not None:
                 self._isolate.dispose()
@@ -241,6 +228,42 @@ class Compiler:
             isolate.take_entry_point("__warrenTransform")
             self._isolate = isolate
         return self._isolate
+
+    def close(self) -> None:
+        with self.lock:
+            if self._isolate is not None:
+                self._isolate.dispose()
+                self._isolate = None
+
+
+class Compiler:
+    """Turns ES modules into classic scripts, caching by content.
+
+    Runs its JavaScript (js/compiler.js: es-module-lexer, and sucrase where the
+    module needs more than its import and export statements rewritten) in an
+    isolate of its own; the tenant's source is only data to it. Thread-safe.
+
+    Large modules have a transformer of their own: sucrase may take seconds over
+    megabytes, and a small script's cold start must not wait behind that.
+    """
+
+    # By size, not count: a runtime process may hold 10,000 small tenants, and an
+    # evicted tenant's next start should not transform its modules again (~1 ms
+    # for a small module; sucrase ~0.3 s for 1 MB of code, the lexer's path ~25 ms).
+    CACHE_CHARS = 64 * 1024 * 1024
+    LARGE_CHARS = 32 * 1024  # a module (or script, in all) this large is large
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the cache and the counts; never held while transforming
+        self._transformers = {False: _Transformer(), True: _Transformer()}  # by "large"
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cached_chars = 0
+        self.rewritten_modules = 0  # transformed by rewriting their module statements only, without sucrase
+
+    @classmethod
+    def is_large(cls, script: WorkerScript) -> bool:
+        """Whether compiling ``script`` may take long (a runtime compiles it off the JS threads)."""
+        return len(script.source) + sum(len(module.text) for module in script.modules) > cls.LARGE_CHARS
 
     def compile(self, script: WorkerScript) -> list[CompiledModule]:
         """The script's modules, ready for the engine, in the order they are loaded; raises ScriptLoadError.
@@ -293,13 +316,16 @@ class Compiler:
         """One ES module as a classic script that registers it with the bootstrap."""
         source = escape_astral(source)
         key = hashlib.sha256(f"{filename}\0{source}".encode("utf-8", "surrogatepass")).hexdigest()
-        with self._lock:
-            cached = self._cache.get(key)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        transformer = self._transformers[len(source) > self.LARGE_CHARS]
+        with transformer.lock:
+            cached = self._cached(key)  # transformed while this thread waited
             if cached is not None:
-                self._cache.move_to_end(key)
                 return cached
             try:
-                output = self._ready_isolate().call("__warrenTransform", source, filename, cpu_budget_ms=10_000)
+                output = transformer.isolate().call("__warrenTransform", source, filename, cpu_budget_ms=10_000)
             except IsolateTerminated as exc:
                 kind = "CPU time" if isinstance(exc, CpuLimitExceeded) else "memory"
                 raise ScriptLoadError(f"the script is too large to compile (compiler {kind} limit)") from None
@@ -312,18 +338,24 @@ class Compiler:
                 raise ScriptLoadError(f"SyntaxError: {message}", filename, result["line"], result["column"])
             # The wrapper opens on the module's first line, so line numbers in
             # stack traces and errors stay those of the file.
-            if result.get("fast"):
-                self.rewritten_modules += 1
             code = str(result["code"])
             wrapped = f"__warrenDefine({json.dumps(filename)}, function (exports, require, module) {{{code}\n}});"
-            self._cache[key] = wrapped
-            self._cached_chars += len(wrapped)
-            while self._cached_chars > self.CACHE_CHARS and len(self._cache) > 1:
-                self._cached_chars -= len(self._cache.popitem(last=False)[1])
+            with self._lock:
+                if result.get("fast"):
+                    self.rewritten_modules += 1
+                self._cache[key] = wrapped
+                self._cached_chars += len(wrapped)
+                while self._cached_chars > self.CACHE_CHARS and len(self._cache) > 1:
+                    self._cached_chars -= len(self._cache.popitem(last=False)[1])
             return wrapped
 
-    def close(self) -> None:
+    def _cached(self, key: str) -> str | None:
         with self._lock:
-            if self._isolate is not None:
-                self._isolate.dispose()
-                self._isolate = None
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+            return cached
+
+    def close(self) -> None:
+        for transformer in self._transformers.values():
+            transformer.close()

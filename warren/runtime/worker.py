@@ -15,6 +15,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
@@ -185,8 +186,10 @@ class Worker:
         pool: IsolatePool | None = None,
         calls: CallHandler | None = None,
         fetcher: Fetcher | None = None,
+        compile_executor: Executor | None = None,
     ) -> None:
         self.script = script
+        self._compile_executor = compile_executor
         self._calls = calls
         self._fetcher = fetcher
         self._bodies: dict[int, _HostBody] = {}
@@ -227,6 +230,10 @@ class Worker:
         the JS thread as the load (one hop less for a cold request). If the load
         fails it is left unanswered: the caller reports the ScriptLoadError.
         """
+        if self._compile_executor is not None and Compiler.is_large(self.script):
+            # Transforming megabytes may take seconds: not on a JS thread, where the
+            # neighbours' requests run. The load below then finds it in the cache.
+            await self._loop.run_in_executor(self._compile_executor, self._compiler.compile, self.script)
         async with self._turn:
             prepared = self._pool.take(self.script.memory_mb) if self._pool is not None else None
             self.cold_start_pooled = prepared is not None

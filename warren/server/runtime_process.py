@@ -241,9 +241,6 @@ ISOLATE_COUNT_INTERVAL_S = 1.0  # how stale the isolate count in metering may be
 MAX_EXCEPTIONS_REPORTED = 8  # per invocation; the rest are still in its log
 COMPACT_AFTER_S = 10.0  # idle this long, an isolate's garbage is collected
 DEFAULT_IDLE_TIMEOUT_S = 300.0
-# A registered script this small is compiled before its first request (~1.5 ms);
-# a cold start of another script may wait on the compiler for that long.
-PRECOMPILE_MAX_CHARS = 32 * 1024
 PRECOMPILE_QUEUE = 1000  # registered scripts waiting to be compiled ahead; more are left to their requests
 # Of the memory a runtime process may use (the machine's, divided among its
 # runtime processes), the share past which idle isolates are evicted.
@@ -301,6 +298,9 @@ class RuntimeServer:
         self._board = board
         self._js_threads = JsThreads(js_threads)
         self._compiler = Compiler()
+        # A large script's transform (seconds for megabytes sucrase must take) runs here,
+        # never on a JS thread: neighbours' requests would wait behind it.
+        self._compile_executor = ThreadPoolExecutor(1, thread_name_prefix="warren-compiler")
         # Its own thread: preparing an isolate (~16 ms) must never queue a request's slice behind it.
         self._pool = IsolatePool(ThreadPoolExecutor(1, thread_name_prefix="warren-pool"), pool_size)
         self._pool.refill()
@@ -444,6 +444,7 @@ class RuntimeServer:
             self._pool,
             calls=lambda request_id, call, data: self._call(key, request_id, call, data),
             fetcher=self._fetcher,
+            compile_executor=self._compile_executor,
         )
         if first is not None:
             first[1].worker = worker
@@ -543,10 +544,10 @@ class RuntimeServer:
     def _precompile(self, key: str) -> None:
         """Transform a registered script's modules in the background, one at a time on the
         pool's thread: its first request then finds them in the compiler's cache (~1.5 ms
-        of a small module's cold start). Large scripts wait for their first request."""
+        of a small module's cold start; a cold start of another script may wait that long
+        for the compiler). Large scripts wait for their first request (Compiler.is_large)."""
         script = self._scripts[key]
-        size = len(script.source) + sum(len(module.text) for module in script.modules)
-        if size > PRECOMPILE_MAX_CHARS or len(self._precompiling) >= PRECOMPILE_QUEUE:
+        if Compiler.is_large(script) or len(self._precompiling) >= PRECOMPILE_QUEUE:
             return
         self._precompiling.append(key)
         if len(self._precompiling) == 1:
