@@ -230,10 +230,11 @@ class Worker:
         the JS thread as the load (one hop less for a cold request). If the load
         fails it is left unanswered: the caller reports the ScriptLoadError.
         """
+        compiled: list[CompiledModule] | None = None
         if self._compile_executor is not None and Compiler.is_large(self.script):
             # Transforming megabytes may take seconds: not on a JS thread, where the
-            # neighbours' requests run. The load below then finds it in the cache.
-            await self._loop.run_in_executor(self._compile_executor, self._compiler.compile, self.script)
+            # neighbours' requests run.
+            compiled = await self._loop.run_in_executor(self._compile_executor, self._compiler.compile, self.script)
         async with self._turn:
             prepared = self._pool.take(self.script.memory_mb) if self._pool is not None else None
             self.cold_start_pooled = prepared is not None
@@ -245,7 +246,7 @@ class Worker:
             outcome: list[Any] = [0, None, None, 0, None]  # as _enter_batch's, then where its effects start
             try:
                 # Compiled on the same trip to the JS thread as the load: one hop less.
-                await self._on_js_thread(self._compile_and_load, prepared, batch, outcome)
+                await self._on_js_thread(self._compile_and_load, prepared, batch, outcome, compiled)
             except BaseException:
                 if first is not None:
                     self._invocations.pop(first[0].request_id, None)
@@ -289,9 +290,10 @@ class Worker:
         prepared: PreparedIsolate | None,
         batch: list[tuple[int | None, tuple[Any, ...], bool]] | None = None,
         outcome: list[Any] | None = None,
+        compiled: list[CompiledModule] | None = None,
     ) -> None:
         try:
-            modules = self._compiler.compile(self.script)
+            modules = compiled if compiled is not None else self._compiler.compile(self.script)
         except ScriptLoadError:
             if prepared is not None and self._pool is not None:  # unused: still nobody's
                 self._loop.call_soon_threadsafe(self._pool.give_back, prepared)
