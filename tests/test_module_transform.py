@@ -69,6 +69,7 @@ def rewritten(compiler: Compiler, source: str) -> bool:
         "export default function *named() {}\nnamed();",
         "export default x;\nvar x = 1;",
         'import digest from "./digest.wasm";\nimport page from "./page.html";\nexport default { digest, page };',
+        "const early = 1;\nimport { env } from 'cloudflare:workers';\nexport default {};",  # as esbuild may place it
         "const text = 'export { nope }'; // import x from 'y'\nexport default { text };",
     ],
 )
@@ -87,7 +88,6 @@ def test_module_statements_alone_are_rewritten_without_sucrase(compiler: Compile
         "import cf from 'cloudflare:workers';\nexport default cf;",  # a default import
         "import { a } from './data.json';\nexport default a;",  # a data file's named import
         "import * as page from './page.html';\nexport default page;",
-        "const early = 1;\nimport { env } from 'cloudflare:workers';\nexport default {};",  # not at the top
         "var a = 1, b = 2;\nexport { a as c, b as c };",  # a duplicate name: sucrase's error
     ],
 )
@@ -253,3 +253,20 @@ def test_a_small_module_is_transformed_while_a_large_one_is(compiler: Compiler) 
     small_done = time.monotonic()
     thread.join()
     assert finished and small_done < finished[0], "the small module waited for the large one"
+
+
+def test_an_import_below_code_that_uses_it_is_bound_before_the_module_runs(compiler: Compiler, edge: Any) -> None:
+    # esbuild leaves an external import where the module that made it begins: below code
+    # from other modules, which may already use it as the bundle's top level runs.
+    main = (
+        "function base() { return DurableObject; }\n"
+        "const Base = base();\n"
+        'import { DurableObject } from "cloudflare:workers";\n'
+        "var Counter = class extends Base {};\n"
+        "var src_default = { fetch() { return new Response(`${typeof Base} ${Base === DurableObject}`); } };\n"
+        "export { Counter, src_default as default };\n"
+    )
+    assert rewritten(compiler, main)
+    harness = edge({})
+    harness.deploy("hoisted", main)
+    assert harness.get("/hoisted").text == "function true"

@@ -4,7 +4,7 @@
 // sucrase does the general case. It tokenizes the whole module, which costs
 // ~0.3 ms per KB (a 1 MB bundle: 0.3 s) on a cold start. A bundle built by
 // wrangler/esbuild has little module syntax: a final `export { x as default }`
-// and perhaps an import of "cloudflare:workers" at the top. For such a module,
+// and perhaps an import of "cloudflare:workers". For such a module,
 // es-module-lexer finds that syntax (~5 ms per MB) and only those statements are
 // rewritten; anything else goes to sucrase. Line numbers are kept either way.
 // (A data file's default import, "./x.wasm", counts as little as the runtime's module.)
@@ -25,31 +25,9 @@
   const DEFAULT_OF = "((m) => m && m.__esModule ? m.default : m)";
   const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
   // Past this, a statement is left to sucrase: the regular expressions below then
-  // never see a long tenant-made string (this isolate is every tenant's compiler).
+  // never see a long tenant-made string (this isolate is every tenant's compiler;
+  // one that backtracks on such a string holds it up for everyone).
   const STATEMENT_LIMIT = 4096;
-
-  // Whether code[start, end) is only whitespace, comments and semicolons (what may stand
-  // before an import here). A scan, not a regular expression: one would backtrack
-  // exponentially on "/**//**/…x".
-  function nothingBetween(code, start, end) {
-    let at = start;
-    while (at < end) {
-      const char = code[at];
-      if (char === ";" || /\s/.test(char)) {
-        at += 1;
-      } else if (code.startsWith("//", at)) {
-        const line = code.indexOf("\n", at);
-        at = line === -1 || line >= end ? end : line + 1;
-      } else if (code.startsWith("/*", at)) {
-        const close = code.indexOf("*/", at + 2);
-        if (close === -1 || close + 2 > end) return false;
-        at = close + 2;
-      } else {
-        return false;
-      }
-    }
-    return true;
-  }
 
   function newlines(text) {
     let count = 0;
@@ -86,31 +64,28 @@
       return null;  // sucrase reports the syntax error, with its position
     }
     const edits = [];  // [start, end, replacement], not overlapping
-    let headEnd = 0;
+    // An ES module's imports are bound before any of it runs: their bindings go first,
+    // wherever the statements stand (esbuild leaves an import where its module began).
+    const bindings = [];
     for (const found of imports) {
       if (found.type !== "static" || found.typeOnly || found.attributes !== null) return null;
       const data = DATA_MODULE.test(found.specifier) && found.specifier.startsWith(".");
       if (!BUILTIN_MODULES.has(found.specifier) && !data) return null;
-      // Imports are bound before any of the module runs; here they run where they
-      // stand, so only comments and other imports may come before them.
-      if (!nothingBetween(code, headEnd, found.importStart)) return null;
       if (found.importEnd - found.importStart > STATEMENT_LIMIT) return null;
       const statement = code.slice(found.importStart, found.importEnd);
       const shape = /^import\s*([\s\S]*?)\s*from\s*(["'])([^"']*)\2\s*;?$/.exec(statement);
       if (shape === null || shape[3] !== found.specifier) return null;
       const required = `require(${JSON.stringify(found.specifier)})`;
-      let binding;
       if (data) {  // import name from "./file.wasm"
         const name = shape[1].trim();
         if (!IDENTIFIER.test(name)) return null;
-        binding = `const ${name} = ${DEFAULT_OF}(${required});`;
+        bindings.push(`const ${name} = ${DEFAULT_OF}(${required});`);
       } else {
         const pattern = importPattern(shape[1]);
         if (pattern === null) return null;
-        binding = `const ${pattern} = ${required};`;
+        bindings.push(`const ${pattern} = ${required};`);
       }
-      edits.push([found.importStart, found.importEnd, binding + newlines(statement)]);
-      headEnd = found.importEnd;
+      edits.push([found.importStart, found.importEnd, newlines(statement)]);
     }
     const getters = [];
     const names = new Set();
@@ -178,7 +153,7 @@
     } catch (error) {
       return null;
     }
-    return PROLOGUE + getters.join("") + out;
+    return PROLOGUE + bindings.join("") + getters.join("") + out;
   }
 
   globalThis.__warrenTransform = function (code, filePath) {
