@@ -270,3 +270,93 @@ def test_an_import_below_code_that_uses_it_is_bound_before_the_module_runs(compi
     harness = edge({})
     harness.deploy("hoisted", main)
     assert harness.get("/hoisted").text == "function true"
+
+
+EQUIVALENT = [
+    "var a = 1;\nfunction f() { return a; }\nexport { a as default, f };",
+    "export const q = 1;\nexport const r = [2];\nexport let s = 'x';\nexport default function named() { return q; }",
+    "export default class Named { static k = 3 }\nexport class K extends Named {}",
+    "export default class extends Array {}",
+    "export default (1 + 2);",
+    "export default async function () { return 1; }",
+    "export function* gen() { yield 1; }\nexport async function af() {}\nexport var v = gen().next().value;",
+    'import { DurableObject as D, env } from "cloudflare:workers";\nexport class C extends D {}\nexport default { e: typeof env };',
+    "import * as cf from 'cloudflare:workers';\nexport default Object.keys(cf).sort().join();",
+    'import text from "./t.txt";\nconst n = text.length;\nexport { n as default };',
+    "let x = 1;\nexport { x };\nx = 2;",
+]
+
+HARNESS = """
+const definitions = new Map();
+globalThis.__warrenDefine = (name, factory) => definitions.set(name, factory);
+globalThis.describe = function (name) {
+  const module = { exports: {} };
+  const require = (specifier) => specifier === "cloudflare:workers"
+    ? { DurableObject: class DurableObject {}, WorkerEntrypoint: class WorkerEntrypoint {}, env: {}, __esModule: true }
+    : { __esModule: true, default: "text of " + specifier };
+  definitions.get(name).call(undefined, module.exports, require, module);
+  const exports = module.exports;
+  const out = {};
+  for (const key of Object.keys(exports).sort()) {
+    const value = exports[key];
+    out[key] = typeof value === "function"
+      ? ["function", value.name, Object.getPrototypeOf(value) === Function.prototype ? "" : Object.getPrototypeOf(value).name]
+      : [typeof value, JSON.stringify(value)];
+  }
+  return JSON.stringify({ esModule: exports.__esModule === true, out });
+};
+"""
+
+
+@pytest.mark.parametrize("source", EQUIVALENT)
+def test_a_rewritten_module_exports_what_sucrase_would(compiler: Compiler, source: str) -> None:
+    from warren.engine import Isolate
+    from warren.runtime.script import runtime_js
+
+    assert rewritten(compiler, source)
+    [fast] = compiler.compile(WorkerScript(name="m", source=source, filename="m.js"))
+    reference = Isolate()
+    try:
+        reference.run_script(runtime_js("vendor/sucrase.js"), "sucrase.js", cpu_budget_ms=5000)
+        reference.run_script(
+            "globalThis.viaSucrase = (code) => __warrenSucrase.transform(code, "
+            "{transforms: ['imports'], filePath: 'm.js'}).code;",
+            "t.js",
+        )
+        reference.take_entry_point("viaSucrase")
+        slow = str(reference.call("viaSucrase", source, cpu_budget_ms=5000))
+    finally:
+        reference.dispose()
+    slow_module = f'__warrenDefine("m.js", function (exports, require, module) {{{slow}\n}});'
+    assert describe_exports(fast.text) == describe_exports(slow_module), source
+
+
+def describe_exports(module_text: str) -> dict[str, Any]:
+    """What a compiled module exports, run in an isolate of its own."""
+    import json
+
+    from warren.engine import Isolate
+
+    isolate = Isolate()
+    try:
+        isolate.run_script(HARNESS, "harness.js")
+        isolate.run_script(module_text, "m.js")
+        isolate.take_entry_point("describe")
+        return dict(json.loads(str(isolate.call("describe", "m.js", cpu_budget_ms=1000))))
+    finally:
+        isolate.dispose()
+
+
+def test_where_sucrase_errs_the_rewrite_is_right(compiler: Compiler) -> None:
+    # sucrase makes `export const q = 1, r = [2]` into `const q = 1; exports.q = q, r = [2]`
+    # (r undeclared: a ReferenceError), reads an import used above its statement before it
+    # is required, and refuses string export names. ES modules do none of that.
+    cases = {
+        "export const q = 1, r = [2];": {"q": ["number", "1"], "r": ["object", "[2]"]},
+        'const early = typeof Base;\nimport { DurableObject as Base } from "cloudflare:workers";\n'
+        "export { early as default };": {"default": ["string", '"function"']},
+        "let x = 1;\nexport { x as 'a name' };\nx = 2;": {"a name": ["number", "2"]},
+    }
+    for source, exported in cases.items():
+        [module] = compiler.compile(WorkerScript(name="m", source=source, filename="m.js"))
+        assert describe_exports(module.text) == {"esModule": True, "out": exported}, source
