@@ -180,3 +180,23 @@ def test_lone_surrogates_in_a_workers_strings_cross_the_frames(dev: Any) -> None
     assert response.json()["text"] == "x\udc80y"  # JSON.stringify escapes a lone half
     server.wait_for("lone . surrogate")
     assert server.get("/").status_code == 200
+
+
+def test_a_change_that_leaves_the_worker_as_it_was_is_not_a_reload(dev: Any, tmp_path: Path) -> None:
+    server = dev({"worker.js": "export default { fetch() { return new Response('zero'); } };"})
+    time.sleep(0.3)  # let the watcher start
+
+    def save(text: str) -> int:
+        seen = len(server.lines)
+        (tmp_path / "worker.js").write_text(f"export default {{ fetch() {{ return new Response({text}); }} }};")
+        return seen
+
+    server.wait_for("Reloaded", start=save("'one'"))  # the watcher is running
+    (tmp_path / "notes.log").write_text("a log written beside the worker\n")
+    save("'one'")
+    time.sleep(0.5)  # the watcher's turn: nothing to say for either
+    server.wait_for("SyntaxError", start=save("'bad' }"))
+    server.wait_for("Reloaded", start=save("'one'"))  # back from a broken edit: the same code, but a reload
+    server.wait_for("Reloaded", start=save("'two'"))
+    assert server.output.count("Reloaded") == 3, server.output
+    assert server.get("/").text == "two"

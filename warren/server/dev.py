@@ -91,6 +91,7 @@ class DevServer:
         # Issue #10: sibling workers for service bindings; local queues and their consumers.
         self.services = services
         self.siblings: dict[str, Project] = {}
+        self._broken = False  # the last change did not load: the next good one is a reload
         self.queues: _LocalQueues | None = None
         # Durable Objects (issue #8): their files and alarms under the state directory, opened
         # once a project binds a namespace (or state from an earlier run holds some).
@@ -149,6 +150,11 @@ class DevServer:
         return project
 
     async def _deploy(self, first: bool) -> bool:
+        loaded = await self._load(first)
+        self._broken = not loaded
+        return loaded
+
+    async def _load(self, first: bool) -> bool:
         try:
             project = self._read_project()
             script = project.script()
@@ -161,6 +167,8 @@ class DevServer:
         self.project = project
         if any(binding.get("type") == "kv_namespace" for binding in script.bindings):
             await self._open_kv(project)
+        before = dict(self.supervisor.deployments)
+        quarantined = set(self.supervisor.quarantined)  # deployed again, one is lifted: a reload
         if not await self._deploy_siblings(first):
             return False
         if any(p.queue_bindings or p.queue_consumers for p in (project, *self.siblings.values())):
@@ -175,7 +183,12 @@ class DevServer:
             return False
         await self._open_objects(project)  # once its worker runs: alarms due by now fire at once
         elapsed = (time.perf_counter() - started) * 1000
-        if not first:
+        # A change in the directory that leaves the workers as they were (a log file, an
+        # editor's swap file) is not a reload.
+        unchanged = (
+            self.supervisor.deployments == before and not quarantined & set(before.values()) and not self._broken
+        )
+        if not first and not unchanged:
             self.echo(f"⎔ Reloaded {script.name} in {elapsed:.0f} ms")
         return True
 
