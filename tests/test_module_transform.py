@@ -349,9 +349,13 @@ def describe_exports(module_text: str) -> dict[str, Any]:
 
 def test_where_sucrase_errs_the_rewrite_is_right(compiler: Compiler) -> None:
     # sucrase makes `export const q = 1, r = [2]` into `const q = 1; exports.q = q, r = [2]`
-    # (r undeclared: a ReferenceError), reads an import used above its statement before it
+    # (r undeclared: a ReferenceError; alangpierce/sucrase#455), reads an export above its
+    # declaration at once (a TDZ error; #671), fails on `export default a` without its
+    # semicolon before a function (#543), reads an import used above its statement before it
     # is required, and refuses string export names. ES modules do none of that.
     cases = {
+        "export { foo };\nconst foo = 1;": {"foo": ["number", "1"]},
+        "const a = {}\n\nexport default a\n\nfunction b() {}": {"default": ["object", "{}"]},
         "export const q = 1, r = [2];": {"q": ["number", "1"], "r": ["object", "[2]"]},
         'const early = typeof Base;\nimport { DurableObject as Base } from "cloudflare:workers";\n'
         "export { early as default };": {"default": ["string", '"function"']},
