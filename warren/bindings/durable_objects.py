@@ -67,8 +67,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from nats.errors import Error as NATSError
-
 from warren.bindings import BindingCall, BindingError, BindingHost, BindingResult
 from warren.bindings.object_placement import MAX_HOPS, LogGap, Placement, Unreachable
 from warren.bindings.service import collect, is_upgrade
@@ -1115,6 +1113,9 @@ class DurableObjects:
             await placement.release(key, held)
             if isinstance(exc, BindingError | asyncio.CancelledError):
                 raise
+            # Imported here: nats (with aiohttp) is a tenth of a second that `warren dev` never needs.
+            from nats.errors import Error as NATSError
+
             if isinstance(exc, TimeoutError | ConnectionError | NATSError):
                 self.log("warren", "warn", f"loading Durable Object {obj.label} from its log: {exc!r}; retrying")
                 raise _Transient(NO_STORE) from None
