@@ -214,6 +214,10 @@ class Edge:
     def deploy(self, name: str, source: str, cpu_ms: float = 50) -> None:
         self._run(self.supervisor.deploy(WorkerScript(name=name, source=textwrap.dedent(source), cpu_ms=cpu_ms)))
 
+    def deploy_script(self, script: WorkerScript, timeout: float = 60) -> None:
+        """Deploy a script as given (modules, vars): routed by its name."""
+        self._run(self.supervisor.deploy(script), timeout)
+
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.get(self.url + path, timeout=60, **kwargs)
 

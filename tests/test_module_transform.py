@@ -4,15 +4,18 @@ the same worker; the rewrite is what keeps a 1 MB bundle's cold start short."""
 
 from __future__ import annotations
 
+import json
 import textwrap
+import threading
+import time
 from typing import Any
 
 import pytest
 
-from warren.engine import ScriptError
+from warren.engine import Isolate, ScriptError
 from warren.runtime import ScriptLoadError, WorkerScript
 from warren.runtime.pool import prepare_isolate
-from warren.runtime.script import Compiler, Module
+from warren.runtime.script import Compiler, Module, runtime_js
 
 
 def esbuild_bundle(functions: int) -> str:
@@ -102,9 +105,7 @@ def test_a_megabyte_bundle_is_rewritten_and_served(compiler: Compiler, edge: Any
     assert len(source) > functions * 122
     assert rewritten(compiler, source)
     harness = edge({})
-    harness._run(
-        harness.supervisor.deploy(WorkerScript(name="big", source=source, vars={"WHO": "bundle"}))
-    )
+    harness.deploy_script(WorkerScript(name="big", source=source, vars={"WHO": "bundle"}))
     response = harness.get("/big")
     assert response.status_code == 200, response.text
     last = functions - 1
@@ -136,7 +137,7 @@ def test_exports_are_live_bindings_and_lines_are_kept(edge: Any) -> None:
     script = WorkerScript(
         name="live", source=main, filename="index.js", modules=(Module("counter.js", "esm", counter),)
     )
-    harness._run(harness.supervisor.deploy(script))
+    harness.deploy_script(script)
     assert harness.get("/live").text == "0 -> 1"
     assert harness.get("/live").text == "1 -> 2"
     bundle = "var handler = {\n  fetch() {\n    null.boom;\n  }\n};\nexport { handler as default };\n"
@@ -170,7 +171,7 @@ def test_a_data_file_imported_by_a_rewritten_module_is_its_default_export(compil
     assert rewritten(compiler, main)
     harness = edge({})
     script = WorkerScript(name="text", source=main, modules=(Module("greeting.txt", "text", "hello from a file"),))
-    harness._run(harness.supervisor.deploy(script))
+    harness.deploy_script(script)
     assert harness.get("/text").text == "hello from a file"
 
 
@@ -196,9 +197,6 @@ def test_a_slow_transform_never_holds_up_a_neighbours_requests(edge: Any) -> Non
     # Two tenants deploy 1.5 MB that only sucrase can take (a relative import), which
     # costs it about half a second each: that runs on the compiler's thread, not on the JS
     # threads serving the neighbour.
-    import threading
-    import time
-
     harness = edge({"neighbour": "export default { fetch() { return new Response('here'); } };"})
     assert harness.get("/neighbour").text == "here"
     body = esbuild_bundle(12_000).replace(
@@ -213,7 +211,7 @@ def test_a_slow_transform_never_holds_up_a_neighbours_requests(edge: Any) -> Non
             name=name, source=f"// {name}\n{body}", vars={"WHO": name}, modules=(Module("side.js", "esm", ""),)
         )
         started = time.monotonic()
-        harness._run(harness.supervisor.deploy(script), timeout=120)
+        harness.deploy_script(script, timeout=120)
         took.append(time.monotonic() - started)
 
     deploys = [threading.Thread(target=deploy, args=(name,)) for name in ("slow-a", "slow-b")]
@@ -235,9 +233,6 @@ def test_a_slow_transform_never_holds_up_a_neighbours_requests(edge: Any) -> Non
 
 
 def test_a_small_module_is_transformed_while_a_large_one_is(compiler: Compiler) -> None:
-    import threading
-    import time
-
     large = esbuild_bundle(12_000).replace('from "cloudflare:workers";', 'from "cloudflare:workers";\nimport "./x.js";', 1)
     finished: list[float] = []
 
@@ -310,9 +305,6 @@ globalThis.describe = function (name) {
 
 @pytest.mark.parametrize("source", EQUIVALENT)
 def test_a_rewritten_module_exports_what_sucrase_would(compiler: Compiler, source: str) -> None:
-    from warren.engine import Isolate
-    from warren.runtime.script import runtime_js
-
     assert rewritten(compiler, source)
     [fast] = compiler.compile(WorkerScript(name="m", source=source, filename="m.js"))
     reference = Isolate()
@@ -333,10 +325,6 @@ def test_a_rewritten_module_exports_what_sucrase_would(compiler: Compiler, sourc
 
 def describe_exports(module_text: str) -> dict[str, Any]:
     """What a compiled module exports, run in an isolate of its own."""
-    import json
-
-    from warren.engine import Isolate
-
     isolate = Isolate()
     try:
         isolate.run_script(HARNESS, "harness.js")
