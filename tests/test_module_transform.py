@@ -352,3 +352,21 @@ def test_where_sucrase_errs_the_rewrite_is_right(compiler: Compiler) -> None:
     for source, exported in cases.items():
         [module] = compiler.compile(WorkerScript(name="m", source=source, filename="m.js"))
         assert describe_exports(module.text) == {"esModule": True, "out": exported}, source
+
+
+def test_a_module_sucrase_must_take_has_its_exports_rewritten_all_the_same(compiler: Compiler) -> None:
+    # Relative imports of code need sucrase (live bindings, cycles); its export bugs do not
+    # come with it: the exports are rewritten first.
+    cases = {
+        'import t from "./x.js";\nexport const a = 1, b = t;': {
+            "a": ["number", "1"], "b": ["string", '"text of ./x.js"'],
+        },
+        'import { y } from "./y.js";\nexport { foo };\nconst foo = typeof y;': {"foo": ["string", '"undefined"']},
+        'import * as z from "./z.js";\nconst a = z.default\n\nexport default a\n\nfunction b() {}': {
+            "default": ["string", '"text of ./z.js"'],
+        },
+    }
+    for source, exported in cases.items():
+        assert not rewritten(compiler, source), source
+        [module] = compiler.compile(WorkerScript(name="m", source=source, filename="m.js"))
+        assert describe_exports(module.text) == {"esModule": True, "out": exported}, source

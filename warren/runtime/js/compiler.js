@@ -54,8 +54,9 @@
     return `{ ${parts.join(", ")} }`;
   }
 
-  // The module as a CommonJS body, or null when the fast path does not apply.
-  function rewriteBundle(code) {
+  // The module as a CommonJS body, or null when the fast path does not apply. With
+  // `withImports` false, only its exports are rewritten, and its imports left for sucrase.
+  function rewriteBundle(code, withImports) {
     if (code.startsWith("#!")) return null;
     let imports, exports;
     try {
@@ -67,7 +68,7 @@
     // An ES module's imports are bound before any of it runs: their bindings go first,
     // wherever the statements stand (esbuild leaves an import where its module began).
     const bindings = [];
-    for (const found of imports) {
+    for (const found of withImports ? imports : []) {
       if (found.type !== "static" || found.typeOnly || found.attributes !== null) return null;
       const data = DATA_MODULE.test(found.specifier) && found.specifier.startsWith(".");
       if (!BUILTIN_MODULES.has(found.specifier) && !data) return null;
@@ -149,7 +150,7 @@
     // What is left must be a plain script: no module syntax the lexer can see.
     try {
       const [left, exported] = lexer.parse(out);
-      if (left.length !== 0 || exported.length !== 0) return null;
+      if ((withImports && left.length !== 0) || exported.length !== 0) return null;
     } catch (error) {
       return null;
     }
@@ -157,11 +158,14 @@
   }
 
   globalThis.__warrenTransform = function (code, filePath) {
-    const rewritten = rewriteBundle(code);
+    const rewritten = rewriteBundle(code, true);
     if (rewritten !== null) return JSON.stringify({ code: rewritten, fast: true });
+    // Its exports rewritten here all the same: sucrase gets some export forms wrong
+    // (alangpierce/sucrase#455, #671, #543; tests/test_module_transform.py).
+    const input = rewriteBundle(code, false) ?? code;
     try {
       const options = { transforms: ["imports"], filePath };
-      return JSON.stringify({ code: sucrase.transform(code, options).code });
+      return JSON.stringify({ code: sucrase.transform(input, options).code });
     } catch (e) {
       const loc = e.loc || {};
       return JSON.stringify({ error: String(e.message), line: loc.line || 0, column: loc.column || 0 });
