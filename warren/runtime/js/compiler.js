@@ -6,8 +6,9 @@
 // wrangler/esbuild has little module syntax: a final `export { x as default }`
 // and perhaps an import of "cloudflare:workers". For such a module,
 // es-module-lexer finds that syntax (~5 ms per MB) and only those statements are
-// rewritten; anything else goes to sucrase. Line numbers are kept either way.
-// (A data file's default import, "./x.wasm", counts as little as the runtime's module.)
+// rewritten (a data file's default import, "./x.wasm", counts as little as the
+// runtime's module). Anything more goes to sucrase, with its exports rewritten here
+// first: sucrase gets some export forms wrong. Line numbers are kept either way.
 (function () {
   "use strict";
   const sucrase = globalThis.__warrenSucrase;
@@ -18,8 +19,8 @@
   const PROLOGUE = '"use strict";Object.defineProperty(exports, "__esModule", {value: true});';
   // Modules the runtime provides (bootstrap.js, requireFrom): no cycles, never reassigned.
   const BUILTIN_MODULES = new Set(["cloudflare:workers"]);
-  // The worker's files that are data (wrangler's default module rules): imported for
-  // their default export, which is never reassigned, from modules that import nothing.
+  // The worker's files that are data (wrangler's default module rules): they import
+  // nothing (no cycle reaches them) and their default export never changes.
   const DATA_MODULE = /\.(?:wasm|wasm\?module|txt|html|bin|json)$/;
   // A default import as sucrase binds it: a CommonJS module's exports, or an ES module's default.
   const DEFAULT_OF = "((m) => m && m.__esModule ? m.default : m)";
