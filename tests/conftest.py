@@ -24,7 +24,8 @@ import httpx
 import pytest
 import uvicorn
 
-from warren.runtime import WorkerScript
+from warren.runtime import Compiler, Worker, WorkerScript
+from warren.runtime.threads import JsThreads
 from warren.server.app import EdgeApp
 from warren.server.supervisor import Exchange, Supervisor
 
@@ -157,6 +158,35 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
 
     yield start
     stop_all(started)
+
+
+class WorkerHost:
+    """Workers run in this process as a runtime process runs them (its JS threads, a
+    compiler), without the frames: ``async with WorkerHost() as host: await host.start(script)``."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.js_threads = JsThreads(threads)
+        self.compiler = Compiler()
+        self.workers: list[Worker] = []
+
+    async def start(self, script: WorkerScript, **options: Any) -> Worker:
+        """A started worker (``options``: Worker's, e.g. ``pool``); raises ScriptLoadError."""
+        worker = Worker(script, self.js_threads.for_worker(), self.compiler, lambda *a: None, **options)
+        self.workers.append(worker)
+        await worker.start()
+        return worker
+
+    async def __aenter__(self) -> WorkerHost:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for worker in self.workers:
+            await worker.close()
+        self.compiler.close()
+        self.js_threads.shutdown()
 
 
 class Edge:

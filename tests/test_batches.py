@@ -8,8 +8,9 @@ import asyncio
 import threading
 import time
 
+from tests.conftest import WorkerHost
 from tests.test_pool import Collect
-from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
+from warren.runtime import IncomingRequest, WorkerScript
 from warren.runtime.threads import SPILL_AFTER_S, JsThreads
 
 
@@ -38,29 +39,21 @@ def test_queued_requests_answer_in_bounded_batches() -> None:
             loop.call_soon(tick)
 
         tick()
-        js_threads = JsThreads(1)
-        executor = js_threads.for_worker()
-        compiler = Compiler()
-        worker = Worker(
-            WorkerScript(name="quick", source="export default { fetch: () => new Response('ok') };"),
-            executor, compiler, lambda *a: None,
-        )
-        await worker.start()
-        count = 48  # ~1 ms of JavaScript: within one batch's CPU allowance (2 ms)
-        turns = [-1] * count
-        finished: asyncio.Future[None] = loop.create_future()
-        for index in range(count):  # all queued before the first batch starts
-            worker.fetch(IncomingRequest(index + 1, "GET", "http://x/", []), Reply(turns, index, finished))
-        await asyncio.wait_for(finished, 30)
+        async with WorkerHost() as runtime:
+            worker = await runtime.start(
+                WorkerScript(name="quick", source="export default { fetch: () => new Response('ok') };")
+            )
+            count = 48  # ~1 ms of JavaScript: within one batch's CPU allowance (2 ms)
+            turns = [-1] * count
+            finished: asyncio.Future[None] = loop.create_future()
+            for index in range(count):  # all queued before the first batch starts
+                worker.fetch(IncomingRequest(index + 1, "GET", "http://x/", []), Reply(turns, index, finished))
+            await asyncio.wait_for(finished, 30)
         # Answered in order, a batch at a time: never more than 16 in one turn.
         assert turns == sorted(turns)
         per_turn = [turns.count(turn) for turn in sorted(set(turns))]
         assert max(per_turn) <= 16, per_turn
         assert len(per_turn) >= 3, per_turn
-        await worker.close()
-        compiler.close()
-        executor.shutdown()
-        js_threads.shutdown()
 
     asyncio.run(scenario())
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
-from warren.runtime.threads import JsThreads
+from tests.conftest import WorkerHost
+from warren.runtime import IncomingRequest, WorkerScript
 from warren.server.runtime_process import release_freed_memory
 
 
@@ -29,29 +29,23 @@ class _Quiet:
 
 def test_compacting_an_idle_worker_frees_its_garbage_and_keeps_its_state() -> None:
     async def scenario() -> None:
-        js_threads = JsThreads(1)
-        executor = js_threads.for_worker()
-        compiler = Compiler()
         source = (
             "let kept = 0;\n"
             "export default { fetch() { kept++; let junk = []; for (let i = 0; i < 2e5; i++) junk.push({ i }); "
             "return new Response(String(kept)); } };"
         )
-        worker = Worker(WorkerScript(name="w", source=source), executor, compiler, lambda *a: None)
-        await worker.start()
-        reply = _Quiet()
-        worker.fetch(IncomingRequest(1, "GET", "http://x/", []), reply)  # type: ignore[arg-type]
-        await reply.finished
-        before = worker.memory_bytes
-        assert await worker.compact()
-        assert worker.memory_bytes < before - 1_000_000, (before, worker.memory_bytes)
-        assert not await worker.compact()  # nothing ran since: nothing to collect
-        second = _Quiet()
-        worker.fetch(IncomingRequest(2, "GET", "http://x/", []), second)  # type: ignore[arg-type]
-        assert await second.finished == "ok"
-        await worker.close()
-        compiler.close()
-        js_threads.shutdown()
+        async with WorkerHost() as host:
+            worker = await host.start(WorkerScript(name="w", source=source))
+            reply = _Quiet()
+            worker.fetch(IncomingRequest(1, "GET", "http://x/", []), reply)  # type: ignore[arg-type]
+            await reply.finished
+            before = worker.memory_bytes
+            assert await worker.compact()
+            assert worker.memory_bytes < before - 1_000_000, (before, worker.memory_bytes)
+            assert not await worker.compact()  # nothing ran since: nothing to collect
+            second = _Quiet()
+            worker.fetch(IncomingRequest(2, "GET", "http://x/", []), second)  # type: ignore[arg-type]
+            assert await second.finished == "ok"
 
     asyncio.run(scenario())
 

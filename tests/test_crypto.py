@@ -19,15 +19,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ServiceProcess
+from conftest import ServiceProcess, WorkerHost
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
+from warren.runtime import IncomingRequest, Worker, WorkerScript
 from warren.runtime.crypto import CryptoHost
-from warren.runtime.threads import JsThreads
 
 MESSAGE = b"signed by python, checked by the worker"
 LARGE = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: crosses the DigestStream flush size
@@ -879,14 +878,8 @@ class _Collect:
 
 def test_a_key_handle_from_one_worker_is_useless_to_another() -> None:
     async def scenario() -> None:
-        js_threads = JsThreads(2)
-        executor = js_threads.for_worker()
-        compiler = Compiler()
-        workers = []
-        for name in ("alice", "mallory"):
-            worker = Worker(WorkerScript(name=name, source=KEEPER), executor, compiler, lambda *a: None)
-            await worker.start()
-            workers.append(worker)
+        runtime = WorkerHost(threads=2)
+        workers = [await runtime.start(WorkerScript(name=name, source=KEEPER)) for name in ("alice", "mallory")]
 
         async def mac(worker: Worker, request_id: int) -> bytes:
             reply = _Collect()
@@ -921,10 +914,7 @@ def test_a_key_handle_from_one_worker_is_useless_to_another() -> None:
         assert stolen == {"ok": False, "name": "InvalidAccessError", "message": stolen["message"]}
         assert host(mallory, "exportKey", {"format": "raw", "key": handle})["name"] == "InvalidAccessError"
         assert host(alice, "exportKey", {"format": "raw", "key": handle})["ok"] is True
-        for worker in workers:
-            await worker.close()
-        compiler.close()
-        js_threads.shutdown()
+        await runtime.close()
 
     asyncio.run(scenario())
 

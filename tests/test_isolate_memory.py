@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import quote
 
-from warren.runtime import Compiler, IncomingRequest, Worker, WorkerScript
-from warren.runtime.threads import JsThreads
+from tests.conftest import WorkerHost
+from warren.runtime import IncomingRequest, WorkerScript
 
 # The table's share of the heap is ~1.46 MiB (V8 13.1); half of it is the margin.
 IDNA_TABLE_BYTES_AT_LEAST = 750 * 1024
@@ -54,11 +54,8 @@ class _Body:
 
 def test_the_idna_table_is_built_only_for_a_non_ascii_host() -> None:
     async def scenario() -> None:
-        js_threads = JsThreads(1)
-        executor = js_threads.for_worker()
-        compiler = Compiler()
-        worker = Worker(WorkerScript(name="hosts", source=HOST_ECHO), executor, compiler, lambda *a: None)
-        await worker.start()
+        runtime = WorkerHost()
+        worker = await runtime.start(WorkerScript(name="hosts", source=HOST_ECHO))
         request_id = 0
 
         async def host_of(host: str) -> str:
@@ -86,8 +83,6 @@ def test_the_idna_table_is_built_only_for_a_non_ascii_host() -> None:
             # only tr46's compiled code, a small fraction of this.
             assert with_idna - ascii_only >= IDNA_TABLE_BYTES_AT_LEAST, (ascii_only, with_idna)
         finally:
-            await worker.close()
-            compiler.close()
-            js_threads.shutdown()
+            await runtime.close()
 
     asyncio.run(scenario())

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import WorkerHost
 from warren.engine import Isolate, ScriptError
 from warren.runtime import WorkerScript
 from warren.runtime.pool import prepare_isolate
@@ -184,11 +185,9 @@ def test_a_tenant_that_defines_a_lazy_global_first_keeps_its_own() -> None:
 
 def test_a_script_that_fails_to_compile_hands_its_prepared_isolate_back() -> None:
     import asyncio
-    from concurrent.futures import ThreadPoolExecutor
 
-    from warren.runtime import Compiler, ScriptLoadError, Worker
+    from warren.runtime import ScriptLoadError
     from warren.runtime.pool import IsolatePool
-    from warren.runtime.threads import JsThreads
 
     async def scenario() -> tuple[int, int, int]:
         pool = IsolatePool(ThreadPoolExecutor(1), size=2)
@@ -196,14 +195,12 @@ def test_a_script_that_fails_to_compile_hands_its_prepared_isolate_back() -> Non
         while len(pool._ready) < 2:
             await asyncio.sleep(0.01)
         broken = WorkerScript(name="broken", source="export default { fetch( { };")
-        js_threads = JsThreads(1)
-        worker = Worker(broken, js_threads.for_worker(), Compiler(), lambda level, message: None, pool=pool)
-        with pytest.raises(ScriptLoadError):
-            await worker.start()
-        await asyncio.sleep(0)  # handed back through the loop (before the refill, 100 ms later)
-        ready = len(pool._ready)
+        async with WorkerHost() as runtime:
+            with pytest.raises(ScriptLoadError):
+                await runtime.start(broken, pool=pool)
+            await asyncio.sleep(0)  # handed back through the loop (before the refill, 100 ms later)
+            ready = len(pool._ready)
         pool.close()
-        js_threads.shutdown()
         return ready, pool.taken, pool.missed
 
     ready, taken, missed = asyncio.run(scenario())

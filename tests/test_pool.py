@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from warren.runtime import Compiler, IncomingRequest, ScriptLoadError, Worker, WorkerScript
+import pytest
+
+from tests.conftest import WorkerHost
+from warren.runtime import IncomingRequest, ScriptLoadError, WorkerScript
 from warren.runtime import pool as pool_module
 from warren.runtime.pool import IsolatePool
-from warren.runtime.threads import JsThreads
 
 
 class Collect:
@@ -37,21 +39,18 @@ class Collect:
 
 def test_pooled_isolates_serve_one_tenant_each_with_its_own_env() -> None:
     async def scenario() -> None:
-        js_threads = JsThreads(2)
-        executor = js_threads.for_worker()
+        runtime = WorkerHost(threads=2)
         pool = IsolatePool(ThreadPoolExecutor(1), size=2)
         pool.refill()
         for _ in range(200):  # until both are prepared
             if len(pool._ready) == 2:
                 break
             await asyncio.sleep(0.02)
-        compiler = Compiler()
         source = "globalThis.seen = (globalThis.seen ?? 0) + 1;\nexport default { fetch: (r, env) => new Response(env.WHO + ' ' + globalThis.seen) };"
-        workers = []
-        for who in ("alice", "bob"):
-            worker = Worker(WorkerScript(name=who, source=source, vars={"WHO": who}), executor, compiler, lambda *a: None, pool=pool)
-            await worker.start()
-            workers.append(worker)
+        workers = [
+            await runtime.start(WorkerScript(name=who, source=source, vars={"WHO": who}), pool=pool)
+            for who in ("alice", "bob")
+        ]
         assert [worker.cold_start_pooled for worker in workers] == [True, True]
         assert pool.taken == 2
         for index, worker in enumerate(workers):
@@ -60,14 +59,10 @@ def test_pooled_isolates_serve_one_tenant_each_with_its_own_env() -> None:
             assert await asyncio.wait_for(reply.finished, 10) == "ok"
             # a fresh global scope each: `seen` is 1 for both tenants
             assert reply.received == f"{['alice', 'bob'][index]} 1".encode()
-        third = Worker(WorkerScript(name="carol", source=source, vars={"WHO": "carol"}), executor, compiler, lambda *a: None, pool=pool)
-        await third.start()  # the pool refills later: this one prepared its own
-        assert third.cold_start_pooled is False
-        for worker in [*workers, third]:
-            await worker.close()
+        third = await runtime.start(WorkerScript(name="carol", source=source, vars={"WHO": "carol"}), pool=pool)
+        assert third.cold_start_pooled is False  # the pool refills later: this one prepared its own
+        await runtime.close()
         pool.close()
-        compiler.close()
-        js_threads.shutdown()
 
     asyncio.run(scenario())
 
@@ -105,9 +100,6 @@ def test_a_prepared_isolate_keeps_nothing_of_its_warm_up() -> None:
     # Preparing an isolate runs a module through the load path and a fetch to it, so
     # that V8 has compiled them before a tenant's cold start; none of it may show.
     async def scenario() -> None:
-        js_threads = JsThreads(1)
-        executor = js_threads.for_worker()
-        compiler = Compiler()
         source = (
             "export default { async fetch(request, env) {\n"
             "  let warm = 'none';\n"
@@ -115,20 +107,14 @@ def test_a_prepared_isolate_keeps_nothing_of_its_warm_up() -> None:
             "  return new Response(JSON.stringify({ env: Object.keys(env), warm }));\n"
             "} };"
         )
-        worker = Worker(WorkerScript(name="w", source=source, vars={"ONLY": "1"}), executor, compiler, lambda *a: None)
-        await worker.start()
-        reply = Collect()
-        worker.fetch(IncomingRequest(1, "GET", "http://x/", []), reply)  # type: ignore[arg-type]
-        assert await asyncio.wait_for(reply.finished, 10) == "ok"
-        assert reply.received == b'{"env":["ONLY"],"warm":"No such module \\"warren:warm\\", imported from \\"worker.js\\"."}'
-        await worker.close()
-        silent = Worker(WorkerScript(name="s", source="const nothing = 1;"), executor, compiler, lambda *a: None)
-        try:
-            await silent.start()
-            raise AssertionError("a script without handlers loaded")
-        except ScriptLoadError as exc:
-            assert "No event handlers were registered" in str(exc)
-        compiler.close()
-        js_threads.shutdown()
+        async with WorkerHost() as runtime:
+            worker = await runtime.start(WorkerScript(name="w", source=source, vars={"ONLY": "1"}))
+            reply = Collect()
+            worker.fetch(IncomingRequest(1, "GET", "http://x/", []), reply)  # type: ignore[arg-type]
+            assert await asyncio.wait_for(reply.finished, 10) == "ok"
+            expected = b'{"env":["ONLY"],"warm":"No such module \\"warren:warm\\", imported from \\"worker.js\\"."}'
+            assert reply.received == expected
+            with pytest.raises(ScriptLoadError, match="No event handlers were registered"):
+                await runtime.start(WorkerScript(name="s", source="const nothing = 1;"))
 
     asyncio.run(scenario())
