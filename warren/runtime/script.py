@@ -236,6 +236,62 @@ class _Transformer:
                 self._isolate = None
 
 
+class CodeCaches:
+    """V8's code caches of large modules (``Isolate.code_cache``), by name and text. Thread-safe.
+
+    A worker's isolate makes one for a module once it has run a while (when it goes
+    idle, or is evicted), so the functions its requests compiled are in it; the next
+    isolate to load the same text (the tenant back after an eviction, a Durable
+    Object's next instance) compiles from it instead. Only caches made in this
+    process are kept: V8 trusts their bytes. Bounded by size, least recently used out.
+    """
+
+    MIN_CHARS = 16 * 1024  # below this a compile takes well under a millisecond
+    BUDGET_BYTES = 64 * 1024 * 1024  # caches and the texts they are kept by
+
+    def __init__(self, budget_bytes: int = BUDGET_BYTES) -> None:
+        self._lock = threading.Lock()
+        self._caches: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._bytes = 0
+        self._budget = budget_bytes
+
+    @classmethod
+    def wanted(cls, module: CompiledModule) -> bool:
+        """Whether a module is code large enough to cache."""
+        return module.kind in ("script", "esm") and len(module.text) >= cls.MIN_CHARS
+
+    def get(self, module: CompiledModule) -> bytes | None:
+        with self._lock:
+            cache = self._caches.get((module.name, module.text))
+            if cache is not None:
+                self._caches.move_to_end((module.name, module.text))
+            return cache
+
+    def keep(self, module: CompiledModule, cache: bytes) -> None:
+        size = len(cache) + len(module.text)
+        if size > self._budget:
+            return
+        with self._lock:
+            key = (module.name, module.text)
+            if key in self._caches:
+                return
+            self._caches[key] = cache
+            self._bytes += size
+            while self._bytes > self._budget:
+                (_, text), dropped = self._caches.popitem(last=False)
+                self._bytes -= len(dropped) + len(text)
+
+    def drop(self, module: CompiledModule) -> None:
+        with self._lock:
+            dropped = self._caches.pop((module.name, module.text), None)
+            if dropped is not None:
+                self._bytes -= len(dropped) + len(module.text)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._caches)
+
+
 class Compiler:
     """Turns ES modules into classic scripts, caching by content.
 
@@ -244,7 +300,8 @@ class Compiler:
     isolate of its own; the tenant's source is only data to it. Thread-safe.
 
     Large modules have a transformer of their own: sucrase may take seconds over
-    megabytes, and a small script's cold start must not wait behind that.
+    megabytes, and a small script's cold start must not wait behind that. The
+    process' code caches of what it compiled (``code_caches``) live here too.
     """
 
     # By size, not count: a runtime process may hold 10,000 small tenants, and an
@@ -259,6 +316,7 @@ class Compiler:
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._cached_chars = 0
         self.rewritten_modules = 0  # transformed by rewriting their module statements only, without sucrase
+        self.code_caches = CodeCaches()
 
     @classmethod
     def is_large(cls, script: WorkerScript) -> bool:

@@ -35,6 +35,7 @@ from warren.runtime.pool import ENTRY_POINT as _ENTER
 from warren.runtime.pool import IsolatePool, PreparedIsolate, prepare_isolate
 from warren.runtime.script import (
     STARTUP_CPU_MS,
+    CodeCaches,
     CompiledModule,
     Compiler,
     ScriptLoadError,
@@ -219,6 +220,8 @@ class Worker:
         self.cpu_seconds_total = 0.0
         self.last_used = time.monotonic()
         self._compacted_at = -1.0
+        self._uncached: list[CompiledModule] = []  # large modules loaded without a code cache
+        self.code_cache_hits = 0  # modules of the last load compiled from a code cache
         self._sockets = WebSocketHost(self)  # its invocations' WebSockets (warren.runtime.websockets)
 
     # --- life cycle ----------------------------------------------------------------
@@ -335,9 +338,18 @@ class Worker:
             )
             if not module_worker:  # its top level runs next and may use its bindings
                 isolate.call(_ENTER, _now_ms(), "configure", config, cpu_budget_ms=STARTUP_CPU_MS)
+            caches = self._compiler.code_caches
+            self.code_cache_hits = 0
             for module in modules:
                 if module.kind in ("script", "esm"):
-                    isolate.run_script(module.text, module.name, cpu_budget_ms=STARTUP_CPU_MS)
+                    cache = caches.get(module) if CodeCaches.wanted(module) else None
+                    isolate.run_script(module.text, module.name, cpu_budget_ms=STARTUP_CPU_MS, code_cache=cache)
+                    if cache is not None and not isolate.code_cache_rejected:
+                        self.code_cache_hits += 1
+                    elif CodeCaches.wanted(module):
+                        if cache is not None:
+                            caches.drop(module)
+                        self._uncached.append(module)
                 else:
                     isolate.call(
                         _ENTER,
@@ -365,21 +377,47 @@ class Worker:
             self._discard_isolate()
             raise ScriptLoadError(str(problem), self.script.filename)
 
-    def _discard_isolate(self) -> None:
+    def _discard_isolate(self, keep_code: bool = False) -> None:
         if self._isolate is not None:
+            if keep_code:
+                self._keep_code_caches()
             self._isolate.dispose()
             self._isolate = None
         self.broken = True
 
-    async def close(self) -> None:
-        """Dispose of the isolate once no slice is running. Pending invocations fail."""
+    def _keep_code_caches(self) -> None:
+        """On the JS thread: code caches of the large modules loaded without one, with all
+        the functions compiled so far (the handlers its requests ran included)."""
+        uncached, self._uncached = self._uncached, []
+        isolate = self._isolate
+        if isolate is None or isolate.broken:
+            return
+        for module in uncached:
+            try:
+                cache = isolate.code_cache(module.text, module.name)
+            except EngineError:  # housekeeping: the next start compiles from the text, as ever
+                return
+            if cache:
+                self._compiler.code_caches.keep(module, cache)
+
+    def _compact_isolate(self) -> None:
+        self._keep_code_caches()
+        if self._isolate is not None:
+            self._isolate.compact()
+
+    async def close(self, keep_code: bool = False) -> None:
+        """Dispose of the isolate once no slice is running. Pending invocations fail.
+
+        ``keep_code`` (an eviction: the script may well start again) first keeps the
+        code caches of its large modules, if none was made yet.
+        """
         self.broken = True
         for invocation in list(self._invocations.values()):
             self._fail_invocation(invocation, 503, RESTARTED, "canceled")
         self._cancel_ops(lambda op: True)
         async with self._turn:
             if self._isolate is not None:
-                await self._on_js_thread(self._discard_isolate, background=True)
+                await self._on_js_thread(self._discard_isolate, keep_code, background=True)
 
     async def compact(self) -> bool:
         """Shrink an idle isolate's heap (a full collection); a no-op once done until it runs again.
@@ -388,7 +426,7 @@ class Worker:
             return False
         async with self._turn:
             if self._isolate is not None and not self.broken:
-                await self._on_js_thread(self._isolate.compact, background=True)
+                await self._on_js_thread(self._compact_isolate, background=True)
                 self._compacted_at = self.last_used
                 return True
         return False

@@ -388,7 +388,7 @@ class RuntimeServer:
         if victims:
             self._recount_isolates()
         for worker in victims:
-            await worker.close()
+            await worker.close(keep_code=True)
         # The idle ones kept get a full collection once: ~1 MB less each, here.
         collected = bool(victims)
         for last_used, key in idle:
