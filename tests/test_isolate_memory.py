@@ -86,3 +86,48 @@ def test_the_idna_table_is_built_only_for_a_non_ascii_host() -> None:
             await runtime.close()
 
     asyncio.run(scenario())
+
+
+# Says whether the streams are still unbuilt (their globals accessors), after reading
+# the request's body whole, and, for ?stream, after reading it as a stream.
+STREAMS_PROBE = """
+export default {
+  async fetch(request) {
+    if (new URL(request.url).searchParams.has("stream")) {
+      const reader = request.body.getReader();
+      while (!(await reader.read()).done);
+    } else {
+      await request.text();
+    }
+    const unbuilt = Object.getOwnPropertyDescriptor(globalThis, "ReadableStream").get !== undefined;
+    return new Response(JSON.stringify({ unbuilt }), { headers: { "content-type": "application/json" } });
+  },
+};
+"""
+STREAMS_BYTES_AT_LEAST = 50 * 1024  # ~110 KiB of heap once built (V8 13.1)
+
+
+def test_the_streams_are_built_only_for_a_body_read_as_a_stream() -> None:
+    from warren.runtime.bodies import BytesBody
+
+    async def scenario() -> None:
+        async with WorkerHost() as runtime:
+            worker = await runtime.start(WorkerScript(name="probe", source=STREAMS_PROBE))
+
+            async def post(request_id: int, query: str) -> str:
+                reply = _Body()
+                request = IncomingRequest(
+                    request_id, "POST", f"http://t.example/{query}", [("host", "t.example")], BytesBody(b"x" * 1000)
+                )
+                worker.fetch(request, reply)  # type: ignore[arg-type]
+                assert await asyncio.wait_for(reply.finished, 10) == "ok"
+                return reply.received.decode()
+
+            assert await post(1, "") == '{"unbuilt":true}'
+            await worker.compact()
+            before = worker.memory_bytes
+            assert await post(2, "?stream") == '{"unbuilt":false}'
+            await worker.compact()
+            assert worker.memory_bytes - before >= STREAMS_BYTES_AT_LEAST, (before, worker.memory_bytes)
+
+    asyncio.run(scenario())

@@ -1184,8 +1184,7 @@ globalThis.__warrenWebAPI = function install(global, internals) {
   }
 
   function isReadableStream(o) {
-    const classes = internals.streams;
-    return classes !== undefined && o instanceof classes.ReadableStream;
+    return internals.streamsLoaded() && o instanceof internals.streams.ReadableStream;  // none before they load
   }
 
   const isUnusable = (source) => source !== null && (source.disturbed || source.locked);
