@@ -162,6 +162,12 @@ LAZY = [
     ("new Response('x').body instanceof ReadableStream", True),  # the runtime's class is the global one
     ("Object.getOwnPropertyDescriptor(globalThis, 'WritableStream').value === WritableStream", True),
     ("new crypto.DigestStream('SHA-256') instanceof WritableStream", True),
+    # The encoding streams and Durable Objects' globals, the same way.
+    ("Object.getOwnPropertyDescriptor(globalThis, 'CompressionStream').get !== undefined", True),
+    ("Object.getOwnPropertyDescriptor(globalThis, 'WebSocketRequestResponsePair').get !== undefined", True),
+    ("new TextEncoderStream().encoding + ' ' + (new CompressionStream('gzip').readable instanceof ReadableStream)",
+     "utf-8 true"),
+    ("new WebSocketRequestResponsePair('ping', 'pong').response", "pong"),
 ]
 
 
@@ -208,6 +214,20 @@ def test_the_streams_load_with_the_runtimes_promise_whatever_the_tenant_did_firs
             "t.js",
         )
         assert isolate.run_script("got", "t.js") == "streamed"  # settled with the microtasks of that run
+    finally:
+        prepared.isolate.dispose()
+
+
+def test_what_is_made_on_first_use_is_made_from_the_runtimes_globals() -> None:
+    prepared = prepare_isolate()
+    try:
+        isolate = prepared.isolate
+        isolate.run_script(
+            "globalThis.TextEncoder = function () { throw new Error('the tenant s own'); }; undefined", "t.js"
+        )
+        source = "new TextEncoderStream().readable.getReader().read().then((r) => { globalThis.r = r.done; }); 1"
+        assert isolate.run_script(source, "t.js") == 1
+        assert isolate.run_script("typeof WebSocketRequestResponsePair", "t.js") == "function"
     finally:
         prepared.isolate.dispose()
 

@@ -731,13 +731,39 @@
     };
     installEvents(globalThis, internals);
     installBlob(globalThis, internals);
-    installEncodingStreams(globalThis, internals);
+    // The encoding streams and Durable Objects are made on first use (~70 KB of objects
+    // per isolate, which few tenants need), from the globals as the runtime made them:
+    // a tenant's code may have replaced those by then.
+    const runtimeGlobals = Object.freeze({
+      DOMException: globalThis.DOMException,
+      Request: globalThis.Request,
+      Response: globalThis.Response,
+      TextEncoder: globalThis.TextEncoder,
+      TextDecoder: globalThis.TextDecoder,
+    });
+    defineLazyGlobals(
+      ["TextEncoderStream", "TextDecoderStream", "CompressionStream", "DecompressionStream"],
+      () => installEncodingStreams(runtimeGlobals, internals),
+    );
     installCache(globalThis, internals);
     installKV(globalThis, internals);
     installHTMLRewriter(globalThis, internals);
     installServices(globalThis, internals);
     installQueues(globalThis, internals);
-    installDurableObjects(globalThis, internals);
+    // Made by a worker's first Durable Object binding, its first object event, or a touch of
+    // WebSocketRequestResponsePair; the install replaces the two below with its own.
+    const makeObjects = defineLazyGlobals(
+      ["WebSocketRequestResponsePair"],
+      () => installDurableObjects(globalThis, internals, runtimeGlobals),
+    );
+    internals.defineBinding("durable_object_namespace", (spec, call) => {
+      makeObjects();
+      return bindingFactories.get("durable_object_namespace")(spec, call);
+    });
+    internals.objectEvent = (...args) => {
+      makeObjects();
+      return internals.objectEvent(...args);
+    };
     installWebSocket(globalThis, internals, (action, a, b, c) => host.webSocket(action, a, b, c), defineLazyGlobals);
     internals.hostAsset = (name) => host.asset(name);
     internals.reportError = (error) => reportException(error, "microtask");

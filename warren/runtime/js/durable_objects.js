@@ -16,7 +16,9 @@
 //    instance's webSocketMessage/Close/Error through the input gate. There is
 //    no hibernation: the instance stays in memory while such sockets are open.
 // Values (storage, RPC) use the format of services.js (internals.serialize).
-globalThis.__warrenDurableObjects = function installDurableObjects(global, internals) {
+// `own`: the runtime's own globals, as they were before any tenant code ran (the install
+// may run later, on first use); `global` is where WebSocketRequestResponsePair goes.
+globalThis.__warrenDurableObjects = function installDurableObjects(global, internals, own) {
   "use strict";
 
   const STORAGE = "__objects";
@@ -32,11 +34,11 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
     "constructor", "fetch", "alarm", "then", "webSocketMessage", "webSocketClose", "webSocketError",
   ]);
   // Captured now: tenants may replace the globals later.
-  const DOMException = global.DOMException;
-  const Request = global.Request;
-  const Response = global.Response;
-  const encoder = new global.TextEncoder();
-  const decoder = new global.TextDecoder();
+  const DOMException = own.DOMException;
+  const Request = own.Request;
+  const Response = own.Response;
+  const encoder = new own.TextEncoder();
+  const decoder = new own.TextDecoder();
   const getRandomValues = internals.getRandomValues;  // reading global.crypto would make WebCrypto now (bootstrap.js)
   const utf8 = (text) => encoder.encode(text);
   const fromUtf8 = (bytes) => decoder.decode(bytes);
