@@ -168,6 +168,12 @@ LAZY = [
     ("new TextEncoderStream().encoding + ' ' + (new CompressionStream('gzip').readable instanceof ReadableStream)",
      "utf-8 true"),
     ("new WebSocketRequestResponsePair('ping', 'pong').response", "pong"),
+    ("Object.getOwnPropertyDescriptor(globalThis, 'FormData').get !== undefined", True),
+    ("new Response(new Uint8Array([1])).headers.get('content-type')", None),  # not a Blob: still unmade
+    ("Object.getOwnPropertyDescriptor(globalThis, 'Blob').get !== undefined", True),
+    ("new Response('abc').blob().then((b) => { globalThis.size = `${b.size}:${b instanceof Blob}`; }) && 1", 1),
+    ("size", "3:true"),  # Response.blob() made them
+    ("new Blob(['ab']).size + (new FormData() instanceof FormData ? 1 : 0)", 3),
 ]
 
 
@@ -228,6 +234,7 @@ def test_what_is_made_on_first_use_is_made_from_the_runtimes_globals() -> None:
         source = "new TextEncoderStream().readable.getReader().read().then((r) => { globalThis.r = r.done; }); 1"
         assert isolate.run_script(source, "t.js") == 1
         assert isolate.run_script("typeof WebSocketRequestResponsePair", "t.js") == "function"
+        assert isolate.run_script("new Blob(['é']).size", "t.js") == 2
     finally:
         prepared.isolate.dispose()
 

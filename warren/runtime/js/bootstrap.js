@@ -730,10 +730,9 @@
       return randomValues(array);
     };
     installEvents(globalThis, internals);
-    installBlob(globalThis, internals);
-    // The encoding streams and Durable Objects are made on first use (~70 KB of objects
-    // per isolate, which few tenants need), from the globals as the runtime made them:
-    // a tenant's code may have replaced those by then.
+    // Blobs, the encoding streams and Durable Objects are made on first use (~100 KB of
+    // objects per isolate, which few tenants need), from the globals as the runtime made
+    // them: a tenant's code may have replaced those by then.
     const runtimeGlobals = Object.freeze({
       DOMException: globalThis.DOMException,
       Request: globalThis.Request,
@@ -741,6 +740,18 @@
       TextEncoder: globalThis.TextEncoder,
       TextDecoder: globalThis.TextDecoder,
     });
+    const makeBlobs = defineLazyGlobals(["Blob", "File", "FormData"], () => installBlob(runtimeGlobals, internals));
+    // Until then no value is a Blob or a FormData; the install replaces these with its own.
+    internals.isBlob = () => false;
+    internals.isFormData = () => false;
+    internals.makeBlob = (bytes, type) => {
+      makeBlobs();
+      return internals.makeBlob(bytes, type);
+    };
+    internals.parseFormData = (bytes, type) => {
+      makeBlobs();
+      return internals.parseFormData(bytes, type);
+    };
     defineLazyGlobals(
       ["TextEncoderStream", "TextDecoderStream", "CompressionStream", "DecompressionStream"],
       () => installEncodingStreams(runtimeGlobals, internals),
