@@ -156,12 +156,6 @@ LAZY = [
     ("crypto instanceof Crypto && typeof CryptoKey === 'function'", True),
     ("new URLPattern({ pathname: '/a/:id' }).exec('https://x.test/a/7').pathname.groups.id", "7"),
     ("Object.getOwnPropertyDescriptor(globalThis, 'URLPattern').writable", True),
-    # The streams: not even a response's body makes them until it is read as a stream.
-    ("new Response('x').headers.get('content-type')", "text/plain;charset=UTF-8"),
-    ("Object.getOwnPropertyDescriptor(globalThis, 'ReadableStream').get !== undefined", True),
-    ("new Response('x').body instanceof ReadableStream", True),  # the runtime's class is the global one
-    ("Object.getOwnPropertyDescriptor(globalThis, 'WritableStream').value === WritableStream", True),
-    ("new crypto.DigestStream('SHA-256') instanceof WritableStream", True),
     # The encoding streams and Durable Objects' globals, the same way.
     ("Object.getOwnPropertyDescriptor(globalThis, 'CompressionStream').get !== undefined", True),
     ("Object.getOwnPropertyDescriptor(globalThis, 'WebSocketRequestResponsePair').get !== undefined", True),
@@ -197,29 +191,6 @@ def test_a_tenant_that_defines_a_lazy_global_first_keeps_its_own() -> None:
         assert isolate.run_script("CryptoKey", "t.js") == 1
         isolate.run_script("globalThis.URLPattern = 'mine'; undefined", "t.js")
         assert isolate.run_script("URLPattern", "t.js") == "mine"
-    finally:
-        prepared.isolate.dispose()
-
-
-def test_the_streams_load_with_the_runtimes_promise_whatever_the_tenant_did_first() -> None:
-    prepared = prepare_isolate()
-    try:
-        isolate = prepared.isolate
-        isolate.run_script(
-            "globalThis.TenantPromise = function () { throw new Error('the tenant s own'); };"
-            "globalThis.Promise = TenantPromise; undefined",
-            "t.js",
-        )
-        # A DigestStream before anything else: it loads the streams (and crypto) itself.
-        assert isolate.run_script("typeof crypto.DigestStream.prototype.getWriter", "t.js") == "function"
-        assert isolate.run_script("Promise === TenantPromise", "t.js") is True  # the tenant's global is kept
-        isolate.run_script(
-            "globalThis.got = null;"
-            "new Response('streamed').body.getReader().read()"
-            ".then((r) => { globalThis.got = new TextDecoder().decode(r.value); }); undefined",
-            "t.js",
-        )
-        assert isolate.run_script("got", "t.js") == "streamed"  # settled with the microtasks of that run
     finally:
         prepared.isolate.dispose()
 

@@ -5,6 +5,22 @@
 // ~13 KB of objects per isolate that the classes never use.
 import { URL as URLInterface, URLSearchParams as URLSearchParamsInterface } from "whatwg-url/webidl2js-wrapper";
 import structuredClone from "@ungap/structured-clone";
+// The ponyfill build: it defines nothing global; bootstrap.js installs the classes.
+import {
+  ReadableStream,
+  ReadableStreamDefaultReader,
+  ReadableStreamBYOBReader,
+  ReadableStreamDefaultController,
+  ReadableByteStreamController,
+  ReadableStreamBYOBRequest,
+  WritableStream,
+  WritableStreamDefaultWriter,
+  WritableStreamDefaultController,
+  TransformStream,
+  TransformStreamDefaultController,
+  ByteLengthQueuingStrategy,
+  CountQueuingStrategy,
+} from "web-streams-polyfill";
 
 const urlGlobals = { Array, Object, Promise, String, TypeError };
 URLInterface.install(urlGlobals, ["Window"]);
@@ -27,41 +43,21 @@ globalThis.__warrenVendor = {
   // The subpath, not the package root: the root also assigns globalThis.URLPattern.
   // URLPattern reads the global URL when called, not at load time.
   loadURLPattern: once(() => require("urlpattern-polyfill/urlpattern").URLPattern),
-  // The streams (web-streams-polyfill's ponyfill build: it defines nothing global;
-  // bootstrap.js installs the classes). ~110 KB of objects per isolate, and a body
-  // nobody streams never needs them (bootstrap.js's BodySource).
-  loadStreams: once(() => {
-    const {
-      ReadableStream,
-      ReadableStreamDefaultReader,
-      ReadableStreamBYOBReader,
-      ReadableStreamDefaultController,
-      ReadableByteStreamController,
-      ReadableStreamBYOBRequest,
-      WritableStream,
-      WritableStreamDefaultWriter,
-      WritableStreamDefaultController,
-      TransformStream,
-      TransformStreamDefaultController,
-      ByteLengthQueuingStrategy,
-      CountQueuingStrategy,
-    } = require("web-streams-polyfill");
-    return {
-      ReadableStream,
-      ReadableStreamDefaultReader,
-      ReadableStreamBYOBReader,
-      ReadableStreamDefaultController,
-      ReadableByteStreamController,
-      ReadableStreamBYOBRequest,
-      WritableStream,
-      WritableStreamDefaultWriter,
-      WritableStreamDefaultController,
-      TransformStream,
-      TransformStreamDefaultController,
-      ByteLengthQueuingStrategy,
-      CountQueuingStrategy,
-    };
-  }),
+  streams: {
+    ReadableStream,
+    ReadableStreamDefaultReader,
+    ReadableStreamBYOBReader,
+    ReadableStreamDefaultController,
+    ReadableByteStreamController,
+    ReadableStreamBYOBRequest,
+    WritableStream,
+    WritableStreamDefaultWriter,
+    WritableStreamDefaultController,
+    TransformStream,
+    TransformStreamDefaultController,
+    ByteLengthQueuingStrategy,
+    CountQueuingStrategy,
+  },
   // Streaming (de)compressors for CompressionStream / DecompressionStream.
   loadCompression: once(() => {
     const { Gzip, Gunzip, Zlib, Unzlib, Deflate, Inflate } = require("fflate");

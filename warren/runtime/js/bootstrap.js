@@ -38,14 +38,6 @@
   delete globalThis.__warrenEncodingStreams;
 
   const internals = Object.create(null);
-  const IntrinsicPromise = Promise;
-  const STREAM_GLOBALS = [
-    "ReadableStream", "ReadableStreamDefaultReader", "ReadableStreamBYOBReader", "ReadableStreamDefaultController",
-    "ReadableByteStreamController", "ReadableStreamBYOBRequest", "WritableStream", "WritableStreamDefaultWriter",
-    "WritableStreamDefaultController", "TransformStream", "TransformStreamDefaultController",
-    "ByteLengthQueuingStrategy", "CountQueuingStrategy",
-  ];
-  internals.streamsLoaded = () => false;  // until linkVendor
   // Binding types (kv_namespace, service, ...) -> (spec, call) => the object
   // env[spec.name] holds; runtime JavaScript registers them as it installs.
   const bindingFactories = new Map();
@@ -723,7 +715,7 @@
       installCrypto(globalThis, internals, (operation, args, data) => host.crypto(operation, args, data));
       const crypto = globalThis.crypto;
       randomValues = crypto.getRandomValues.bind(crypto);
-      if (internals.streamsLoaded()) internals.upgradeDigestStream(internals.streams.WritableStream);
+      if (internals.streams !== undefined) internals.upgradeDigestStream(internals.streams.WritableStream);
     });
     internals.getRandomValues = (array) => {
       makeCrypto();
@@ -807,31 +799,9 @@
     defineGlobal("URL", vendor.URL);
     defineGlobal("URLSearchParams", vendor.URLSearchParams);
     defineLazyGlobals(["URLPattern"], () => defineGlobal("URLPattern", vendor.loadURLPattern()));
-    // The streams are evaluated on first use (~110 KB of objects per isolate): by the
-    // tenant's first touch of one of their globals, or the runtime's first stream (a
-    // body read as one, Blob.stream(), an encoding stream, DigestStream).
-    let streams = null;
-    const makeStreams = defineLazyGlobals(STREAM_GLOBALS, () => {
-      // The polyfill keeps the Promise it finds as it loads: the intrinsic one, though
-      // the tenant's code ran before.
-      const tenants = Object.getOwnPropertyDescriptor(globalThis, "Promise");
-      defineGlobal("Promise", IntrinsicPromise);
-      try {
-        streams = vendor.loadStreams();
-      } finally {
-        if (tenants !== undefined) Object.defineProperty(globalThis, "Promise", tenants);
-        else delete globalThis.Promise;
-      }
-      for (const name of STREAM_GLOBALS) defineGlobal(name, streams[name]);
-      if (internals.upgradeDigestStream !== undefined) internals.upgradeDigestStream(streams.WritableStream);
-    });
-    Object.defineProperty(internals, "streams", {
-      get() {
-        makeStreams();
-        return streams;
-      },
-    });
-    internals.streamsLoaded = () => streams !== null;
+    for (const [name, value] of Object.entries(vendor.streams)) defineGlobal(name, value);
+    internals.streams = vendor.streams;
+    if (internals.upgradeDigestStream !== undefined) internals.upgradeDigestStream(vendor.streams.WritableStream);
     // fflate loads on the first CompressionStream or DecompressionStream.
     Object.defineProperty(internals, "compression", { get: vendor.loadCompression });
     const clone = vendor.structuredClone;

@@ -426,11 +426,13 @@ globalThis.__warrenCrypto = function install(global, internals, hostCrypto) {
   defineInterface(SubtleCrypto, "SubtleCrypto");
 
   // --- DigestStream ------------------------------------------------------------------
-  // Workers' DigestStream is a WritableStream (pipeTo works) whose sink feeds the hash
-  // kept on the host; small writes are gathered here. It is made with the streams,
-  // which load on first use (bootstrap.js): touching it loads them.
+  // Workers' DigestStream is a WritableStream. warren has no streams yet, so
+  // this one has the writer side only: getWriter() with write/close/abort,
+  // close()/abort() on the stream, and the `digest` promise. Small writes are
+  // gathered here; the hash state lives on the host.
   const FLUSH_BYTES = 64 * 1024;
   const streams = new WeakMap();
+  const writers = new WeakMap();
   function streamState(self) {
     const state = streams.get(self);
     if (state === undefined) throw new TypeError("Illegal invocation");
@@ -485,6 +487,91 @@ globalThis.__warrenCrypto = function install(global, internals, hostCrypto) {
     state.resolveClosed(undefined);
   }
 
+  class DigestStream {
+    constructor(algorithm) {
+      requireArgs(arguments.length, 1, "constructor", "DigestStream");
+      const state = {
+        algorithm: normalize(algorithm, "digest"), chunks: [], buffered: 0, hostState: null, done: false, writer: null,
+      };
+      state.digest = new Promise((resolve, reject) => {
+        state.resolveDigest = resolve;
+        state.rejectDigest = reject;
+      });
+      state.closed = new Promise((resolve, reject) => {
+        state.resolveClosed = resolve;
+        state.rejectClosed = reject;
+      });
+      state.digest.catch(() => {});
+      state.closed.catch(() => {});
+      streams.set(this, state);
+    }
+    get digest() {
+      return streamState(this).digest;
+    }
+    get locked() {
+      return streamState(this).writer !== null;
+    }
+    getWriter() {
+      const state = streamState(this);
+      if (state.writer !== null) throw new TypeError("This DigestStream is locked to a writer.");
+      const writer = Object.create(DigestStreamWriter.prototype);
+      writers.set(writer, { state, released: false });
+      state.writer = writer;
+      return writer;
+    }
+    async close() {
+      const state = streamState(this);
+      if (state.writer !== null) throw new TypeError("This DigestStream is locked to a writer.");
+      closeStream(state);
+    }
+    async abort(reason) {
+      const state = streamState(this);
+      if (state.writer !== null) throw new TypeError("This DigestStream is locked to a writer.");
+      failStream(state, reason);
+    }
+  }
+  defineInterface(DigestStream, "DigestStream");
+
+  function writerState(self) {
+    const slot = writers.get(self);
+    if (slot === undefined) throw new TypeError("Illegal invocation");
+    if (slot.released) throw new TypeError("This writer's lock was released.");
+    return slot.state;
+  }
+  class DigestStreamWriter {
+    constructor() {
+      throw new TypeError("Illegal constructor");
+    }
+    get closed() {
+      return writerState(this).closed;
+    }
+    get ready() {
+      writerState(this);
+      return Promise.resolve(undefined);
+    }
+    get desiredSize() {
+      const state = writerState(this);
+      return state.done ? 0 : 1;
+    }
+    async write(chunk) {
+      writeStream(writerState(this), chunk);
+    }
+    async close() {
+      closeStream(writerState(this));
+    }
+    async abort(reason) {
+      failStream(writerState(this), reason);
+    }
+    releaseLock() {
+      const slot = writers.get(this);
+      if (slot === undefined) throw new TypeError("Illegal invocation");
+      if (slot.released) return;
+      slot.released = true;
+      slot.state.writer = null;
+    }
+  }
+  defineInterface(DigestStreamWriter, "WritableStreamDefaultWriter");
+
   // --- Crypto ------------------------------------------------------------------
   const RANDOM_TYPES = new Set([
     "Int8Array", "Uint8Array", "Uint8ClampedArray", "Int16Array", "Uint16Array", "Int32Array", "Uint32Array",
@@ -527,26 +614,18 @@ globalThis.__warrenCrypto = function install(global, internals, hostCrypto) {
     }
   }
   defineInterface(Crypto, "Crypto");
-  Object.defineProperty(Crypto.prototype, "DigestStream", {
-    get() {
-      const { WritableStream } = internals.streams;  // loading them makes DigestStream
-      const made = Object.getOwnPropertyDescriptor(Crypto.prototype, "DigestStream");
-      if (made.get !== undefined) internals.upgradeDigestStream(WritableStream);
-      return Crypto.prototype.DigestStream;
-    },
-    set(value) {  // as an assignment over a writable inherited property would
-      Object.defineProperty(this, "DigestStream", { value, writable: true, configurable: true, enumerable: true });
-    },
-    configurable: true,
-  });
+  Object.defineProperty(Crypto.prototype, "DigestStream", { value: DigestStream, writable: true, configurable: true });
 
-  // Called as the streams load (or at once if they are loaded).
+  // Once the streams are loaded (after the vendored bundle), DigestStream
+  // becomes what it is on Workers: a WritableStream (pipeTo works), whose
+  // sink feeds the hash kept on the host.
   internals.upgradeDigestStream = (WritableStream) => {
     class DigestStream extends WritableStream {
       constructor(algorithm) {
         requireArgs(arguments.length, 1, "constructor", "DigestStream");
         const state = {
           algorithm: normalize(algorithm, "digest"), chunks: [], buffered: 0, hostState: null, done: false,
+          writer: null,
         };
         state.digest = new Promise((resolve, reject) => {
           state.resolveDigest = resolve;

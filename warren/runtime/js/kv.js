@@ -95,7 +95,7 @@ globalThis.__warrenKV = function install(global, internals) {
   // A put's value as hostCall takes it: bytes, or a body (a host body passes by handle).
   async function valueBody(value) {
     if (typeof value === "object" && value !== null) {
-      if (internals.streamsLoaded() && value instanceof internals.streams.ReadableStream) {
+      if (internals.streams !== undefined && value instanceof internals.streams.ReadableStream) {
         // Through a Response, which recognises a stream over a host body (and refuses a used one).
         const out = internals.responseToHost(new ResponseClass(value));
         if (out.handle) return internals.bodySource(null, { handle: out.handle });

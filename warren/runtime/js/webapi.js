@@ -1184,7 +1184,8 @@ globalThis.__warrenWebAPI = function install(global, internals) {
   }
 
   function isReadableStream(o) {
-    return internals.streamsLoaded() && o instanceof internals.streams.ReadableStream;  // none before they load
+    const classes = internals.streams;
+    return classes !== undefined && o instanceof classes.ReadableStream;
   }
 
   const isUnusable = (source) => source !== null && (source.disturbed || source.locked);
