@@ -43,6 +43,26 @@ def test_a_script_compiled_from_its_code_cache_runs_as_it_does_from_its_text() -
         user.dispose()
 
 
+def test_the_script_that_runs_is_the_one_compiled_from_the_cache() -> None:
+    # The cache holds all 600 helpers compiled (they ran in the maker); an isolate whose
+    # script came from it has their bytecode in its heap without running one. Had the
+    # run compiled the text afresh instead, it would have none of it.
+    maker, cached, plain = Isolate(), Isolate(), Isolate()
+    try:
+        maker.run_script(LIBRARY, "lib.js")
+        maker.run_script("for (let n = 0; n < 600; n++) globalThis['helper' + n](n);", "x.js")
+        cache = maker.code_cache(LIBRARY, "lib.js")
+        cached.run_script(LIBRARY, "lib.js", code_cache=cache)
+        plain.run_script(LIBRARY, "lib.js")
+        for isolate in (cached, plain):
+            isolate.compact()
+        assert cached.code_cache_rejected is False
+        assert cached.memory_bytes - plain.memory_bytes > 30 * 1024, (cached.memory_bytes, plain.memory_bytes)
+    finally:
+        for isolate in (maker, cached, plain):
+            isolate.dispose()
+
+
 def test_a_code_cache_holds_the_functions_that_ran_before_it_was_made() -> None:
     isolate = Isolate()
     try:
