@@ -211,6 +211,9 @@ def runtime_js(name: str) -> str:
     return resources.files("warren.runtime").joinpath(name).read_text("utf-8")
 
 
+_WARM_MODULE = 'import data from "./data.js";\nexport const answer = () => data + 1;\nexport default { answer };\n'
+
+
 class _Transformer:
     """One isolate running the compiler's JavaScript, used by one thread at a time."""
 
@@ -223,9 +226,13 @@ class _Transformer:
             if self._isolate is not None:
                 self._isolate.dispose()
             isolate = Isolate()
-            isolate.run_script(runtime_js("vendor/sucrase.js"), "warren:sucrase.js", cpu_budget_ms=5000)
-            isolate.run_script(runtime_js("js/compiler.js"), "warren:compiler.js")
+            # Shared with the process's other transformer, and compiled from the caches the first leaves.
+            isolate.run_shared_script(runtime_js("vendor/sucrase.js"), "warren:sucrase.js", cpu_budget_ms=5000)
+            isolate.run_shared_script(runtime_js("js/compiler.js"), "warren:compiler.js")
             isolate.take_entry_point("__warrenTransform")
+            # A module that needs sucrase, so that the caches hold its compiled functions too.
+            isolate.call("__warrenTransform", _WARM_MODULE, "warren:warm.js", cpu_budget_ms=5000)
+            isolate.cache_shared_scripts()
             self._isolate = isolate
         return self._isolate
 
