@@ -160,6 +160,31 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
     stop_all(started)
 
 
+class Collect:
+    """A Reply for ``Worker.fetch`` that keeps the status and body; ``finished`` is the outcome."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.status = 0
+        self.finished: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+
+    def body(self, chunk: bytes) -> None:
+        self.received += chunk
+
+    def end(self) -> None: ...
+
+    def error(self, status: int, message: str) -> None:
+        self.status = status
+
+    def log(self, level: str, message: str) -> None: ...
+
+    def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
+        self.finished.set_result(outcome)
+
+
 class WorkerHost:
     """Workers run in this process as a runtime process runs them (its JS threads, a
     compiler), without the frames: ``async with WorkerHost() as host: await host.start(script)``."""

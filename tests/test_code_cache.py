@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import WorkerHost
+from tests.conftest import Collect, WorkerHost
 from warren.engine import Isolate, ScriptError, configure
 from warren.runtime import IncomingRequest, WorkerScript
 from warren.runtime.pool import prepare_isolate
@@ -162,25 +162,6 @@ def test_prepared_isolates_after_the_first_compile_the_runtime_from_its_caches()
         prepared.isolate.dispose()
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.received = b""
-        self.finished = asyncio.get_running_loop().create_future()
-
-    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self.status = status
-
-    def body(self, chunk: bytes) -> None:
-        self.received += chunk
-
-    def end(self) -> None: ...
-    def error(self, status: int, message: str) -> None: ...
-    def log(self, level: str, message: str) -> None: ...
-
-    def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
-        self.finished.set_result(outcome)
-
-
 BUNDLE = (
     'import { DurableObject } from "cloudflare:workers";\n'
     + "".join(f"function part{n}(v) {{ return `#{n}:` + String(v).slice(0, {n % 5 + 1}); }}\n" for n in range(900))
@@ -190,7 +171,7 @@ BUNDLE = (
 
 
 async def _get(worker: object) -> bytes:
-    reply = _Collect()
+    reply = Collect()
     worker.fetch(IncomingRequest(1, "GET", "http://x/", []), reply)  # type: ignore[attr-defined]
     assert await reply.finished == "ok"
     return reply.received

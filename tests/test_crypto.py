@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ServiceProcess, WorkerHost
+from conftest import Collect, ServiceProcess, WorkerHost
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -857,32 +857,13 @@ export default {
 """
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.received = b""
-        self.finished: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self.status = status
-
-    def body(self, chunk: bytes) -> None:
-        self.received += chunk
-
-    def end(self) -> None: ...
-    def error(self, status: int, message: str) -> None: ...
-    def log(self, level: str, message: str) -> None: ...
-
-    def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
-        self.finished.set_result(outcome)
-
-
 def test_a_key_handle_from_one_worker_is_useless_to_another() -> None:
     async def scenario() -> None:
         runtime = WorkerHost(threads=2)
         workers = [await runtime.start(WorkerScript(name=name, source=KEEPER)) for name in ("alice", "mallory")]
 
         async def mac(worker: Worker, request_id: int) -> bytes:
-            reply = _Collect()
+            reply = Collect()
             worker.fetch(IncomingRequest(request_id, "GET", "http://x/", []), reply)
             assert await asyncio.wait_for(reply.finished, 10) == "ok"
             return reply.received

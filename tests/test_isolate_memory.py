@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import quote
 
-from tests.conftest import WorkerHost
+from tests.conftest import Collect, WorkerHost
 from warren.runtime import IncomingRequest, WorkerScript
 
 # The table's share of the heap is ~1.46 MiB (V8 13.1); half of it is the margin.
@@ -29,29 +29,6 @@ export default {
 """
 
 
-class _Body:
-    def __init__(self) -> None:
-        self.received = b""
-        self.status = 0
-        self.finished = asyncio.get_running_loop().create_future()
-
-    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self.status = status
-
-    def body(self, chunk: bytes) -> None:
-        self.received += chunk
-
-    def end(self) -> None: ...
-
-    def error(self, status: int, message: str) -> None:
-        self.status = status
-
-    def log(self, level: str, message: str) -> None: ...
-
-    def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
-        self.finished.set_result(outcome)
-
-
 def test_the_idna_table_is_built_only_for_a_non_ascii_host() -> None:
     async def scenario() -> None:
         runtime = WorkerHost()
@@ -61,7 +38,7 @@ def test_the_idna_table_is_built_only_for_a_non_ascii_host() -> None:
         async def host_of(host: str) -> str:
             nonlocal request_id
             request_id += 1
-            reply = _Body()
+            reply = Collect()
             url = f"http://Tenant.Example/?host={quote(host)}"
             worker.fetch(IncomingRequest(request_id, "GET", url, [("host", "Tenant.Example")]), reply)  # type: ignore[arg-type]
             assert await asyncio.wait_for(reply.finished, 10) == "ok"

@@ -7,34 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import WorkerHost
+from tests.conftest import Collect, WorkerHost
 from warren.runtime import IncomingRequest, ScriptLoadError, WorkerScript
 from warren.runtime import pool as pool_module
 from warren.runtime.pool import IsolatePool
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.received = b""
-        self.finished = asyncio.get_running_loop().create_future()
-
-    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self.status = status
-
-    def body(self, chunk: bytes) -> None:
-        self.received += chunk
-
-    def end(self) -> None:
-        pass
-
-    def error(self, status: int, message: str) -> None:
-        self.status = status
-
-    def log(self, level: str, message: str) -> None:
-        pass
-
-    def done(self, outcome: str, cpu_ms: float, wall_ms: float) -> None:
-        self.finished.set_result(outcome)
 
 
 def test_pooled_isolates_serve_one_tenant_each_with_its_own_env() -> None:

@@ -242,17 +242,20 @@ class EdgeNode:
     @property
     def stale(self) -> bool:
         """True while the node cannot vouch that it serves the store's current state."""
-        age = self.last_sync_age()
+        return self._stale_at(self.last_sync_age())
+
+    def _stale_at(self, age: float | None) -> bool:
         return age is None or age > self.stale_after or getattr(self.store, "connected", True) is False
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """The ``/healthz`` answer: 503 only before any state has loaded (a stale node still serves)."""
-        age = self.last_sync_age()
+        age = self.last_sync_age()  # once: the status and the age it reports must agree
         body = {
-            "status": "stale" if self.stale else "ok",
+            "status": "stale" if self._stale_at(age) else "ok",
             "store": _describe_store(self.store),
             "revision": self.revision if self.loaded else None,
-            "last_sync_age_s": round(age, 3) if age is not None else None,
+            # Rounded up: an age just past the threshold must not read as the threshold itself.
+            "last_sync_age_s": math.ceil(age * 1000) / 1000 if age is not None else None,
             "stale_after_s": self.stale_after,
         }
         return (200 if self.loaded else 503), body
