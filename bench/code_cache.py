@@ -97,7 +97,7 @@ def measure(isolates: int, bundles: int, megabytes: float, caches: bool) -> dict
         # The switch this benchmark needs, not a setting of warren's: no process cache of the
         # runtime's scripts is ever made, and no tenant module's cache is ever kept.
         Isolate.cache_shared_scripts = lambda self: 0  # type: ignore[method-assign]
-        CodeCaches.keep = lambda self, module, cache: None  # type: ignore[method-assign]
+        CodeCaches.keep = lambda self, owner, module, cache: None  # type: ignore[method-assign]
     prepare_isolate().isolate.dispose()  # the process's first: makes the caches (with them on)
     prepare_ms = []
     kept = []

@@ -74,8 +74,9 @@ class Fleet:
             timeout=60,
         )
         self.http = httpx.Client(timeout=10)
+        self.started = 0  # edge nodes, each with its state directory nodeN
 
-    def edge_args(self, store: str | None = None) -> list[str]:
+    def edge_args(self, state_dir: str, store: str | None = None) -> list[str]:
         return [
             "serve",
             "--store",
@@ -86,12 +87,16 @@ class Fleet:
             "1",
             "--admin-port",
             "0",
+            "--state-dir",
+            state_dir,  # a node's own: two nodes never share one
         ]
 
     def edges(self, count: int, store: str | None = None) -> list[ServiceProcess]:
         """Start ``count`` edge nodes at once (each takes a second or two to come up)."""
+        first = self.started
+        self.started += count
         with ThreadPoolExecutor(count) as pool:
-            return list(pool.map(lambda _: self.spawn(self.edge_args(store)), range(count)))
+            return list(pool.map(lambda n: self.spawn(self.edge_args(f"node{n}", store)), range(first, self.started)))
 
     def deploy(self, script: str, label: str) -> httpx.Response:
         files = {
@@ -244,7 +249,7 @@ def test_five_edges_serve_each_deploy_and_a_killed_edge_catches_up(nats_cluster:
     survivors = [edge for edge in edges if edge is not victim]
     platform.wait_served(survivors, "hello", "v4", timeout=5)
     victim.process.wait(10)
-    restarted = platform.spawn(platform.edge_args())
+    restarted = platform.spawn(platform.edge_args("node2"))  # its state, which SIGKILL left unlocked
     platform.wait_served([restarted, *survivors], "hello", "v4", timeout=10)
     code, health = platform.health(restarted)
     assert code == 200 and health["status"] == "ok" and health["store"]["kind"] == "nats", health

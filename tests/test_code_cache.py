@@ -111,24 +111,25 @@ def test_the_caches_are_kept_by_exact_text_not_by_length() -> None:
     first = CompiledModule("w.js", "esm", "a" * CodeCaches.MIN_CHARS)
     same_length = CompiledModule("w.js", "esm", "b" * CodeCaches.MIN_CHARS)
     small = CompiledModule("w.js", "esm", "c" * (CodeCaches.MIN_CHARS - 1))
-    caches.keep(first, b"cache of a")
-    assert caches.get(first) == b"cache of a"
-    assert caches.get(same_length) is None
+    caches.keep("acct", first, b"cache of a")
+    assert caches.get("acct", first) == b"cache of a"
+    assert caches.get("acct", same_length) is None
+    assert caches.get("other", first) is None  # never across accounts
     assert CodeCaches.wanted(first) and not CodeCaches.wanted(small)
     assert not CodeCaches.wanted(CompiledModule("d.json", "json", "1" * CodeCaches.MIN_CHARS))
-    caches.drop(first)
-    assert caches.get(first) is None and len(caches) == 0
+    caches.drop("acct", first)
+    assert caches.get("acct", first) is None and len(caches) == 0
 
 
 def test_the_caches_stay_within_their_budget_least_recently_used_out() -> None:
     caches = CodeCaches(budget_bytes=50_000)  # room for two modules of 20,000 bytes (text and cache)
     modules = [CompiledModule(f"m{n}.js", "esm", str(n) * 10_000) for n in range(4)]
     for module in modules[:2]:
-        caches.keep(module, b"x" * 10_000)
-    assert caches.get(modules[0]) is not None  # used: the second is now the oldest
-    caches.keep(modules[2], b"x" * 10_000)
-    assert len(caches) == 2 and caches.get(modules[1]) is None and caches.get(modules[0]) is not None
-    caches.keep(CompiledModule("huge.js", "esm", "z" * 60_000), b"x")  # larger than the budget: not kept
+        caches.keep("a", module, b"x" * 10_000)
+    assert caches.get("a", modules[0]) is not None  # used: the second is now the oldest
+    caches.keep("b", modules[2], b"x" * 10_000)
+    assert len(caches) == 2 and caches.get("a", modules[1]) is None and caches.get("a", modules[0]) is not None
+    caches.keep("a", CompiledModule("huge.js", "esm", "z" * 60_000), b"x")  # larger than the budget: not kept
     assert len(caches) == 2
 
 
@@ -191,6 +192,11 @@ def test_a_large_worker_started_again_compiles_from_the_cache_its_last_isolate_l
                 assert len(host.compiler.code_caches) == 1
             await worker.close(keep_code=True)  # an eviction
             assert len(host.compiler.code_caches) == 1
+
+            # Another account's worker with the very same module compiles it from its text.
+            stranger = await host.start(WorkerScript(name="big", source=BUNDLE, account_id="stranger"))
+            assert stranger.code_cache_hits == 0
+            await stranger.close()
 
             again = await host.start(script)
             assert again.code_cache_hits == 1

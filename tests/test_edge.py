@@ -243,6 +243,26 @@ def test_deleting_a_script_stops_serving_it_and_keeps_its_archive(platform: Plat
     assert module.status_code == 200 and "v1" in module.text
 
 
+def test_a_second_node_on_the_same_state_directory_is_refused(platform: Platform, tmp_path: Path, spawn: Any) -> None:
+    """Durable Objects' files and alarms are one node's: a second `warren serve` given the
+    same state directory stops with a clear error, and the first serves on untouched."""
+    platform.upload("hello", version_source("one"))
+    platform.wait_until_served(HOST, "one")
+    second = subprocess.run(
+        [sys.executable, "-m", "warren.cli", "serve", "--store", str(platform.store), "--port", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "the state directory .warren/state is in use by another edge node (pid " in second.stderr
+    assert f"(pid {platform.edge.process.pid})" in second.stderr  # the node that holds it
+    assert "its own --state-dir" in second.stderr
+    assert platform.get(HOST).text == "one"
+    # Given a directory of its own (the option or $WARREN_STATE_DIR), it serves too.
+    other = spawn(["serve", "--store", str(platform.store), "--workers-domain", DOMAIN, "--state-dir", "other"])
+    assert httpx.get(other.url, headers={"host": HOST}, timeout=30).text == "one"
+    assert (tmp_path / "other" / "node.lock").read_text() == f"{other.process.pid}\n"
+
+
 def test_serve_can_host_the_control_api_itself(tmp_path: Path, spawn: Any) -> None:
     store = tmp_path / "one.db"
     created = subprocess.run(

@@ -80,11 +80,14 @@ class Platform:
         self.api = httpx.Client(
             base_url=self.control.url + API, headers={"authorization": f"Bearer {self.token}"}, timeout=30
         )
+        self.started = 0
         self.nodes = [self.start_node() for _ in range(nodes)]
 
     def start_node(self) -> ServiceProcess:
+        self.started += 1  # each node with a state directory of its own
         node: ServiceProcess = self.spawn(
-            ["serve", "--store", self.store, "--workers-domain", DOMAIN, "--processes", "1"]
+            ["serve", "--store", self.store, "--workers-domain", DOMAIN, "--processes", "1",
+             "--state-dir", f"node{self.started}"]
         )
         return node
 

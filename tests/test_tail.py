@@ -61,8 +61,9 @@ class Platform:
         self.account_id, self.token = self.create_account("demo")
         self.control = spawn(["control", "--store", self.store])
         self.edges = [
-            spawn(["serve", "--store", self.store, "--workers-domain", DOMAIN, "--processes", "1"])
-            for _ in range(edges)
+            spawn(["serve", "--store", self.store, "--workers-domain", DOMAIN, "--processes", "1",
+                   "--state-dir", f"node{index}"])  # a node's own
+            for index in range(edges)
         ]
         self.api = httpx.Client(
             base_url=self.control.url + API, headers={"authorization": f"Bearer {self.token}"}, timeout=30

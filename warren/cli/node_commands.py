@@ -105,6 +105,14 @@ async def _open(store: Store) -> None:
     envvar="WARREN_NODE_NAME",
     help="This node's name in request.cf.colo, events and metrics (default: host:port).",
 )
+@click.option(
+    "--state-dir",
+    default=".warren/state",
+    show_default=True,
+    envvar="WARREN_STATE_DIR",
+    type=click.Path(file_okay=False),
+    help="This node's own files: Durable Objects' storage, their alarms, the Cache API. One node per directory.",
+)
 def serve(
     store_path: str,
     port: int,
@@ -117,9 +125,11 @@ def serve(
     allowed_networks: tuple[str, ...],
     geoip_paths: tuple[str, ...],
     node_name: str | None,
+    state_dir: str,
 ) -> None:
     """Run an edge node: serve what the control plane has deployed, following changes live."""
     from warren.runtime.subrequests import SubrequestPolicy
+    from warren.server.serve import StateDirInUse
     from warren.server.serve import serve as serve_edge
 
     try:
@@ -143,7 +153,10 @@ def serve(
                 subrequests=policy,
                 geoip_paths=geoip_paths,
                 node_name=node_name,
+                state_dir=state_dir,
             )
+        except StateDirInUse as exc:
+            raise click.ClickException(str(exc)) from None
         finally:
             await store.close()
 

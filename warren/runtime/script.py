@@ -244,13 +244,15 @@ class _Transformer:
 
 
 class CodeCaches:
-    """V8's code caches of large modules (``Isolate.code_cache``), by name and text. Thread-safe.
+    """V8's code caches of large modules (``Isolate.code_cache``), by owner, name and text. Thread-safe.
 
     A worker's isolate makes one for a module once it has run a while (when it goes
     idle, or is evicted), so the functions its requests compiled are in it; the next
-    isolate to load the same text (the tenant back after an eviction, a Durable
-    Object's next instance) compiles from it instead. Only caches made in this
-    process are kept: V8 trusts their bytes. Bounded by size, least recently used out.
+    isolate of the same owner (an account) to load the same text (the tenant back
+    after an eviction, a Durable Object's next instance) compiles from it instead.
+    Never across owners: a tenant timing its own restarts could otherwise learn that
+    another account runs a module it guessed. Only caches made in this process are
+    kept: V8 trusts their bytes. Bounded by size, least recently used out.
     """
 
     MIN_CHARS = 16 * 1024  # below this a compile takes well under a millisecond
@@ -258,7 +260,7 @@ class CodeCaches:
 
     def __init__(self, budget_bytes: int = BUDGET_BYTES) -> None:
         self._lock = threading.Lock()
-        self._caches: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._caches: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._bytes = 0
         self._budget = budget_bytes
 
@@ -267,30 +269,31 @@ class CodeCaches:
         """Whether a module is code large enough to cache."""
         return module.kind in ("script", "esm") and len(module.text) >= cls.MIN_CHARS
 
-    def get(self, module: CompiledModule) -> bytes | None:
+    def get(self, owner: str, module: CompiledModule) -> bytes | None:
+        key = (owner, module.name, module.text)
         with self._lock:
-            cache = self._caches.get((module.name, module.text))
+            cache = self._caches.get(key)
             if cache is not None:
-                self._caches.move_to_end((module.name, module.text))
+                self._caches.move_to_end(key)
             return cache
 
-    def keep(self, module: CompiledModule, cache: bytes) -> None:
+    def keep(self, owner: str, module: CompiledModule, cache: bytes) -> None:
         size = len(cache) + len(module.text)
         if size > self._budget:
             return
+        key = (owner, module.name, module.text)
         with self._lock:
-            key = (module.name, module.text)
             if key in self._caches:
                 return
             self._caches[key] = cache
             self._bytes += size
             while self._bytes > self._budget:
-                (_, text), dropped = self._caches.popitem(last=False)
+                (_, _, text), dropped = self._caches.popitem(last=False)
                 self._bytes -= len(dropped) + len(text)
 
-    def drop(self, module: CompiledModule) -> None:
+    def drop(self, owner: str, module: CompiledModule) -> None:
         with self._lock:
-            dropped = self._caches.pop((module.name, module.text), None)
+            dropped = self._caches.pop((owner, module.name, module.text), None)
             if dropped is not None:
                 self._bytes -= len(dropped) + len(module.text)
 

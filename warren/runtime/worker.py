@@ -342,13 +342,13 @@ class Worker:
             self.code_cache_hits = 0
             for module in modules:
                 if module.kind in ("script", "esm"):
-                    cache = caches.get(module) if CodeCaches.wanted(module) else None
+                    cache = caches.get(self.script.account_id, module) if CodeCaches.wanted(module) else None
                     isolate.run_script(module.text, module.name, cpu_budget_ms=STARTUP_CPU_MS, code_cache=cache)
                     if cache is not None and not isolate.code_cache_rejected:
                         self.code_cache_hits += 1
                     elif CodeCaches.wanted(module):
                         if cache is not None:
-                            caches.drop(module)
+                            caches.drop(self.script.account_id, module)
                         self._uncached.append(module)
                 else:
                     isolate.call(
@@ -398,7 +398,7 @@ class Worker:
             except EngineError:  # housekeeping: the next start compiles from the text, as ever
                 return
             if cache:
-                self._compiler.code_caches.keep(module, cache)
+                self._compiler.code_caches.keep(self.script.account_id, module, cache)
 
     def _compact_isolate(self) -> None:
         self._keep_code_caches()

@@ -507,7 +507,7 @@ async def serve(
     bindings.register("kv_namespace", kv)
     # The Cache API's entries: the node's own, on its disk (as a data centre's cache is).
     node_state = Path(state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
-    node_state.mkdir(parents=True, exist_ok=True)
+    state_claim = claim_state_dir(node_state)
     bindings.register("cache", CacheHandler(node_state / "cache.sqlite3"))
     supervisor = Supervisor(
         on_log=log, on_done=done, processes=processes, subrequests=subrequests, bindings=bindings
@@ -516,7 +516,7 @@ async def serve(
     # Durable Objects (issue #8): their files and alarms in the node's state directory.
     objects = DurableObjects(
         supervisor,
-        Path(state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR),
+        node_state,
         lambda account_id, script: node.main_version_key(account_id, script) if node is not None else None,
         log=log,
     )
@@ -584,6 +584,36 @@ async def serve(
         await supervisor.stop()
         await kv.close()
         await publisher.stop()
+        os.close(state_claim)
+
+
+class StateDirInUse(RuntimeError):
+    """Another edge node holds the state directory this one was given."""
+
+
+def claim_state_dir(path: Path) -> int:
+    """Make ``path`` and hold it for this process (an open descriptor, locked; close it to let go).
+
+    An edge node's Durable Objects, alarms and cache are its own: two nodes writing one
+    object's file, or both re-arming one alarm, would break what Durable Objects promise.
+    The lock is the kernel's, so a node killed with SIGKILL leaves nothing to clean up.
+    """
+    import fcntl
+
+    path.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path / "node.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(descriptor)
+        raise StateDirInUse(
+            f"the state directory {path} is in use by another edge node (pid {holder}); "
+            f"give each node on this machine its own --state-dir (or ${STATE_DIR_ENV})"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
 
 
 def _stop_on_signals(servers: list[Any]) -> None:
