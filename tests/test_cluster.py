@@ -119,8 +119,12 @@ class Fleet:
             pending = [edge for edge in pending if self.served(edge, script) != label]
             if pending and time.monotonic() - started > timeout:
                 told = [line for line in pending[0].lines if " GET / " not in line]  # not the request log
+                try:
+                    health: Any = self.health(pending[0])
+                except Exception as exc:  # what it can tell, not the failure itself
+                    health = repr(exc)
                 raise AssertionError(
-                    f"{len(pending)} edge(s) not serving {label!r} after {timeout} s; one said:\n"
+                    f"{len(pending)} edge(s) not serving {label!r} after {timeout} s; one's health: {health}; it said:\n"
                     + "\n".join(told[-40:])
                 )
             time.sleep(0.01)

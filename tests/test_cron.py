@@ -118,7 +118,8 @@ class Cluster:
         self.account_id = account["account_id"]
         self.control = spawn(["control", "--store", store])
         self.nodes = [
-            spawn(["serve", "--store", store, "--workers-domain", DOMAIN, "--processes", "1"]) for _ in range(3)
+            spawn(["serve", "--store", store, "--workers-domain", DOMAIN, "--processes", "1", "--state-dir", f"node{n}"])
+            for n in range(3)
         ]
         self.api = httpx.Client(
             base_url=self.control.url + API, headers={"authorization": f"Bearer {account['token']}"}, timeout=30

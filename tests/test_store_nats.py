@@ -474,7 +474,10 @@ def test_control_and_two_edges_over_nats(nats_server: NatsServer, spawn: Any, mo
     )
     account = json.loads(created.stdout)
     control = spawn(["control", "--store", store])
-    edges = [spawn(["serve", "--store", store, "--workers-domain", domain, "--processes", "1"]) for _ in range(2)]
+    edges = [
+        spawn(["serve", "--store", store, "--workers-domain", domain, "--processes", "1", "--state-dir", f"node{n}"])
+        for n in range(2)
+    ]
     host = f"hello.demo.{domain}"
     scripts = f"/client/v4/accounts/{account['account_id']}/workers/scripts"
 

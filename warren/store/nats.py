@@ -727,6 +727,12 @@ class NATSStore:
         if not history and loop.time() < self._leader_reads_until:
             return await self._scan_from_leader(kind, pattern)
         prefix = self._subject(kind, "")
+        # Where the stream's leader has got to under the pattern, before the consumer exists. A
+        # one-replica consumer may be placed on a follower replica, which can be behind (seconds,
+        # on a loaded machine): its "nothing pending" then means "nothing newer on that replica",
+        # and a scan that believed it missed writes the leader had acknowledged. An edge node took
+        # such a scan for the current revision and never read the store again (tests/test_cluster.py).
+        floor = await self._last_sequence(kind, pattern)
         received: list[_Entry] = []
         arrived = asyncio.Event()
 
@@ -765,10 +771,12 @@ class NATSStore:
                 info = await subscription.consumer_info()
                 consumer = info.name
                 delivered = info.delivered.consumer_seq if info.delivered is not None else 0
-                if not info.num_pending and len(received) >= delivered:
+                reached = max((entry.revision for entry in received), default=0) >= floor
+                if not info.num_pending and len(received) >= delivered and reached:
                     break
                 if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(f"reading the {self._bucket(kind)} bucket took over {self.timeout} s")
+                    behind = "" if reached else f" (its consumer's replica is behind the leader's sequence {floor})"
+                    raise TimeoutError(f"reading the {self._bucket(kind)} bucket took over {self.timeout} s{behind}")
                 try:
                     await asyncio.wait_for(arrived.wait(), 0.01)
                 except TimeoutError:
@@ -787,6 +795,15 @@ class NATSStore:
             latest.pop(entry.key, None)
             latest[entry.key] = entry
         return [entry for entry in latest.values() if entry.value is not None]
+
+    async def _last_sequence(self, kind: str, pattern: str) -> int:
+        """The stream sequence of the newest message under ``pattern`` (0 if none), from the stream
+        leader (``allow_direct`` is off, so no replica answers for it)."""
+        try:
+            found = await self._jetstream().get_msg(self._stream(kind), subject=self._subject(kind, pattern))
+        except NotFoundError:
+            return 0
+        return found.seq or 0
 
     async def _scan_from_leader(self, kind: str, pattern: str) -> list[_Entry]:
         """What ``_scan`` returns, asked of the stream leader alone: the subjects (paged), then each
