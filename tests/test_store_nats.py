@@ -209,6 +209,39 @@ def test_two_store_objects_see_each_others_writes(nats_server: NatsServer) -> No
     asyncio.run(body())
 
 
+def test_a_scan_is_complete_only_once_it_has_seen_the_leaders_newest_message(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-replica consumer on a follower replica that is behind says "nothing pending" while the
+    leader holds a newer write. Played here on one server: the leader's newest sequence is reported one
+    ahead of the stream, as a lagging replica would see it. The scan must wait for that message
+    (written meanwhile by another store object), and give up with a clear error if it never comes."""
+    async def body() -> None:
+        async with (
+            NATSStore(nats_server.url, secrets_key=KEY) as control,
+            NATSStore(nats_server.url, secrets_key=KEY) as edge,
+        ):
+            account = await control.create_account("acme")
+            await control.create_kv_namespace(account.id, "first")
+            read_sequence = NATSStore._last_sequence
+
+            async def one_ahead(store: NATSStore, kind: str, pattern: str) -> int:
+                return await read_sequence(store, kind, pattern) + 1
+
+            monkeypatch.setattr(NATSStore, "_last_sequence", one_ahead)
+            scan = asyncio.create_task(edge.list_kv_namespaces(account.id))
+            await asyncio.sleep(0.3)
+            assert not scan.done()  # the consumer has delivered all it has, and says so
+            await control.create_kv_namespace(account.id, "second")
+            assert sorted(ns.title for ns in await asyncio.wait_for(scan, 10)) == ["first", "second"]
+
+            edge.timeout = 0.5
+            with pytest.raises(TimeoutError, match="replica is behind the leader's sequence"):
+                await edge.list_kv_namespaces(account.id)
+
+    asyncio.run(body())
+
+
 def test_wait_for_change_wakes_on_a_write_from_another_store(nats_server: NatsServer) -> None:
     async def body() -> list[float]:
         async with (
