@@ -246,7 +246,10 @@ def main() -> int:
             control = Service(["control", "--store", store], workdir, "control", env)
             services.append(control)
             edge_args = ["serve", "--store", edge_store, "--workers-domain", DOMAIN, "--processes", "1"]
-            edges = [Service(edge_args, workdir, f"edge-{index}", env) for index in range(args.nodes)]
+            edges = [
+                Service([*edge_args, "--state-dir", f"state-{index}"], workdir, f"edge-{index}", env)  # one node each
+                for index in range(args.nodes)
+            ]
             services += edges
             started = time.monotonic()
             control_url = control.wait_ready()
