@@ -1,6 +1,6 @@
 """Cold start: how long a newly deployed script takes to load and to answer its first request.
 
-    python bench/cold_start.py [--workers 50] [--big 5] [--big-mb 1] [--rss-workers 100]
+    python bench/cold_start.py [--workers 50] [--big 5] [--big-mb 1] [--rss-workers 100] [--bound]
 
 In one process it runs warren's Supervisor behind EdgeApp on uvicorn (port 0 on
 127.0.0.1, routed by the first path segment, like tests/conftest.py's Edge), then:
@@ -11,6 +11,9 @@ In one process it runs warren's Supervisor behind EdgeApp on uvicorn (port 0 on
     - first request: a GET on a new TCP connection right after the deploy;
     - second request: the same again (new connection), for comparison;
   and prints p50/p99 (and max) of each, plus deploy + first request;
+* times true cold starts (scripts routable but never started, --gap-ms apart) on new
+  connections and on one kept-alive connection, and with --bound also of scripts bound
+  to a Durable Object namespace (their first request makes an id);
 * does the same for --big scripts of about --big-mb MB each, each distinct: modules
   whose top level holds a big array of string literals, then modules whose top
   level holds one big string literal, then bundles of small functions (code);
@@ -45,6 +48,19 @@ SMALL = """\
 export default {{
   async fetch(request, env, ctx) {{
     return new Response("hello from worker {index}\\n");
+  }},
+}};
+"""
+
+
+# A worker bound to a Durable Object namespace (its own class), using the binding as a front worker does.
+BOUND = """\
+import {{ DurableObject }} from "cloudflare:workers";
+export class Counter extends DurableObject {{}}
+export default {{
+  async fetch(request, env, ctx) {{
+    const id = env.COUNTER.idFromName("a");
+    return new Response("bound worker {index} " + id.toString().length + "\\n");
   }},
 }};
 """
@@ -222,9 +238,9 @@ class Edge:
         await self.supervisor.load(key, script, start=False)
         self.supervisor.deployments[script.name] = key
 
-    def register(self, name: str, source: str) -> None:
+    def register(self, name: str, source: str, bindings: tuple[dict[str, Any], ...] = ()) -> None:
         """Make a script routable without starting it: its first request is a true cold start."""
-        self.run(self._register(WorkerScript(name=name, source=source)))
+        self.run(self._register(WorkerScript(name=name, source=source, bindings=bindings)))
 
     @property
     def runtime_pid(self) -> int:
@@ -276,11 +292,17 @@ class Series:
 
 
 def measure_lazy(
-    edge: Edge, series: Series, name: str, source: str, expected: bytes, kept: KeptAlive | None = None
+    edge: Edge,
+    series: Series,
+    name: str,
+    source: str,
+    expected: bytes,
+    kept: KeptAlive | None = None,
+    bindings: tuple[dict[str, Any], ...] = (),
 ) -> None:
     """First request to a script nobody has started: isolate, script and response together
     (on a new connection, or on ``kept``)."""
-    edge.register(name, source)
+    edge.register(name, source, bindings)
     for attempt in ("first", "second"):
         elapsed, status, body = kept.get(f"/{name}/") if kept is not None else get(edge.port, f"/{name}/")
         if status != 200 or expected not in body:
@@ -288,9 +310,12 @@ def measure_lazy(
         (series.first if attempt == "first" else series.second).append(elapsed)
 
 
-def cold_starts(edge: Edge, args: argparse.Namespace, prefix: str, kept: KeptAlive | None, title: str) -> None:
+def cold_starts(
+    edge: Edge, args: argparse.Namespace, prefix: str, kept: KeptAlive | None, title: str, bound: bool = False
+) -> None:
     """args.workers cold starts, args.gap_ms apart, each after a request to a long-loaded worker
-    after the same pause; on new connections, or on ``kept``. Prints the figures."""
+    after the same pause; on new connections, or on ``kept``; ``bound``: of BOUND scripts, each
+    bound to a Durable Object namespace. Prints the figures."""
     lazy = Series()
     floor: list[float] = []
     for index in range(args.workers):
@@ -298,7 +323,12 @@ def cold_starts(edge: Edge, args: argparse.Namespace, prefix: str, kept: KeptAli
         floor.append(kept.get("/w0/")[0] if kept is not None else get(edge.port, "/w0/")[0])
         time.sleep(args.gap_ms / 1000)
         tag = f"{prefix}{index}"
-        measure_lazy(edge, lazy, tag, SMALL.format(index=tag), f"worker {tag}\n".encode(), kept)
+        if bound:
+            binding = {"type": "durable_object_namespace", "name": "COUNTER", "class_name": "Counter"}
+            expected = f"bound worker {tag} 64\n".encode()  # 64: the id's hex digits
+            measure_lazy(edge, lazy, tag, BOUND.format(index=tag), expected, kept, (binding,))
+        else:
+            measure_lazy(edge, lazy, tag, SMALL.format(index=tag), f"worker {tag}\n".encode(), kept)
     print(title)
     print(summary("first request (cold)", lazy.first))
     print(summary("second request (warm)", lazy.second))
@@ -343,6 +373,9 @@ def main() -> int:
     parser.add_argument(
         "--gap-ms", type=float, default=40, help="pause between cold starts, as tenants arrive (default 40)"
     )
+    parser.add_argument(
+        "--bound", action="store_true", help="also time cold starts of scripts bound to a Durable Object namespace"
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -378,16 +411,20 @@ def main() -> int:
         kept = KeptAlive(edge.port)
         cold_starts(edge, args, "kept", kept, f"\nthe same on one kept-alive connection ({args.workers} more scripts):")
         kept.close()
+        if args.bound:
+            title = f"\ncold start of scripts bound to a Durable Object namespace, {args.workers} distinct, "
+            cold_starts(edge, args, "bound", None, title + f"{args.gap_ms:g} ms apart:", bound=True)
 
-        # The two cold-start series above loaded 2 * args.workers more; the RSS figure counts them.
-        extra = max(0, args.rss_workers - 3 * args.workers)
+        # The cold-start series above loaded 2 (3 with --bound) * args.workers more; the RSS figure counts them.
+        loaded = (4 if args.bound else 3) * args.workers
+        extra = max(0, args.rss_workers - loaded)
         if extra:
             more = Series()
             for index in range(args.workers, args.workers + extra):
                 measure(edge, more, f"w{index}", SMALL.format(index=index), f"worker {index}\n".encode())
             for failure in more.failures[:10]:
                 print(f"  ! {failure}")
-        rss[3 * args.workers + extra] = rss_kib(edge.runtime_pid)
+        rss[loaded + extra] = rss_kib(edge.runtime_pid)
 
         print("\nruntime child RSS (VmRSS) by loaded workers (plus one warm-up worker):")
         base = rss[0]

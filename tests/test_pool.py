@@ -94,3 +94,62 @@ def test_a_prepared_isolate_keeps_nothing_of_its_warm_up() -> None:
                 await runtime.start(WorkerScript(name="s", source="const nothing = 1;"))
 
     asyncio.run(scenario())
+
+
+def test_a_worker_bound_to_durable_objects_gets_an_isolate_with_them_made() -> None:
+    """Once a worker bound to a namespace has started, the pool keeps one isolate with Durable
+    Objects made ahead; the next such worker takes it, others never do, and its warm-up (a
+    namespace, an id, a stub) leaves nothing the tenant can see."""
+    bound = (
+        "export class Counter {}\n"
+        "export default { fetch(request, env) {\n"
+        "  const id = env.COUNTER.idFromName('a');\n"
+        "  env.COUNTER.get(id);\n"
+        "  return new Response(JSON.stringify({ id: id.toString(), env: Object.keys(env),\n"
+        "    globals: Object.keys(globalThis).filter((name) => /warm|Objects/i.test(name)) }));\n"
+        "} };"
+    )
+    plain = "export default { fetch: () => new Response('plain') };"
+    binding = {"type": "durable_object_namespace", "name": "COUNTER", "class_name": "Counter"}
+
+    async def answer(worker: object) -> bytes:
+        reply = Collect()
+        worker.fetch(IncomingRequest(1, "GET", "http://x/", []), reply)  # type: ignore[attr-defined]
+        assert await asyncio.wait_for(reply.finished, 10) == "ok"
+        return reply.received
+
+    async def ready(pool: IsolatePool, plain_count: int, objects_count: int) -> None:
+        for _ in range(500):
+            if len(pool._ready) >= plain_count and len(pool._ready_objects) >= objects_count:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"prepared {len(pool._ready)} + {len(pool._ready_objects)} with objects")
+
+    async def scenario() -> None:
+        async with WorkerHost() as runtime:
+            pool = IsolatePool(ThreadPoolExecutor(1), size=1)
+            pool.refill()
+            await ready(pool, 1, 0)
+            first = await runtime.start(WorkerScript(name="p", source=plain), pool=pool)
+            assert await answer(first) == b"plain"
+            pool.refill()
+            await ready(pool, 1, 0)
+            await asyncio.sleep(0.3)
+            assert len(pool._ready_objects) == 0  # nobody here is bound to Durable Objects
+
+            script = WorkerScript(name="a", source=bound, bindings=(binding,))
+            cold = await runtime.start(script, pool=pool)  # a plain isolate: Durable Objects made as it starts
+            expected = await answer(cold)
+            pool.refill()
+            await ready(pool, 1, 1)
+            other = await runtime.start(WorkerScript(name="q", source=plain), pool=pool)
+            assert len(pool._ready_objects) == 1  # not for a worker without the binding
+            assert await answer(other) == b"plain"
+
+            again = await runtime.start(WorkerScript(name="a", source=bound, bindings=(binding,)), pool=pool)
+            assert len(pool._ready_objects) == 0  # taken by the bound worker
+            assert await answer(again) == expected  # the same id, nothing of the warm-up visible
+            assert b'"env":["COUNTER"],"globals":[]' in expected
+            pool.close()
+
+    asyncio.run(scenario())

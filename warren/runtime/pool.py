@@ -12,6 +12,7 @@ isolate belongs to nobody until claimed: its host functions go through a
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,10 @@ DEFAULT_POOL_SIZE = 2
 # the isolates taken in the last BURST_WINDOW_S (each ~2 MiB), up to MAX_POOL_SIZE.
 MAX_POOL_SIZE = 8
 BURST_WINDOW_S = 2.0
+# Isolates with Durable Objects made too, for workers bound to a namespace: such a worker's
+# cold start otherwise compiles and runs that part of the runtime (~0.65 ms here). Kept once
+# a process has started one such worker, so processes without any hold none.
+OBJECTS_POOL_SIZE = 1
 
 # JavaScript's names for the host functions -> the Worker methods behind them
 HOST_FUNCTIONS = {
@@ -71,11 +76,16 @@ class HostRouter:
 class PreparedIsolate:
     isolate: Isolate
     router: HostRouter = field(default_factory=HostRouter)
+    objects: bool = False  # Durable Objects already made (``prepare_isolate(objects=True)``)
 
 
-def prepare_isolate(memory_mb: int = DEFAULT_MEMORY_MB) -> PreparedIsolate:
-    """A new isolate with the Web APIs, the vendored bundle and the bootstrap loaded. Blocking."""
-    prepared = PreparedIsolate(Isolate(memory_mb))
+def prepare_isolate(memory_mb: int = DEFAULT_MEMORY_MB, objects: bool = False) -> PreparedIsolate:
+    """A new isolate with the Web APIs, the vendored bundle and the bootstrap loaded. Blocking.
+
+    ``objects``: with Durable Objects made as well, and what a worker bound to a namespace
+    runs first (its binding, an id, a stub) compiled.
+    """
+    prepared = PreparedIsolate(Isolate(memory_mb), objects=objects)
     isolate = prepared.isolate
     isolate.expose_host_functions("__warrenHost", prepared.router.functions())
     try:
@@ -107,6 +117,8 @@ def prepare_isolate(memory_mb: int = DEFAULT_MEMORY_MB) -> PreparedIsolate:
         # The process' first prepared isolate leaves code caches of the runtime's scripts,
         # with what the warm-up compiled: the next ones are prepared in ~6 ms, not ~22.
         isolate.cache_shared_scripts()
+        if objects:  # after the caches: every other isolate would deserialize what this compiles
+            isolate.call(ENTRY_POINT, 0, "objects", cpu_budget_ms=STARTUP_CPU_MS)
     except BaseException:
         isolate.dispose()
         raise
@@ -134,6 +146,9 @@ class IsolatePool:
         self.memory_mb = memory_mb
         self._ready: deque[PreparedIsolate] = deque()
         self._preparing = 0
+        self._ready_objects: deque[PreparedIsolate] = deque()  # Durable Objects made (prepare_isolate)
+        self._preparing_objects = 0
+        self._objects_wanted = False  # a worker bound to Durable Objects has started here
         self._closed = False
         self.taken = 0
         self.missed = 0
@@ -146,9 +161,16 @@ class IsolatePool:
             self._recent_takes.popleft()
         return min(self.max_size, max(self.size, len(self._recent_takes)))
 
-    def take(self, memory_mb: int) -> PreparedIsolate | None:
+    def take(self, memory_mb: int, objects: bool = False) -> PreparedIsolate | None:
+        """A prepared isolate, or None; with ``objects``, one with Durable Objects made if there is one."""
         self._recent_takes.append(time.monotonic())
-        prepared = self._ready.popleft() if self._ready and memory_mb == self.memory_mb else None
+        prepared = None
+        if objects and self.max_size > 0:
+            self._objects_wanted = True
+            if self._ready_objects and memory_mb == self.memory_mb:
+                prepared = self._ready_objects.popleft()
+        if prepared is None and self._ready and memory_mb == self.memory_mb:
+            prepared = self._ready.popleft()
         if prepared is None:
             self.missed += 1
         else:
@@ -159,10 +181,11 @@ class IsolatePool:
 
     def give_back(self, prepared: PreparedIsolate) -> None:
         """An isolate taken but never claimed (its script failed to compile) goes back."""
-        if self._closed or prepared.router.target is not None or len(self._ready) >= self.target:
+        ready, target = (self._ready_objects, OBJECTS_POOL_SIZE) if prepared.objects else (self._ready, self.target)
+        if self._closed or prepared.router.target is not None or len(ready) >= target:
             self._executor.submit(prepared.isolate.dispose)
         else:
-            self._ready.appendleft(prepared)
+            ready.appendleft(prepared)
 
     def refill(self) -> None:
         if self._closed:
@@ -172,14 +195,21 @@ class IsolatePool:
         while len(self._ready) + self._preparing < target:
             self._preparing += 1
             future = loop.run_in_executor(self._executor, prepare_isolate, self.memory_mb)
-            future.add_done_callback(self._prepared)
+            future.add_done_callback(functools.partial(self._prepared, False))
+        while self._objects_wanted and len(self._ready_objects) + self._preparing_objects < OBJECTS_POOL_SIZE:
+            self._preparing_objects += 1
+            future = loop.run_in_executor(self._executor, prepare_isolate, self.memory_mb, True)
+            future.add_done_callback(functools.partial(self._prepared, True))
 
     def in_background(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run other background work on the pool's thread, in turn with the refills."""
         return asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
-    def _prepared(self, future: asyncio.Future[PreparedIsolate]) -> None:
-        self._preparing -= 1
+    def _prepared(self, objects: bool, future: asyncio.Future[PreparedIsolate]) -> None:
+        if objects:
+            self._preparing_objects -= 1
+        else:
+            self._preparing -= 1
         try:
             prepared = future.result()
         except (ScriptError, IsolateTerminated) as exc:  # the runtime's own JavaScript failed: say so once
@@ -188,9 +218,10 @@ class IsolatePool:
         if self._closed:
             self._executor.submit(prepared.isolate.dispose)
         else:
-            self._ready.append(prepared)
+            (self._ready_objects if prepared.objects else self._ready).append(prepared)
 
     def close(self) -> None:
         self._closed = True
-        while self._ready:
-            self._executor.submit(self._ready.popleft().isolate.dispose)
+        for ready in (self._ready, self._ready_objects):
+            while ready:
+                self._executor.submit(ready.popleft().isolate.dispose)

@@ -239,7 +239,8 @@ class Worker:
             # neighbours' requests run.
             compiled = await self._loop.run_in_executor(self._compile_executor, self._compiler.compile, self.script)
         async with self._turn:
-            prepared = self._pool.take(self.script.memory_mb) if self._pool is not None else None
+            bound_to_objects = any(spec.get("type") == "durable_object_namespace" for spec in self.script.bindings)
+            prepared = self._pool.take(self.script.memory_mb, bound_to_objects) if self._pool is not None else None
             self.cold_start_pooled = prepared is not None
             batch: list[tuple[int | None, tuple[Any, ...], bool]] = []
             if first is not None:

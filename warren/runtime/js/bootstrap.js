@@ -334,6 +334,7 @@
   const definitions = new Map();  // name -> { factory } | { kind, data }
   const instances = new Map();  // name -> { exports }
   let loading = true;
+  let prepareObjects = null;  // makes Durable Objects now (the "objects" entry; set by init)
   function define(name, factory) {
     if (!loading || typeof name !== "string" || typeof factory !== "function") {
       throw new TypeError("define() is not available");
@@ -759,6 +760,14 @@
       ["WebSocketRequestResponsePair"],
       () => installDurableObjects(globalThis, internals, runtimeGlobals),
     );
+    // Or by the pool, ahead, for a worker bound to a Durable Object (pool.py), before anyone owns
+    // the isolate; with what such a worker's first request runs next compiled too: its binding,
+    // an id and a stub (none of which reaches the host).
+    prepareObjects = () => {
+      makeObjects();
+      const namespace = bindingFactories.get("durable_object_namespace")({ name: "warm", class_name: "Warm" }, () => null);
+      namespace.get(namespace.idFromName("warm"));
+    };
     internals.defineBinding("durable_object_namespace", (spec, call) => {
       makeObjects();
       return bindingFactories.get("durable_object_namespace")(spec, call);
@@ -941,6 +950,7 @@
       case "configure": return configure(a);
       case "linkVendor": return linkVendor();
       case "warm": return warm();
+      case "objects": return prepareObjects();
       case "loaded": return loaded(a, b);
       case "defineData": return defineData(a, b, c);
       default: throw new Error("unknown entry " + kind);
