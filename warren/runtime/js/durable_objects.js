@@ -57,51 +57,68 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
   ]);
   const rotr = (x, n) => (x >>> n) | (x << (32 - n));
 
-  function sha256(bytes) {
+  const IV = new Uint32Array([
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+  ]);
+  const W = new Uint32Array(64);  // scratch of compress(), which nothing re-enters
+  // One 64-byte block of `bytes` at `offset` into the state H.
+  function compress(H, bytes, offset) {
+    for (let i = 0; i < 16; i++) {
+      const at = offset + i * 4;
+      W[i] = (bytes[at] << 24) | (bytes[at + 1] << 16) | (bytes[at + 2] << 8) | bytes[at + 3];
+    }
+    for (let i = 16; i < 64; i++) {
+      const s0 = rotr(W[i - 15], 7) ^ rotr(W[i - 15], 18) ^ (W[i - 15] >>> 3);
+      const s1 = rotr(W[i - 2], 17) ^ rotr(W[i - 2], 19) ^ (W[i - 2] >>> 10);
+      W[i] = (W[i - 16] + s0 + W[i - 7] + s1) | 0;
+    }
+    let a = H[0], b = H[1], c = H[2], d = H[3], e = H[4], f = H[5], g = H[6], h = H[7];
+    for (let i = 0; i < 64; i++) {
+      const t1 = (h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + W[i]) | 0;
+      const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+      h = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+    }
+    H[0] += a; H[1] += b; H[2] += c; H[3] += d; H[4] += e; H[5] += f; H[6] += g; H[7] += h;
+  }
+
+  // SHA-256 of `prefixLength` bytes already compressed into `state`, then `bytes`.
+  function sha256From(state, prefixLength, bytes) {
     const length = bytes.length;
     const padded = new Uint8Array(((length + 9 + 63) >> 6) << 6);
     padded.set(bytes);
     padded[length] = 0x80;
+    const bits = (prefixLength + length) * 8;
     const view = new DataView(padded.buffer);
-    view.setUint32(padded.length - 8, Math.floor(length / 0x20000000));
-    view.setUint32(padded.length - 4, (length << 3) >>> 0);
-    const H = new Uint32Array([
-      0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-    ]);
-    const W = new Uint32Array(64);
-    for (let offset = 0; offset < padded.length; offset += 64) {
-      for (let i = 0; i < 16; i++) W[i] = view.getUint32(offset + i * 4);
-      for (let i = 16; i < 64; i++) {
-        const s0 = rotr(W[i - 15], 7) ^ rotr(W[i - 15], 18) ^ (W[i - 15] >>> 3);
-        const s1 = rotr(W[i - 2], 17) ^ rotr(W[i - 2], 19) ^ (W[i - 2] >>> 10);
-        W[i] = (W[i - 16] + s0 + W[i - 7] + s1) | 0;
-      }
-      let a = H[0], b = H[1], c = H[2], d = H[3], e = H[4], f = H[5], g = H[6], h = H[7];
-      for (let i = 0; i < 64; i++) {
-        const t1 = (h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + W[i]) | 0;
-        const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) | 0;
-        h = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
-      }
-      H[0] += a; H[1] += b; H[2] += c; H[3] += d; H[4] += e; H[5] += f; H[6] += g; H[7] += h;
-    }
+    view.setUint32(padded.length - 8, Math.floor(bits / 0x100000000));
+    view.setUint32(padded.length - 4, bits >>> 0);
+    const H = new Uint32Array(state);
+    for (let offset = 0; offset < padded.length; offset += 64) compress(H, padded, offset);
     const out = new Uint8Array(32);
     const outView = new DataView(out.buffer);
     for (let i = 0; i < 8; i++) outView.setUint32(i * 4, H[i]);
     return out;
   }
+  const sha256 = (bytes) => sha256From(IV, 0, bytes);
 
-  function hmac(key, message) {
+  // HMAC-SHA-256 with the key's two padded blocks compressed once, ahead: every id of a
+  // namespace is two HMACs, so this halves the blocks an id costs (which the interpreter runs
+  // on a bound worker's first requests, before V8 optimizes them).
+  function hmacKey(key) {
     const block = new Uint8Array(64);
     block.set(key.length > 64 ? sha256(key) : key);
-    const inner = new Uint8Array(64 + message.length);
-    const outer = new Uint8Array(64 + 32);
+    const inner = new Uint8Array(64);
+    const outer = new Uint8Array(64);
     for (let i = 0; i < 64; i++) {
       inner[i] = block[i] ^ 0x36;
       outer[i] = block[i] ^ 0x5c;
     }
-    inner.set(message, 64);
-    outer.set(sha256(inner), 64);
-    return sha256(outer);
+    const prepared = { inner: new Uint32Array(IV), outer: new Uint32Array(IV) };
+    compress(prepared.inner, inner, 0);
+    compress(prepared.outer, outer, 0);
+    return prepared;
+  }
+  function hmac(key, message) {
+    return sha256From(key.outer, 64, sha256From(key.inner, 64, message));
   }
 
   const HEX = "0123456789abcdef";
@@ -259,7 +276,7 @@ globalThis.__warrenDurableObjects = function installDurableObjects(global, inter
       const script = String(spec.script_name || "");
       const className = String(spec.class_name || "");
       const key = namespaceKey(script, className);
-      namespaces.set(this, { key, tag: toHex(key), call });
+      namespaces.set(this, { key: hmacKey(key), tag: toHex(key), call });
     }
     idFromName(name) {
       const ns = namespaceOf(this);
