@@ -30,13 +30,31 @@ from warren.server.app import EdgeApp
 from warren.server.supervisor import Exchange, Supervisor
 
 READY = re.compile(r"Ready on (http://\S+)")
+# The warren processes the running test (and its fixtures) started: a failure shows what each printed.
+_STARTED_IN_TEST: list[ServiceProcess] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _STARTED_IN_TEST.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when == "call":
+        for process in _STARTED_IN_TEST:
+            report.sections.append((f"output of warren {' '.join(process.args)}", process.output[-8000:]))
 
 
 class ServiceProcess:
     """A running ``warren`` command that serves (``dev``, ``serve``, ``control``) and all it printed."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
+        self.args = args
         self.lines: list[str] = []
+        _STARTED_IN_TEST.append(self)
         self._changed = threading.Condition()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(

@@ -135,6 +135,12 @@ class Origin:
                 gate.set()
             if self._runner is not None:
                 await self._runner.cleanup()
+            # A handler still running (for a client that gave up) ends now, its connection closed
+            # here, not found unclosed by the collector during a later test (an error: warnings are).
+            pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
