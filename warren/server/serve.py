@@ -452,6 +452,9 @@ async def serve(
     from warren.server.metrics import LineWriter, Metrics, log_line
     from warren.server.visitor import Visitors
 
+    node_state = Path(state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    state_claim = claim_state_dir(node_state)  # first: a node refused here has started nothing
+
     # Requests' log lines and console output go out in batches (a write per request costs
     # under load); anything else written waits for them, so the order read is the order made.
     lines = LineWriter()
@@ -506,8 +509,6 @@ async def serve(
     kv = KVHandler(store, named or f"{socket.gethostname()}-{os.getpid()}", report=echo)
     bindings.register("kv_namespace", kv)
     # The Cache API's entries: the node's own, on its disk (as a data centre's cache is).
-    node_state = Path(state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
-    state_claim = claim_state_dir(node_state)
     bindings.register("cache", CacheHandler(node_state / "cache.sqlite3"))
     supervisor = Supervisor(
         on_log=log, on_done=done, processes=processes, subrequests=subrequests, bindings=bindings
