@@ -487,23 +487,28 @@ globalThis.__warrenCrypto = function install(global, internals, hostCrypto) {
     state.resolveClosed(undefined);
   }
 
+  // A DigestStream's state (either class below): its digest and its closing, settled by the sink.
+  function newStreamState(algorithm) {
+    const state = {
+      algorithm: normalize(algorithm, "digest"), chunks: [], buffered: 0, hostState: null, done: false, writer: null,
+    };
+    state.digest = new Promise((resolve, reject) => {
+      state.resolveDigest = resolve;
+      state.rejectDigest = reject;
+    });
+    state.closed = new Promise((resolve, reject) => {
+      state.resolveClosed = resolve;
+      state.rejectClosed = reject;
+    });
+    state.digest.catch(() => {});
+    state.closed.catch(() => {});
+    return state;
+  }
+
   class DigestStream {
     constructor(algorithm) {
       requireArgs(arguments.length, 1, "constructor", "DigestStream");
-      const state = {
-        algorithm: normalize(algorithm, "digest"), chunks: [], buffered: 0, hostState: null, done: false, writer: null,
-      };
-      state.digest = new Promise((resolve, reject) => {
-        state.resolveDigest = resolve;
-        state.rejectDigest = reject;
-      });
-      state.closed = new Promise((resolve, reject) => {
-        state.resolveClosed = resolve;
-        state.rejectClosed = reject;
-      });
-      state.digest.catch(() => {});
-      state.closed.catch(() => {});
-      streams.set(this, state);
+      streams.set(this, newStreamState(algorithm));
     }
     get digest() {
       return streamState(this).digest;
@@ -623,20 +628,7 @@ globalThis.__warrenCrypto = function install(global, internals, hostCrypto) {
     class DigestStream extends WritableStream {
       constructor(algorithm) {
         requireArgs(arguments.length, 1, "constructor", "DigestStream");
-        const state = {
-          algorithm: normalize(algorithm, "digest"), chunks: [], buffered: 0, hostState: null, done: false,
-          writer: null,
-        };
-        state.digest = new Promise((resolve, reject) => {
-          state.resolveDigest = resolve;
-          state.rejectDigest = reject;
-        });
-        state.closed = new Promise((resolve, reject) => {
-          state.resolveClosed = resolve;
-          state.rejectClosed = reject;
-        });
-        state.digest.catch(() => {});
-        state.closed.catch(() => {});
+        const state = newStreamState(algorithm);
         super({
           write(chunk) { writeStream(state, chunk); },
           close() { closeStream(state); },
