@@ -253,7 +253,7 @@ def test_a_second_node_on_the_same_state_directory_is_refused(platform: Platform
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert second.returncode == 1, second.stdout + second.stderr
-    assert "the state directory .warren/state is in use by another edge node (pid " in second.stderr
+    assert "the state directory .warren/state is in use by another warren process (pid " in second.stderr
     assert f"(pid {platform.edge.process.pid})" in second.stderr  # the node that holds it
     assert "its own --state-dir" in second.stderr
     assert platform.get(HOST).text == "one"

@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -516,6 +518,41 @@ def test_dev_persists_kv_data_across_restarts(tmp_path: Path) -> None:
         third.stop()
     assert (elsewhere / "kv.sqlite3").is_file()
 
+
+
+def test_a_second_process_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
+    """`warren dev` holds its state directory as an edge node does: a second `dev` of the
+    project (or a `warren serve` started there) would write the same KV file, Durable
+    Objects and queues. The second stops with a clear error; the first serves on."""
+    project = tmp_path / "project"
+    first = start_dev(project)
+    try:
+        call(first, "put", "kept", "by the first")
+        second = subprocess.run(
+            [sys.executable, "-m", "warren.cli", "dev", ".", "--no-watch", "--port", "0"],
+            cwd=project, capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"the state directory {project / '.warren' / 'state'} is in use by another warren process" in second.stderr
+        assert f"(pid {first.process.pid})" in second.stderr
+        assert "--persist-to" in second.stderr
+        assert "Ready on" not in second.stdout
+        # An edge node started in the project directory is refused the same directory.
+        node = subprocess.run(
+            [sys.executable, "-m", "warren.cli", "serve", "--store", str(tmp_path / "store.db"), "--port", "0"],
+            cwd=project, capture_output=True, text=True, timeout=60,
+        )
+        assert node.returncode == 1, node.stdout + node.stderr
+        assert f"(pid {first.process.pid}); give each node" in node.stderr
+        assert call(first, "get", "kept") == {"value": "by the first"}
+    finally:
+        first.stop()
+    # Once the first has stopped, the directory is free again (the kernel's lock went with it).
+    again = start_dev(project)
+    try:
+        assert call(again, "get", "kept") == {"value": "by the first"}
+    finally:
+        again.stop()
 
 # -- two nodes, one store, clocks of their own ------------------------------------------------------------
 

@@ -12,6 +12,7 @@ Crons do not fire on their own here, as with ``wrangler dev``: use ``--test-sche
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -96,6 +97,11 @@ class DevServer:
         # Durable Objects (issue #8): their files and alarms under the state directory, opened
         # once a project binds a namespace (or state from an earlier run holds some).
         self.objects: DurableObjects | None = None
+        # The state directory, held (locked) from its first use to the end: a `warren serve` or
+        # another `warren dev` must not open the same Durable Objects' files or queues.
+        self._state_held: Path | None = None
+        self._state_claim: int | None = None
+        self._state_refused = False
         self.bindings.register(
             "service", ServiceBindings(self.supervisor, lambda caller, name: self.supervisor.deployments.get(name))
         )
@@ -166,6 +172,8 @@ class DevServer:
                 self.echo_error(f"▲ {warning}")
         self.project = project
         if any(binding.get("type") == "kv_namespace" for binding in script.bindings):
+            if not self._hold_state(project):
+                return False
             await self._open_kv(project)
         before = dict(self.supervisor.deployments)
         quarantined = set(self.supervisor.quarantined)  # deployed again, one is lifted: a reload
@@ -173,6 +181,8 @@ class DevServer:
             return False
         if any(p.queue_bindings or p.queue_consumers for p in (project, *self.siblings.values())):
             if self.queues is None:
+                if not self._hold_state(project):
+                    return False
                 self.queues = await _LocalQueues.open(self, self.state_dir(project) / "queues.sqlite3")
             await self.queues.configure([project, *self.siblings.values()])
         started = time.perf_counter()
@@ -181,7 +191,8 @@ class DevServer:
         except ScriptLoadError as exc:
             self.echo_error(f"✘ {exc}")
             return False
-        await self._open_objects(project)  # once its worker runs: alarms due by now fire at once
+        if not await self._open_objects(project):  # once its worker runs: alarms due by now fire at once
+            return False
         elapsed = (time.perf_counter() - started) * 1000
         # A change in the directory that leaves the workers as they were (a log file, an
         # editor's swap file) is not a reload.
@@ -207,19 +218,39 @@ class DevServer:
         await self.kv.start()
         self.bindings.register("kv_namespace", self.kv)
 
-    async def _open_objects(self, project: Project) -> None:
+    def _hold_state(self, project: Project) -> bool:
+        """Lock the state directory before the first store under it opens; False (said) if another
+        warren process holds it."""
+        from warren.server.serve import StateDirInUse, claim_state_dir
+
+        path = self.state_dir(project)
+        if self._state_held is not None:
+            return True  # held since the first store opened, where that store still is
+        try:
+            self._state_claim = claim_state_dir(path, hint="give this one a directory of its own with --persist-to")
+        except StateDirInUse as exc:
+            self.echo_error(f"✘ {exc}")
+            self._state_refused = True
+            return False
+        self._state_held = path
+        return True
+
+    async def _open_objects(self, project: Project) -> bool:
         if self.objects is not None:
-            return
+            return True
         state = self.state_dir(project)
         bound = any(p.durable_objects for p in (project, *self.siblings.values()))
         if not bound and not (state / "durable_objects").exists():
-            return
+            return True
+        if not self._hold_state(project):
+            return False
         # Objects of this project and of its --service siblings: the worker of that name.
         self.objects = DurableObjects(
             self.supervisor, state, lambda _account, script: self.supervisor.deployments.get(script)
         )
         self.objects.register(self.bindings)
         await self.objects.start()
+        return True
 
     def _resolve(self, host: str, path: str) -> str | Unavailable | None:
         if self.project is None:
@@ -283,6 +314,8 @@ class DevServer:
         await self.supervisor.start()
         try:
             await self._deploy(first=True)
+            if self._state_refused:
+                return 1  # nothing of another process's state was opened: stop, said why
             stop = asyncio.Event()
             watcher = asyncio.get_running_loop().create_task(self._watch(stop)) if self.watch else None
             app: Any = EdgeApp(self.supervisor, self._resolve, visitors=self.visitors)
@@ -312,6 +345,8 @@ class DevServer:
             await self.supervisor.stop()
             if self.kv is not None:
                 await self.kv.close()
+            if self._state_claim is not None:
+                os.close(self._state_claim)
 
 
 class _LocalQueues:

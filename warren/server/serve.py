@@ -47,6 +47,8 @@ from warren.store.validation import DURABLE_OBJECTS_KEY
 DEFAULT_WORKERS_DOMAIN = "workers.localhost"
 POLL_INTERVAL_S = 1.0  # the longest one wait for a store change lasts before asking again
 MAX_IDENTITIES = 10_000  # version keys remembered for events, retired ones included
+STATE_DIR_ENV = "WARREN_STATE_DIR"  # where an edge node keeps Durable Objects' storage
+DEFAULT_STATE_DIR = ".warren/state"
 STALE_AFTER_S = 3.0  # a node that has not heard the store's revision for this long (or 3 polls) is stale
 
 # Upload content types (docs/control-plane.md) -> the runtime's module kinds. As on Cloudflare,
@@ -589,15 +591,20 @@ async def serve(
 
 
 class StateDirInUse(RuntimeError):
-    """Another edge node holds the state directory this one was given."""
+    """Another warren process (an edge node, or ``warren dev``) holds the state directory."""
 
 
-def claim_state_dir(path: Path) -> int:
+NODE_STATE_HINT = f"give each node on this machine its own --state-dir (or ${STATE_DIR_ENV})"
+
+
+def claim_state_dir(path: Path, hint: str = NODE_STATE_HINT) -> int:
     """Make ``path`` and hold it for this process (an open descriptor, locked; close it to let go).
 
     An edge node's Durable Objects, alarms and cache are its own: two nodes writing one
     object's file, or both re-arming one alarm, would break what Durable Objects promise.
-    The lock is the kernel's, so a node killed with SIGKILL leaves nothing to clean up.
+    ``warren dev`` holds its state directory the same way, so a ``dev`` and a ``serve`` started
+    in one project directory cannot share one. The lock is the kernel's, so a process killed
+    with SIGKILL leaves nothing to clean up. ``hint`` ends the refusal: which option to use.
     """
     import fcntl
 
@@ -609,8 +616,7 @@ def claim_state_dir(path: Path) -> int:
         holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "?"
         os.close(descriptor)
         raise StateDirInUse(
-            f"the state directory {path} is in use by another edge node (pid {holder}); "
-            f"give each node on this machine its own --state-dir (or ${STATE_DIR_ENV})"
+            f"the state directory {path} is in use by another warren process (pid {holder}); {hint}"
         ) from None
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
@@ -685,6 +691,4 @@ class _Triggers:
         await self.consumers.stop()
 
 
-STATE_DIR_ENV = "WARREN_STATE_DIR"  # where an edge node keeps Durable Objects' storage
-DEFAULT_STATE_DIR = ".warren/state"
 QUEUE_LEASE_ENV = "WARREN_QUEUE_LEASE_S"  # seconds a received queue message stays with one node (default 30)
