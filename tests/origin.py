@@ -9,6 +9,10 @@ Routes:
   /upload         -> JSON {length, chunks, sha1}: how the request body arrived
   /gzip           -> "compressed hello" gzip-encoded
   /hits           -> how many requests /echo and /upload have served
+  /ws             -> a WebSocket (subprotocols "chat", "other"): says "welcome PROTOCOL TOKEN"
+                     (x-token header), echoes text as "origin:TEXT" and bytes reversed; "close CODE"
+                     closes with CODE, "drop" drops the connection, "big" sends a 1.5 MB message; each socket's close code
+                     (as the origin saw it) goes to origin.ws_closes
 
 Routes for examples/ (tests/test_examples.py), state in ``origin.examples`` (ExampleRoutes):
   /site/PATH          -> a page the test put in origin.examples.pages (404 if none), written
@@ -42,6 +46,7 @@ class Origin:
         self._gates: dict[str, asyncio.Event] = {}
         self.hits = 0
         self.requests: list[dict[str, Any]] = []
+        self.ws_closes: list[int | None] = []
         self._runner: web.AppRunner | None = None
         self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -63,6 +68,7 @@ class Origin:
         app.router.add_route("*", "/status/{code}", self._status)
         app.router.add_post("/upload", self._upload)
         app.router.add_get("/gzip", self._gzip)
+        app.router.add_get("/ws", self._websocket)
         self.examples = ExampleRoutes(self)
         self.examples.install(app)
         self._runner = web.AppRunner(app, access_log=None)
@@ -122,6 +128,34 @@ class Origin:
             length += len(chunk)
             chunks += 1
         return web.json_response({"length": length, "chunks": chunks, "sha1": digest.hexdigest()})
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        from aiohttp import WSMsgType
+
+        ws = web.WebSocketResponse(protocols=("chat", "other"))
+        await ws.prepare(request)
+        try:
+            await ws.send_str(f"welcome {ws.ws_protocol or '-'} {request.headers.get('x-token', '-')}")
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    if message.data.startswith("close "):
+                        await ws.close(code=int(message.data.split()[1]), message=b"origin says bye")
+                        break
+                    if message.data == "drop":  # gone without a close frame
+                        assert request.transport is not None
+                        request.transport.close()
+                        break
+                    if message.data == "big":
+                        await ws.send_str("x" * 1_500_000)
+                    else:
+                        await ws.send_str("origin:" + message.data)
+                elif message.type == WSMsgType.BINARY:
+                    await ws.send_bytes(bytes(reversed(message.data)))
+        except ConnectionError:
+            pass  # the node dropped the connection (a message it refused, say)
+        finally:
+            self.ws_closes.append(ws.close_code)  # None: no close frame came
+        return ws
 
     async def _gzip(self, request: web.Request) -> web.Response:
         return web.Response(

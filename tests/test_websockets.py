@@ -197,7 +197,7 @@ def test_api_errors_follow_workerd(edge: Any) -> None:
                       constants: [WebSocket.OPEN, WebSocket.READY_STATE_CLOSED, a.CLOSING, a.readyState],
                       sendBeforeAccept: error(() => a.send("x")),
                       closeBeforeAccept: error(() => a.close()),
-                      constructor: error(() => new WebSocket("wss://example.com/")),
+                      constructor: error(() => new WebSocket("ftp://example.com/")),
                       status101Alone: error(() => new Response(null, { status: 101 })),
                       socketWith200: error(() => new Response(null, { status: 200, webSocket: a })),
                       notASocket: error(() => new Response(null, { status: 101, webSocket: {} })),
@@ -229,7 +229,7 @@ def test_api_errors_follow_workerd(edge: Any) -> None:
     )
     assert report["sendBeforeAccept"] == not_accepted
     assert report["closeBeforeAccept"] == not_accepted
-    assert report["constructor"].startswith("TypeError: new WebSocket(url)")
+    assert report["constructor"] == "DOMException: WebSocket URL has an unsupported scheme: ftp:"
     assert report["status101Alone"].startswith("RangeError:")
     assert report["socketWith200"] == "RangeError: Responses with a WebSocket must have status code 101."
     assert report["notASocket"].startswith("TypeError:")

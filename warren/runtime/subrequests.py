@@ -33,6 +33,12 @@ _HOP_BY_HOP = frozenset(
 _DECODED = frozenset({"gzip", "deflate", "br", "x-gzip"})
 READ_CHUNK = 256 * 1024
 
+# The handshake's own headers: aiohttp writes them for an outgoing WebSocket.
+_HANDSHAKE = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-accept"}
+)
+WEBSOCKET_MESSAGE_LIMIT = 1024 * 1024  # as on Workers, either way
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -116,6 +122,14 @@ class FetchResponse:
     url: str
     redirected: bool
     body: BodySource | None
+
+
+@dataclass
+class OriginSocket:
+    """A WebSocket a worker opened with fetch() (``Upgrade: websocket``) and its 101's headers."""
+
+    socket: aiohttp.ClientWebSocketResponse
+    headers: list[tuple[str, str]]
 
 
 class _ResponseBody:
@@ -234,6 +248,49 @@ class Fetcher:
             raise SubrequestError(str(exc)) from None
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise SubrequestError(f"Network connection failed: {exc or type(exc).__name__}") from None
+
+    async def websocket(self, url: str, headers: list[tuple[str, str]]) -> FetchResponse | OriginSocket:
+        """Open a WebSocket to ``url`` (http: or https:, as fetch() takes it), through the same guard.
+
+        An origin that answers the handshake with anything but 101 gives that status and
+        its headers, without a body (the client library does not keep it)."""
+        import aiohttp
+
+        self._check(url)
+        protocols: list[str] = []
+        sent: list[tuple[str, str]] = []
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == "sec-websocket-protocol":
+                protocols += [part.strip() for part in value.split(",") if part.strip()]
+            elif lowered not in _HOP_BY_HOP and lowered not in _HANDSHAKE:
+                sent.append((name, value))
+        try:
+            connection = await self._client().ws_connect(
+                url,
+                headers=sent,
+                protocols=protocols,
+                autoping=True,
+                max_msg_size=WEBSOCKET_MESSAGE_LIMIT,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 101:
+                raise SubrequestError(f"The WebSocket handshake with {url} failed: {exc.message}") from None
+            answer = [(str(name), str(value)) for name, value in (exc.headers or {}).items()]
+            return FetchResponse(exc.status, "", answer, url, False, None)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, SubrequestRefused):
+                raise SubrequestError(str(exc.os_error)) from None
+            raise SubrequestError(f"Network connection failed: {exc}") from None
+        except SubrequestRefused as exc:
+            raise SubrequestError(str(exc)) from None
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise SubrequestError(f"Network connection failed: {exc or type(exc).__name__}") from None
+        response = getattr(connection, "_response", None)
+        raw = getattr(response, "raw_headers", ())
+        answer = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
+        return OriginSocket(connection, answer)
 
     @staticmethod
     def _result(response: aiohttp.ClientResponse, url: str, redirected: bool) -> FetchResponse:

@@ -21,6 +21,18 @@ sees the socket fail (an ``error`` event, the client gets 1011). Incoming
 messages are acknowledged (``Reply.ws_ack``) once dispatched in the isolate,
 which is what lets the edge read more from the client.
 
+A worker's own outgoing WebSockets (``fetch()`` with ``Upgrade: websocket``, or ``new
+WebSocket(url)``) are *origin sockets*: the runtime process holds the connection
+(aiohttp, through the fetcher's SSRF guard) under a negative id, messages from
+the origin arrive in the isolate as "ws" entries like a client's (acknowledged
+once taken; past ``ORIGIN_WINDOW_BYTES`` not yet taken the origin is not read)
+and the worker's sends are written in order by a task of the socket's. An origin
+socket is a host operation of the invocation that opened it: it keeps that
+invocation alive while open (after a plain response, for the usual 30 s of
+``waitUntil`` at most) and is closed (1001) when the invocation ends. A worker
+that returns it in its own 101 response has it relayed to its client by
+``js/websocket.js`` through a pair it makes there.
+
 A socket accepted by another invocation (a Durable Object's, a service's: the
 node holds it, ``warren.server.websockets.HeldSockets``) reaches the worker as a
 101 answer of its stub with a token; returning it (``host("relay")``) answers
@@ -35,7 +47,8 @@ sockets (it reports through the invocation's ``Reply``), other workers.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,6 +63,8 @@ WITHOUT_UPGRADE = (
 GONE = "WebSocket disconnected without sending Close frame."
 NO_SOCKET_101 = "A 101 response must carry a WebSocket (new Response(null, { status: 101, webSocket }))."
 RELAY_HEADER = "x-warren-websocket-relay"  # on a 101 head: the token of a socket the node holds
+ORIGIN_WINDOW_BYTES = 1024 * 1024  # an origin's messages handed to the isolate and not yet taken
+GOING_AWAY = 1001  # an origin socket whose invocation ended
 
 
 @dataclass
@@ -67,6 +82,25 @@ class _Socket:
     unacked: int = 0  # bytes of the client's messages handed to the isolate and not yet taken
 
 
+@dataclass
+class _Origin:
+    """A WebSocket the worker opened to an origin (ids are negative: the isolate's own are positive)."""
+
+    request_id: int | None
+    js_id: int
+    connection: Any  # aiohttp.ClientWebSocketResponse
+    op_id: int = 0
+    reader: asyncio.Task[None] | None = None
+    writer: asyncio.Task[None] | None = None
+    outbox: deque[tuple[Any, ...]] = field(default_factory=deque)
+    queued: int = 0  # bytes in the outbox
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    readable: asyncio.Event = field(default_factory=asyncio.Event)
+    unacked: int = 0
+    closed_out: bool = False
+    ended: bool = False
+
+
 class WebSocketHost:
     """The WebSockets of one Worker. Host calls run on the JS thread, the rest on the loop."""
 
@@ -77,6 +111,8 @@ class WebSocketHost:
         # Bytes of sends made in the slice running now, per socket: written on the JS
         # thread, settled when its effects are applied (never at the same time).
         self._pending: dict[int, int] = {}
+        self._origins: dict[int, _Origin] = {}
+        self._next_origin = -1
 
     @property
     def open_count(self) -> int:
@@ -91,6 +127,9 @@ class WebSocketHost:
             data = str(c).encode("latin-1") if binary else str(c).encode("utf-8", "replace")
             socket = self._by_js.get(js_id)
             taken = getattr(socket.reply, "unconfirmed", 0) if socket is not None else 0
+            origin = self._origins.get(js_id)
+            if origin is not None:
+                taken = origin.queued
             pending = self._pending.get(js_id, 0) + len(data) + MESSAGE_OVERHEAD
             if pending + taken > SOCKET_QUEUE_LIMIT:
                 return 1
@@ -116,6 +155,9 @@ class WebSocketHost:
     # --- effects (loop) --------------------------------------------------------------------
 
     def apply(self, action: str, *args: Any) -> None:
+        if action != "couple" and action != "relay" and int(args[0]) < 0:
+            self._apply_origin(action, *args)
+            return
         if action == "send":
             js_id, binary, data = args
             left = self._pending.get(js_id, 0) - len(data) - MESSAGE_OVERHEAD
@@ -235,6 +277,152 @@ class WebSocketHost:
             worker._body_closed(invocation)
         worker._settle_idle()
 
+    # --- origin sockets (loop) --------------------------------------------------------------
+
+    def adopt_origin(self, request_id: int | None, connection: Any) -> int:
+        """Hold a connection the worker opened; its id for the isolate."""
+        from warren.runtime.worker import _Op
+
+        worker = self._worker
+        js_id = self._next_origin
+        self._next_origin -= 1
+        origin = _Origin(request_id, js_id, connection)
+        origin.readable.set()
+        self._origins[js_id] = origin
+        op = _Op(request_id)
+        origin.op_id = worker._next_op
+        worker._next_op += 1
+        worker._ops[origin.op_id] = op
+        worker._live_ops += 1
+        loop = asyncio.get_running_loop()
+        origin.writer = loop.create_task(self._write_origin(origin))
+        op.handle = origin.reader = loop.create_task(self._read_origin(origin))
+        return js_id
+
+    def _apply_origin(self, action: str, *args: Any) -> None:
+        origin = self._origins.get(int(args[0]))
+        if action == "send":
+            js_id, binary, data = args
+            left = self._pending.get(js_id, 0) - len(data) - MESSAGE_OVERHEAD
+            if left > 0:
+                self._pending[js_id] = left
+            else:
+                self._pending.pop(js_id, None)
+            if origin is not None and not origin.closed_out:
+                origin.outbox.append(("send", binary, data))
+                origin.queued += len(data) + MESSAGE_OVERHEAD
+                origin.wake.set()
+        elif action == "close":
+            if origin is not None and not origin.closed_out:
+                origin.closed_out = True
+                origin.outbox.append(("close", int(args[1]), str(args[2])))
+                origin.wake.set()
+        elif action == "ack":
+            if origin is not None:
+                origin.unacked = max(0, origin.unacked - int(args[1]))
+                if origin.unacked < ORIGIN_WINDOW_BYTES:
+                    origin.readable.set()
+        elif action == "ended" and origin is not None:
+            self._end_origin(origin)
+
+    async def _write_origin(self, origin: _Origin) -> None:
+        connection = origin.connection
+        try:
+            while True:
+                while not origin.outbox:
+                    origin.wake.clear()
+                    await origin.wake.wait()
+                item = origin.outbox.popleft()
+                if item[0] == "close":
+                    code, reason = item[1], item[2]
+                    # 1005 is "no code given": the frame then carries 1000.
+                    await connection.close(code=1000 if code == 1005 else code, message=reason.encode())
+                    return
+                _, binary, data = item
+                origin.queued -= len(data) + MESSAGE_OVERHEAD
+                if binary:
+                    await connection.send_bytes(data)
+                else:
+                    await connection.send_str(data.decode("utf-8", "replace"))
+        except Exception:  # OSError, aiohttp's ClientError: the connection is gone, and the reader says so
+            return
+
+    async def _read_origin(self, origin: _Origin) -> None:
+        import aiohttp
+
+        worker = self._worker
+        connection = origin.connection
+        js_id = origin.js_id
+        try:
+            while True:
+                await origin.readable.wait()
+                message = await connection.receive()
+                kind = message.type
+                if kind in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    binary = kind is aiohttp.WSMsgType.BINARY
+                    data = message.data if binary else message.data.encode("utf-8")
+                    text = data.decode("latin-1") if binary else message.data
+                    origin.unacked += len(data)
+                    if origin.unacked >= ORIGIN_WINDOW_BYTES:
+                        origin.readable.clear()
+                    self._origin_event(origin)
+                    worker._schedule(origin.request_id, "ws", js_id, "message", text, binary, len(data))
+                    continue
+                if kind is aiohttp.WSMsgType.CLOSE:  # the origin closed (aiohttp has answered it)
+                    self._origin_event(origin)
+                    code = int(message.data or 1005)
+                    worker._schedule(origin.request_id, "ws", js_id, "close", code, str(message.extra or ""), True)
+                    return
+                if kind is aiohttp.WSMsgType.CLOSING and origin.writer is not None:
+                    await asyncio.shield(origin.writer)  # the worker's close: the origin's answer ends it
+                code = connection.close_code
+                self._origin_event(origin)
+                if kind is not aiohttp.WSMsgType.ERROR and connection.closed and code not in (None, 1006):
+                    worker._schedule(origin.request_id, "ws", js_id, "close", int(code), "", True)
+                elif kind is aiohttp.WSMsgType.ERROR:
+                    error = f"WebSocket error: {connection.exception() or message.data}"
+                    worker._schedule(origin.request_id, "ws", js_id, "error", error, 1011, "")
+                else:
+                    worker._schedule(origin.request_id, "ws", js_id, "close", 1006, GONE, False)
+                return
+        finally:
+            cancelled = worker._ops.get(origin.op_id) is None  # with its invocation (its end, a limit, a restart)
+            if not origin.ended and cancelled:
+                self._end_origin(origin)  # closes it for the origin
+
+    def _origin_event(self, origin: _Origin) -> None:
+        # A message on a socket the worker answered its client with (a relay through a pair
+        # of its own) is an event of its own, as the client's are; otherwise it is the
+        # invocation's time that it spends.
+        if origin.request_id is not None and origin.request_id in self._by_request:
+            invocation = self._worker._invocations.get(origin.request_id)
+            if invocation is not None:
+                self._new_event(invocation)
+
+    def _end_origin(self, origin: _Origin) -> None:
+        if origin.ended:
+            return
+        origin.ended = True
+        worker = self._worker
+        self._origins.pop(origin.js_id, None)
+        self._pending.pop(origin.js_id, None)
+        if worker._ops.pop(origin.op_id, None) is not None:
+            worker._live_ops -= 1
+        # A close the worker sent is left to finish (the origin gets its code); else 1001.
+        tasks = (origin.reader,) if origin.closed_out else (origin.reader, origin.writer)
+        for task in tasks:
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        connection = origin.connection
+        if not connection.closed and not origin.closed_out:
+            asyncio.get_running_loop().create_task(_close_quietly(connection, GOING_AWAY))
+        worker._settle_idle()
+
+    def close_origins(self) -> None:
+        """The isolate is gone: every origin socket it opened goes with it."""
+        for origin in list(self._origins.values()):
+            self._end_origin(origin)
+
     # --- from the edge (loop) ----------------------------------------------------------------
 
     def incoming(self, request_id: int, event: str, args: tuple[Any, ...]) -> None:
@@ -266,10 +454,18 @@ class WebSocketHost:
         self._worker._log_bytes.pop(invocation.request.request_id, None)
 
 
+async def _close_quietly(connection: Any, code: int) -> None:
+    try:
+        await connection.close(code=code)
+    except Exception:  # already broken: nothing more to tell the origin
+        pass
+
+
 __all__ = [
     "GONE",
     "MESSAGE_OVERHEAD",
     "NO_SOCKET_101",
+    "ORIGIN_WINDOW_BYTES",
     "RELAY_HEADER",
     "SOCKET_QUEUE_LIMIT",
     "WITHOUT_UPGRADE",

@@ -41,7 +41,7 @@ from warren.runtime.script import (
     ScriptLoadError,
     WorkerScript,
 )
-from warren.runtime.subrequests import Fetcher, SubrequestError
+from warren.runtime.subrequests import Fetcher, OriginSocket, SubrequestError
 from warren.runtime.threads import WorkerThread
 from warren.runtime.websockets import NO_SOCKET_101, WebSocketHost
 
@@ -416,6 +416,7 @@ class Worker:
         for invocation in list(self._invocations.values()):
             self._fail_invocation(invocation, 503, RESTARTED, "canceled")
         self._cancel_ops(lambda op: True)
+        self._sockets.close_origins()
         async with self._turn:
             if self._isolate is not None:
                 await self._on_js_thread(self._discard_isolate, keep_code, background=True)
@@ -649,6 +650,7 @@ class Worker:
             else:
                 self._fail_invocation(invocation, 503, RESTARTED, "canceled")
         self._cancel_ops(lambda op: True)
+        self._sockets.close_origins()
         await self._on_js_thread(self._discard_isolate, background=True)
 
     def _settle_idle(self) -> None:
@@ -1118,6 +1120,34 @@ class Worker:
                 return False, {"name": "TypeError", "message": "The request body is no longer available."}, None
             body = held.source
         headers = [(str(name), str(value)) for name, value in head["headers"]]
+        if _asks_for_websocket(str(head["method"]), headers):
+            opened = await self._fetcher.websocket(str(head["url"]), headers)
+            if isinstance(opened, OriginSocket):
+                if self.broken or (request_id is not None and request_id not in self._invocations):
+                    await opened.socket.close(code=1001)
+                    gone = "The request that opened this WebSocket has ended."
+                    return False, {"name": "TypeError", "message": gone}, None
+                socket_id = self._sockets.adopt_origin(request_id, opened.socket)
+                value = {
+                    "status": 101,
+                    "statusText": "Switching Protocols",
+                    "headers": opened.headers,
+                    "url": str(head["url"]),
+                    "redirected": False,
+                    "body": 0,
+                    "webSocket": socket_id,
+                }
+                return True, value, None
+            handshake = opened
+            value = {
+                "status": handshake.status,
+                "statusText": handshake.status_text,
+                "headers": handshake.headers,
+                "url": handshake.url,
+                "redirected": False,
+                "body": 0,
+            }
+            return True, value, None
         response = await self._fetcher.fetch(
             str(head["method"]), str(head["url"]), headers, body, str(head.get("redirect", "follow"))
         )
@@ -1199,6 +1229,13 @@ class Worker:
 
 
 _FORBIDDEN_IN_HEADERS = re.compile(r"[\r\n\0]")
+
+
+def _asks_for_websocket(method: str, headers: list[tuple[str, str]]) -> bool:
+    """A fetch() that opens a WebSocket, as on Workers: a GET with ``Upgrade: websocket``."""
+    return method.upper() == "GET" and any(
+        name.lower() == "upgrade" and "websocket" in value.lower() for name, value in headers
+    )
 
 
 def _valid_headers(headers_json: str) -> list[tuple[str, str]] | None:

@@ -186,8 +186,10 @@
         if (reader !== null && signal && internals.onAbort !== undefined) {
           internals.onAbort(signal, () => reader.release());
         }
+        // An upgrade the origin accepted: the host holds the socket (warren/runtime/websockets.py).
+        const webSocket = value.webSocket ? internals.originWebSocket(value.webSocket, protocolOf(value.headers)) : null;
         resolve(internals.responseFromHost(value.status, value.statusText, value.headers, reader,
-          value.url, value.redirected));
+          value.url, value.redirected, webSocket));
       }, data);
       if (signal && internals.onAbort !== undefined) {
         unsubscribe = internals.onAbort(signal, () => {
@@ -200,6 +202,10 @@
   }
   function fetch(input, init = undefined) {
     return fetchFromWorker(input, init);
+  }
+  function protocolOf(headerPairs) {
+    for (const [name, value] of headerPairs) if (name.toLowerCase() === "sec-websocket-protocol") return value;
+    return "";
   }
 
   // A call on a binding: resolves { value, body } (body: a BodySource of webapi.js, or null).
@@ -778,6 +784,7 @@
     };
     installWebSocket(globalThis, internals, (action, a, b, c) => host.webSocket(action, a, b, c), defineLazyGlobals);
     internals.hostAsset = (name) => host.asset(name);
+    internals.fetch = fetch; // new WebSocket(url) connects through it (websocket.js)
     internals.reportError = (error) => reportException(error, "microtask");
     // For runtime JavaScript (AbortSignal.timeout, ...): immune to tenants replacing the globals.
     internals.setTimeout = (callback, delay) => setTimer(callback, delay, [], false);
@@ -806,6 +813,7 @@
     // As on Workers, no SharedArrayBuffer (the vendored code took what it needs as it loaded).
     delete globalThis.SharedArrayBuffer;
     defineGlobal("URL", vendor.URL);
+    internals.URL = vendor.URL; // the runtime's own, whatever a tenant does to the global
     defineGlobal("URLSearchParams", vendor.URLSearchParams);
     defineLazyGlobals(["URLPattern"], () => defineGlobal("URLPattern", vendor.loadURLPattern()));
     for (const [name, value] of Object.entries(vendor.streams)) defineGlobal(name, value);

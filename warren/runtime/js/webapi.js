@@ -2380,8 +2380,9 @@ globalThis.__warrenWebAPI = function install(global, internals) {
   // For fetch(): a response from the network. Headers are immutable, as
   // Workers makes them for fetch() results.
   internals.responseFromHost = function responseFromHost(status, statusText, headerPairs, reader,
-    url = '', redirected = false) {
+    url = '', redirected = false, webSocket = null) {
     return makeResponse({
+      webSocket,
       type: 'default',
       url: `${url}`,
       redirected: Boolean(redirected),

@@ -15,7 +15,11 @@
 //     WebSocket that a Durable Object or a service accepted (held by the node
 //     under `token`, see warren/server/websockets.py) is returned to the client
 // The host enters with internals.webSocketEvent(socketId, "message" | "close" |
-// "error", ...) for the end the worker kept.
+// "error", ...) for the end the worker kept, and for a WebSocket the worker opened
+// itself (an *origin socket*: fetch() with "Upgrade: websocket", or new
+// WebSocket(url)), whose id the host gave (negative; the same host calls reach it).
+// An origin socket returned in the worker's own 101 is relayed to its client
+// through a pair made here: each end forwards what it receives to the other.
 //
 // As in workerd: messages are refused before accept() (TypeError), close codes
 // are checked, what arrives before accept() waits for it, and a close from the
@@ -34,6 +38,7 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
   const EventTarget = global.EventTarget;
   const dispatchEvent = EventTarget.prototype.dispatchEvent;
   const TextEncoder = global.TextEncoder;
+  const DOMException = global.DOMException;
   const toWellFormed = String.prototype.toWellFormed;
   const promiseThen = Promise.prototype.then;
   const resolved = Promise.resolve();
@@ -49,9 +54,14 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
     ensure();
     return internals.relayedWebSocket(token);
   };
+  internals.originWebSocket = (id, protocol) => {
+    ensure();
+    return internals.originWebSocket(id, protocol);
+  };
 
   function make() {
     const encoder = new TextEncoder();
+    const URLClass = internals.URL;
 
     const NOT_ACCEPTED =
       'You must call one of accept() or state.acceptWebSocket() on this WebSocket before sending messages.';
@@ -172,10 +182,12 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
       #r = null;
 
       constructor(url = undefined, protocols = undefined) {
-        if (!constructing) {
-          throw new TypeError(
-            'new WebSocket(url) (an outgoing WebSocket) is not supported by warren yet; ' +
-            'use new WebSocketPair() to accept one.');
+        const outgoing = !constructing;
+        let target = null;
+        let asked = [];
+        if (outgoing) {
+          requireArgs(arguments.length, 1, "Failed to construct 'WebSocket'");
+          ({ target, asked } = clientTarget(url, protocols));
         }
         super();
         this.#r = {
@@ -195,7 +207,14 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
           relay: null, // the node's token for a socket another invocation accepted (a stub's 101)
           requestId: 0, // the invocation it is coupled to
           handler: null, // (kind, item, taken) from state.acceptWebSocket(): events go there, not to listeners
+          origin: false, // opened by the worker: the host holds the connection under `id`
+          forward: null, // the record it relays to (an origin socket returned in a 101, and its pair's end)
+          connecting: false, // new WebSocket(url) until the origin has answered
+          closeWhenOpen: null, // a close() made while connecting, sent once open
+          url: null,
+          protocol: '',
         };
+        if (outgoing) connect(this.#r, target, asked);
       }
 
       static {
@@ -219,6 +238,7 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
       send(message) {
         const r = rec(this);
         requireArgs(arguments.length, 1, "Failed to execute 'send' on 'WebSocket'");
+        if (r.connecting) throw new DOMException("Can't send on a WebSocket that is still connecting.", 'InvalidStateError');
         if (r.closedOutgoing) throw new TypeError("Can't call WebSocket send() after close().");
         if (r.aborted || r.released) return;
         if (!r.accepted) throw new TypeError(NOT_ACCEPTED);
@@ -254,18 +274,23 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
           }
         }
         r.closedOutgoing = true;
+        if (r.connecting) {
+          r.closeWhenOpen = { kind: 'close', code: c, reason: why, clean: true, size: 0 };
+          return;
+        }
         deliver(r, { kind: 'close', code: c, reason: why, clean: true, size: 0 });
       }
 
       get readyState() {
         const r = rec(this);
+        if (r.connecting) return 0;
         if (r.error !== null || (r.closedIncoming && r.closedOutgoing)) return 3;
         if (r.closedIncoming || r.closedOutgoing) return 2;
         return 1;
       }
 
-      get url() { rec(this); return null; }
-      get protocol() { rec(this); return ''; }
+      get url() { return rec(this).url; }
+      get protocol() { return rec(this).protocol; }
       get extensions() { rec(this); return ''; }
 
       serializeAttachment(value) {
@@ -366,6 +391,10 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
 
     // One event for `r` (accepted): from its peer in the isolate or from the host.
     function receive(r, item) {
+      if (r.forward !== null) {
+        relay(r, item);
+        return;
+      }
       if (item.kind === 'message') {
         // Acknowledged once taken: the edge may then read more from the client (a slow
         // handler slows its client instead of queueing without bound).
@@ -389,6 +418,27 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
         later(() => receive(r.peer, { kind: 'close', code: item.code, reason: item.reason, clean: true, size: 0 }));
       }
       emit(r, 'close', { code: item.code, reason: item.reason, wasClean: item.clean }, () => {});
+    }
+
+    // An origin socket returned in a 101 and the pair's end coupled to the client: what one
+    // receives, the other sends. Close codes that cannot go on the wire become 1011.
+    function relay(r, item) {
+      const to = r.forward;
+      if (item.kind === 'message') {
+        if (!to.closedOutgoing && !to.aborted) {
+          toHost(to, item.binary ? { kind: 'message', binary: true, bytes: item.bytes }
+            : { kind: 'message', binary: false, text: item.text });
+        }
+        if (item.fromHost) host('ack', r.id, item.size);
+        return;
+      }
+      r.closedIncoming = true;
+      r.closedOutgoing = true; // the host answers a close itself
+      if (to.closedOutgoing || to.aborted) return;
+      to.closedOutgoing = true;
+      const broken = item.kind === 'error' || item.code === 1006;
+      const reason = broken ? 'The other side went away.' : item.reason;
+      toHost(to, { kind: 'close', code: broken ? 1011 : item.code, reason });
     }
 
     // To the listeners, or for a socket taken with state.acceptWebSocket() to the
@@ -441,6 +491,10 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
         p.released = true;
         return;
       }
+      if (p.origin) {
+        relayOrigin(requestId, p, headersJSON);
+        return;
+      }
       const s = p.peer;
       const refused = host('couple', requestId, s.id, headersJSON);
       if (refused) throw new TypeError(refused);
@@ -453,6 +507,97 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
       p.inbox = [];
       p.inboxBytes = 0;
       for (const item of early) toHost(s, item);
+    };
+
+    // An origin socket answers the worker's own client: a pair's end is coupled to the
+    // client, and the two relay to each other.
+    function relayOrigin(requestId, p, headersJSON) {
+      if (p.connecting) throw new TypeError('This WebSocket is still connecting: it cannot be returned yet.');
+      const s = socketRecord(newSocket());
+      const refused = host('couple', requestId, s.id, headersJSON);
+      if (refused) throw new TypeError(refused);
+      p.released = true;
+      s.coupled = true;
+      s.requestId = requestId;
+      coupled.set(s.id, s);
+      s.accepted = true;
+      s.forward = p;
+      p.forward = s;
+      p.accepted = true;
+      if (p.inbox.length > 0) later(() => flushInbox(p));
+    }
+
+    // new WebSocket(url, protocols): ws:, wss: (or http:, https:) URLs without a fragment, and
+    // distinct subprotocol tokens, as the WHATWG standard checks them.
+    function clientTarget(url, protocols) {
+      let parsed;
+      try {
+        parsed = new URLClass(`${url}`);
+      } catch {
+        throw new DOMException(`WebSocket URL is invalid: ${url}`, 'SyntaxError');
+      }
+      const schemes = { 'ws:': 'http:', 'wss:': 'https:', 'http:': 'http:', 'https:': 'https:' };
+      const scheme = schemes[parsed.protocol];
+      if (scheme === undefined) {
+        throw new DOMException(`WebSocket URL has an unsupported scheme: ${parsed.protocol}`, 'SyntaxError');
+      }
+      if (parsed.hash !== '') throw new DOMException('WebSocket URL must not have a fragment.', 'SyntaxError');
+      const asked = protocols === undefined ? [] : typeof protocols === 'string' ? [protocols] : Array.from(protocols, String);
+      const seen = new Set();
+      for (const token of asked) {
+        if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(token) || seen.has(token.toLowerCase())) {
+          throw new DOMException(`WebSocket subprotocol is invalid or repeated: ${token}`, 'SyntaxError');
+        }
+        seen.add(token.toLowerCase());
+      }
+      const http = `${scheme}${parsed.href.slice(parsed.protocol.length)}`;
+      const wsUrl = `${scheme === 'https:' ? 'wss:' : 'ws:'}${parsed.href.slice(parsed.protocol.length)}`;
+      return { target: { http, ws: wsUrl }, asked };
+    }
+
+    // The connection is the host's, through the worker's own fetch(): it counts as a subrequest.
+    function connect(r, target, asked) {
+      r.connecting = true;
+      r.url = target.ws;
+      r.accepted = true;
+      const headers = { Upgrade: 'websocket' };
+      if (asked.length > 0) headers['Sec-WebSocket-Protocol'] = asked.join(', ');
+      const failed = (message) => {
+        r.connecting = false;
+        r.closedOutgoing = true;
+        r.closedIncoming = true;
+        fail(r, new Error(message));
+        later(() => dispatch(r, new CloseEvent('close', { code: 1006, reason: '', wasClean: false })));
+      };
+      promiseThen.call(internals.fetch(target.http, { headers }), (response) => {
+        const socket = response.webSocket;
+        if (socket === null) {
+          failed(`WebSocket connection to ${target.ws} failed: the server answered ${response.status}.`);
+          return;
+        }
+        const o = rec(socket);
+        coupled.delete(o.id);
+        adoptOrigin(r, o.id, o.protocol);
+        o.released = true;
+        r.connecting = false;
+        dispatch(r, new Event('open'));
+        if (r.closeWhenOpen !== null) toHost(r, r.closeWhenOpen);
+      }, (error) => failed(`WebSocket connection to ${target.ws} failed: ${error?.message ?? error}`));
+    }
+
+    function adoptOrigin(r, id, protocol) {
+      r.id = id;
+      r.origin = true;
+      r.coupled = true;
+      r.protocol = `${protocol ?? ''}`;
+      coupled.set(id, r);
+    }
+
+    // The host opened a WebSocket for the worker's fetch(): the 101 Response's webSocket.
+    internals.originWebSocket = function originWebSocket(id, protocol) {
+      const ws = newSocket();
+      adoptOrigin(socketRecord(ws), id, protocol);
+      return ws;
     };
 
     // The client's end of a WebSocket that a Durable Object or a service accepted:
