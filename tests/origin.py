@@ -11,7 +11,8 @@ Routes:
   /hits           -> how many requests /echo and /upload have served
   /ws             -> a WebSocket (subprotocols "chat", "other"): says "welcome PROTOCOL TOKEN"
                      (x-token header), echoes text as "origin:TEXT" and bytes reversed; "close CODE"
-                     closes with CODE, "drop" drops the connection, "big" sends a 1.5 MB message; each socket's close code
+                     closes with CODE, "drop" drops the connection, "big" sends a 1.5 MB message, "flood N" N messages of 64 KiB
+                     as fast as they go (origin.flood_sent counts them); each socket's close code
                      (as the origin saw it) goes to origin.ws_closes
 
 Routes for examples/ (tests/test_examples.py), state in ``origin.examples`` (ExampleRoutes):
@@ -47,6 +48,7 @@ class Origin:
         self.hits = 0
         self.requests: list[dict[str, Any]] = []
         self.ws_closes: list[int | None] = []
+        self.flood_sent = 0  # 64 KiB messages the "flood N" command has got out so far
         self._runner: web.AppRunner | None = None
         self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -145,6 +147,11 @@ class Origin:
                         assert request.transport is not None
                         request.transport.close()
                         break
+                    if message.data.startswith("flood "):
+                        for _ in range(int(message.data.split()[1])):
+                            await ws.send_bytes(b"f" * 65536)
+                            self.flood_sent += 1
+                        continue
                     if message.data == "big":
                         await ws.send_str("x" * 1_500_000)
                     else:

@@ -1,12 +1,14 @@
 """Outgoing WebSockets: a worker's fetch() with ``Upgrade: websocket`` to a real origin on 127.0.0.1.
 
 The worker either uses the socket itself (``accept()``, ``send``, events) or returns it in
-its own 101, and the runtime relays its client to the origin.
+its own 101, and the runtime pipes its client to the origin (no JavaScript per message).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from typing import Any
 
@@ -60,6 +62,11 @@ export default {
     if (url.pathname === "/refused") {
       const response = await fetch(env.ORIGIN + "/status/403", { headers: { Upgrade: "websocket" } });
       return new Response(`${response.status} ${response.webSocket}`);
+    }
+    if (url.pathname === "/late") {  // the origin's greeting reaches the isolate before the socket is returned
+      const response = await fetch(new Request(env.ORIGIN + "/ws", request));
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      return response;
     }
     return fetch(new Request(env.ORIGIN + "/ws", request));
   },
@@ -116,6 +123,48 @@ def test_a_proxy_relays_its_client_to_the_origin_both_ways(dev: Any, origin: Ori
         for index in range(200):
             ws.send(f"m{index}")
         assert [ws.recv(timeout=10) for _ in range(200)] == [f"origin:m{index}" for index in range(200)]
+
+
+def test_what_reached_the_worker_before_it_returned_the_socket_goes_first(dev: Any, origin: Origin) -> None:
+    server = _dev(dev, origin, PROXY)
+    with connect(ws_url(server.url, "/late")) as ws:
+        ws.send("first")  # from the client at once: the origin answers after its greeting
+        assert ws.recv(timeout=10) == "welcome - -"
+        assert ws.recv(timeout=10) == "origin:first"
+        for index in range(50):
+            ws.send(f"m{index}")
+        assert [ws.recv(timeout=10) for _ in range(50)] == [f"origin:m{index}" for index in range(50)]
+
+
+def test_a_piped_origin_is_read_no_faster_than_the_client_takes_it(dev: Any, origin: Origin) -> None:
+    """Hostile origin, idle client: 200 MiB sent as fast as the origin can, to a client that
+    reads nothing (a raw socket with a 4 KiB receive buffer). The node must stop reading the
+    origin, which then blocks on its own socket, instead of holding the rest in memory."""
+    server = _dev(dev, origin, PROXY)
+    host, port = server.url.removeprefix("http://").split(":")
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect((host, int(port)))
+    try:
+        client.sendall(
+            f"GET /flood HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += client.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        count = 3200  # of 64 KiB
+        command = f"flood {count}".encode()
+        mask = os.urandom(4)
+        client.sendall(bytes([0x81, 0x80 | len(command)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(command)))
+        time.sleep(3.0)
+        # In flight at most: the kernel's socket buffers on both hops (up to ~36 MiB each on
+        # this kernel's defaults) and each hop's window. Far from 200 MiB.
+        assert origin.flood_sent < count // 2, origin.flood_sent
+    finally:
+        client.close()
+    wait_until(lambda: len(origin.ws_closes) == 1, timeout=30)  # and the origin's socket was let go
 
 
 def test_an_origin_that_refuses_the_upgrade_gives_its_status_and_no_socket(dev: Any, origin: Origin) -> None:

@@ -30,8 +30,13 @@ and the worker's sends are written in order by a task of the socket's. An origin
 socket is a host operation of the invocation that opened it: it keeps that
 invocation alive while open (after a plain response, for the usual 30 s of
 ``waitUntil`` at most) and is closed (1001) when the invocation ends. A worker
-that returns it in its own 101 response has it relayed to its client by
-``js/websocket.js`` through a pair it makes there.
+that returns it (not accepted) in its own 101 response has it *piped* to its
+client here, with no JavaScript per message (as workerd does, and no CPU time
+of the worker's): the client's messages are written to the origin and
+acknowledged to the edge once written, the origin's go to the client, read only
+while the client takes them (``PIPE_WINDOW``). What was already on its way into
+the isolate when the socket was returned is forwarded by the isolate first
+(``forward``/``forwardClose``), and the origin's later messages wait behind it.
 
 A socket accepted by another invocation (a Durable Object's, a service's: the
 node holds it, ``warren.server.websockets.HeldSockets``) reaches the worker as a
@@ -65,6 +70,8 @@ NO_SOCKET_101 = "A 101 response must carry a WebSocket (new Response(null, { sta
 RELAY_HEADER = "x-warren-websocket-relay"  # on a 101 head: the token of a socket the node holds
 ORIGIN_WINDOW_BYTES = 1024 * 1024  # an origin's messages handed to the isolate and not yet taken
 GOING_AWAY = 1001  # an origin socket whose invocation ended
+PIPE_WINDOW = 256 * 1024  # an origin piped to a client is read while the client has not taken more than this
+WENT_AWAY = "The other side went away."
 
 
 @dataclass
@@ -80,6 +87,7 @@ class _Socket:
     closed_in: bool = False  # the client's close (or disconnect) was handed to the isolate
     ended: bool = False
     unacked: int = 0  # bytes of the client's messages handed to the isolate and not yet taken
+    origin_id: int = 0  # piped: the origin socket the client is relayed to (no isolate in between)
 
 
 @dataclass
@@ -96,9 +104,11 @@ class _Origin:
     queued: int = 0  # bytes in the outbox
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     readable: asyncio.Event = field(default_factory=asyncio.Event)
-    unacked: int = 0
+    unacked: int = 0  # bytes of its messages scheduled into the isolate and not yet taken
     closed_out: bool = False
     ended: bool = False
+    piped: _Socket | None = None  # returned in a 101: the client it is relayed to
+    held: deque[tuple[Any, ...]] = field(default_factory=deque)  # for the client, behind what the isolate has
 
 
 class WebSocketHost:
@@ -113,6 +123,7 @@ class WebSocketHost:
         self._pending: dict[int, int] = {}
         self._origins: dict[int, _Origin] = {}
         self._next_origin = -1
+        self._piped: dict[int, _Socket] = {}  # by origin socket id: the client it is piped to
 
     @property
     def open_count(self) -> int:
@@ -136,11 +147,17 @@ class WebSocketHost:
             self._pending[js_id] = pending
             worker._effects.append(("ws", "send", js_id, binary, data))
             return 0
-        if action in ("couple", "relay"):  # b: the server end's id (couple), or the held socket's token (relay)
+        if action in ("couple", "relay", "pipe"):  # b: the server end's id, the held socket's token, the origin's id
             request_id = int(a)
             invocation = worker._invocations.get(request_id)
             if invocation is not None and not invocation.request.websocket:
                 return WITHOUT_UPGRADE
+            if action == "pipe":
+                origin = self._origins.get(int(b))
+                if origin is not None and origin.request_id != request_id:
+                    return "This WebSocket was opened by another request: only that request's response can return it."
+                worker._effects.append(("ws", "pipe", request_id, int(b), str(c)))
+                return ""
             end: int | str = int(b) if action == "couple" else str(b)
             worker._effects.append(("ws", action, request_id, end, str(c)))
             return ""
@@ -150,11 +167,20 @@ class WebSocketHost:
             worker._effects.append(("ws", "ack", int(a), int(b)))
         elif action == "ended":
             worker._effects.append(("ws", "ended", int(a)))
+        elif action == "forward":  # a piped origin's message that was on its way into the isolate
+            binary = bool(b)
+            data = str(c).encode("latin-1") if binary else str(c).encode("utf-8", "replace")
+            worker._effects.append(("ws", "forward", int(a), binary, data))
+        elif action == "forwardClose":
+            worker._effects.append(("ws", "forwardClose", int(a), int(b), str(c)))
         return None
 
     # --- effects (loop) --------------------------------------------------------------------
 
     def apply(self, action: str, *args: Any) -> None:
+        if action == "pipe":
+            self._pipe(*args)
+            return
         if action != "couple" and action != "relay" and int(args[0]) < 0:
             self._apply_origin(action, *args)
             return
@@ -259,7 +285,14 @@ class WebSocketHost:
             del self._by_request[socket.request_id]
         if self._by_js.get(socket.js_id) is socket:
             del self._by_js[socket.js_id]
-        self._pending.pop(socket.js_id, None)
+        if socket.origin_id:
+            if self._piped.get(socket.origin_id) is socket:
+                del self._piped[socket.origin_id]
+            origin = self._origins.get(socket.origin_id)
+            if origin is not None:  # the client is gone: so is its pipe to the origin
+                self._end_origin(origin)
+        else:
+            self._pending.pop(socket.js_id, None)
 
     def _end(self, socket: _Socket) -> None:
         """Both sides are closed: the invocation may finish (once its waitUntil work is done)."""
@@ -309,7 +342,7 @@ class WebSocketHost:
             else:
                 self._pending.pop(js_id, None)
             if origin is not None and not origin.closed_out:
-                origin.outbox.append(("send", binary, data))
+                origin.outbox.append(("send", binary, data, None))
                 origin.queued += len(data) + MESSAGE_OVERHEAD
                 origin.wake.set()
         elif action == "close":
@@ -324,6 +357,83 @@ class WebSocketHost:
                     origin.readable.set()
         elif action == "ended" and origin is not None:
             self._end_origin(origin)
+        elif action == "forward":
+            socket = self._piped.get(int(args[0]))
+            if socket is not None and not socket.closed_out:
+                socket.reply.ws_message(args[1], args[2])
+            if origin is not None:
+                self._taken(origin, len(args[2]))
+        elif action == "forwardClose":
+            socket = self._piped.get(int(args[0]))
+            if socket is not None:
+                self._close_client(socket, int(args[1]), str(args[2]))
+
+    def _taken(self, origin: _Origin, count: int) -> None:
+        origin.unacked = max(0, origin.unacked - count)
+        if origin.unacked < ORIGIN_WINDOW_BYTES:
+            origin.readable.set()
+        while origin.held and origin.unacked == 0:
+            self._send_to_client(origin, origin.held.popleft())
+
+    def _to_client(self, origin: _Origin, item: tuple[Any, ...]) -> None:
+        """A piped origin's message or close: to its client, behind what the isolate still has."""
+        if origin.unacked > 0 or origin.held:
+            origin.held.append(item)
+        else:
+            self._send_to_client(origin, item)
+
+    def _send_to_client(self, origin: _Origin, item: tuple[Any, ...]) -> None:
+        socket = origin.piped
+        if socket is None:
+            return
+        if item[0] == "message":
+            if not socket.closed_out:
+                socket.reply.ws_message(item[1], item[2])
+        else:
+            self._close_client(socket, item[1], item[2])
+
+    def _close_client(self, socket: _Socket, code: int, reason: str) -> None:
+        if socket.closed_out:
+            return
+        socket.closed_out = True
+        if code == 1006:  # no frame for it: the client hears that the origin is gone
+            code, reason = 1011, WENT_AWAY
+        close = getattr(socket.reply, "ws_close", None)
+        if close is not None:
+            close(code, reason)
+
+    def _pipe(self, request_id: int, origin_id: int, headers_json: str) -> None:
+        """Answer ``request_id`` 101 and relay its client to origin socket ``origin_id`` from here."""
+        from warren.runtime.worker import THREW, _Op, _valid_headers
+
+        worker = self._worker
+        invocation = worker._invocations.get(request_id)
+        origin = self._origins.get(origin_id)
+        if invocation is None or invocation.responded or invocation.outcome == "canceled":
+            if invocation is not None and not invocation.responded:
+                invocation.responded = True
+            if origin is not None:
+                self._end_origin(origin)
+            return
+        headers = _valid_headers(headers_json)
+        if headers is None:
+            invocation.reply.log("error", "The worker produced a malformed response.")
+            worker._fail_invocation(invocation, 500, THREW, "exception", finish=False)
+            return
+        invocation.responded = True
+        invocation.reply.head(101, [pair for pair in headers if pair[0].lower() != RELAY_HEADER])
+        invocation.body_open = True
+        socket = _Socket(request_id, origin_id, invocation.reply, origin_id=origin_id)
+        self._by_request[request_id] = socket
+        self._piped[origin_id] = socket
+        op = _Op(request_id)
+        socket.op_id = op_id = worker._next_op
+        worker._next_op += 1
+        worker._ops[op_id] = op
+        worker._live_ops += 1
+        op.handle = socket.holder = asyncio.get_running_loop().create_task(self._hold(socket))
+        if origin is not None:
+            origin.piped = socket
 
     async def _write_origin(self, origin: _Origin) -> None:
         connection = origin.connection
@@ -338,12 +448,14 @@ class WebSocketHost:
                     # 1005 is "no code given": the frame then carries 1000.
                     await connection.close(code=1000 if code == 1005 else code, message=reason.encode())
                     return
-                _, binary, data = item
+                _, binary, data, ack = item
                 origin.queued -= len(data) + MESSAGE_OVERHEAD
                 if binary:
                     await connection.send_bytes(data)
                 else:
                     await connection.send_str(data.decode("utf-8", "replace"))
+                if ack is not None:  # a piped client's message: the edge may read more from it
+                    ack(len(data))
         except Exception:  # OSError, aiohttp's ClientError: the connection is gone, and the reader says so
             return
 
@@ -362,6 +474,12 @@ class WebSocketHost:
                     binary = kind is aiohttp.WSMsgType.BINARY
                     data = message.data if binary else message.data.encode("utf-8")
                     text = data.decode("latin-1") if binary else message.data
+                    if origin.piped is not None:
+                        self._to_client(origin, ("message", binary, data))
+                        wait = getattr(origin.piped.reply, "wait_writable", None)
+                        if wait is not None:
+                            await wait(PIPE_WINDOW)  # the client's pace is the origin's
+                        continue
                     origin.unacked += len(data)
                     if origin.unacked >= ORIGIN_WINDOW_BYTES:
                         origin.readable.clear()
@@ -369,26 +487,34 @@ class WebSocketHost:
                     worker._schedule(origin.request_id, "ws", js_id, "message", text, binary, len(data))
                     continue
                 if kind is aiohttp.WSMsgType.CLOSE:  # the origin closed (aiohttp has answered it)
-                    self._origin_event(origin)
-                    code = int(message.data or 1005)
-                    worker._schedule(origin.request_id, "ws", js_id, "close", code, str(message.extra or ""), True)
+                    self._origin_closed(origin, int(message.data or 1005), str(message.extra or ""), None)
                     return
                 if kind is aiohttp.WSMsgType.CLOSING and origin.writer is not None:
                     await asyncio.shield(origin.writer)  # the worker's close: the origin's answer ends it
                 code = connection.close_code
-                self._origin_event(origin)
                 if kind is not aiohttp.WSMsgType.ERROR and connection.closed and code not in (None, 1006):
-                    worker._schedule(origin.request_id, "ws", js_id, "close", int(code), "", True)
+                    self._origin_closed(origin, int(code), "", None)
                 elif kind is aiohttp.WSMsgType.ERROR:
-                    error = f"WebSocket error: {connection.exception() or message.data}"
-                    worker._schedule(origin.request_id, "ws", js_id, "error", error, 1011, "")
+                    self._origin_closed(origin, 1011, "", f"WebSocket error: {connection.exception() or message.data}")
                 else:
-                    worker._schedule(origin.request_id, "ws", js_id, "close", 1006, GONE, False)
+                    self._origin_closed(origin, 1006, GONE, None)
                 return
         finally:
             cancelled = worker._ops.get(origin.op_id) is None  # with its invocation (its end, a limit, a restart)
             if not origin.ended and cancelled:
                 self._end_origin(origin)  # closes it for the origin
+
+    def _origin_closed(self, origin: _Origin, code: int, reason: str, error: str | None) -> None:
+        """The origin's side is over: to its client if piped, else into the isolate."""
+        if origin.piped is not None:
+            self._to_client(origin, ("close", 1006 if error is not None else code, reason))
+            return
+        self._origin_event(origin)
+        worker = self._worker
+        if error is not None:
+            worker._schedule(origin.request_id, "ws", origin.js_id, "error", error, code, reason)
+        else:
+            worker._schedule(origin.request_id, "ws", origin.js_id, "close", code, reason, code != 1006)
 
     def _origin_event(self, origin: _Origin) -> None:
         # A message on a socket the worker answered its client with (a relay through a pair
@@ -432,6 +558,9 @@ class WebSocketHost:
         invocation = worker._invocations.get(request_id)
         if socket is None or socket.closed_in or invocation is None:
             return
+        if socket.origin_id:
+            self._from_piped_client(socket, event, args)
+            return
         self._new_event(invocation)
         if event == "message":
             binary, data = bool(args[0]), bytes(args[1])
@@ -447,6 +576,29 @@ class WebSocketHost:
             worker._schedule(request_id, "ws", socket.js_id, "close", 1006, GONE, False)
         else:
             worker._schedule(request_id, "ws", socket.js_id, "close", code, reason, True)
+
+    def _from_piped_client(self, socket: _Socket, event: str, args: tuple[Any, ...]) -> None:
+        origin = self._origins.get(socket.origin_id)
+        ack = getattr(socket.reply, "ws_ack", None)
+        if event == "message":
+            binary, data = bool(args[0]), bytes(args[1])
+            if origin is not None and not origin.closed_out:
+                origin.outbox.append(("send", binary, data, ack))
+                origin.queued += len(data) + MESSAGE_OVERHEAD
+                origin.wake.set()
+            elif ack is not None:
+                ack(len(data))
+            return
+        # The client's close (or its disconnect): the origin gets its code, or 1001.
+        code, reason, error = int(args[0]), str(args[1]), args[2]
+        socket.closed_in = True
+        if origin is not None and not origin.closed_out:
+            origin.closed_out = True
+            if error is not None or code == 1006:
+                code, reason = GOING_AWAY, ""
+            origin.outbox.append(("close", code, reason))
+            origin.wake.set()
+        self._end(socket)
 
     def _new_event(self, invocation: _Invocation) -> None:
         # Each message is an event of its own: a fresh CPU budget and log allowance.

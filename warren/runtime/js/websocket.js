@@ -18,8 +18,10 @@
 // "error", ...) for the end the worker kept, and for a WebSocket the worker opened
 // itself (an *origin socket*: fetch() with "Upgrade: websocket", or new
 // WebSocket(url)), whose id the host gave (negative; the same host calls reach it).
-// An origin socket returned in the worker's own 101 is relayed to its client
-// through a pair made here: each end forwards what it receives to the other.
+// An origin socket returned in the worker's own 101 is piped to its client by the
+// host (host("pipe", requestId, socketId, headersJSON)), with no JavaScript per
+// message; what had already reached the isolate for it is handed back
+// (host("forward", socketId, binary, data), host("forwardClose", socketId, code, reason)).
 //
 // As in workerd: messages are refused before accept() (TypeError), close codes
 // are checked, what arrives before accept() waits for it, and a close from the
@@ -208,7 +210,6 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
           requestId: 0, // the invocation it is coupled to
           handler: null, // (kind, item, taken) from state.acceptWebSocket(): events go there, not to listeners
           origin: false, // opened by the worker: the host holds the connection under `id`
-          forward: null, // the record it relays to (an origin socket returned in a 101, and its pair's end)
           connecting: false, // new WebSocket(url) until the origin has answered
           closeWhenOpen: null, // a close() made while connecting, sent once open
           url: null,
@@ -391,10 +392,6 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
 
     // One event for `r` (accepted): from its peer in the isolate or from the host.
     function receive(r, item) {
-      if (r.forward !== null) {
-        relay(r, item);
-        return;
-      }
       if (item.kind === 'message') {
         // Acknowledged once taken: the edge may then read more from the client (a slow
         // handler slows its client instead of queueing without bound).
@@ -418,27 +415,6 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
         later(() => receive(r.peer, { kind: 'close', code: item.code, reason: item.reason, clean: true, size: 0 }));
       }
       emit(r, 'close', { code: item.code, reason: item.reason, wasClean: item.clean }, () => {});
-    }
-
-    // An origin socket returned in a 101 and the pair's end coupled to the client: what one
-    // receives, the other sends. Close codes that cannot go on the wire become 1011.
-    function relay(r, item) {
-      const to = r.forward;
-      if (item.kind === 'message') {
-        if (!to.closedOutgoing && !to.aborted) {
-          toHost(to, item.binary ? { kind: 'message', binary: true, bytes: item.bytes }
-            : { kind: 'message', binary: false, text: item.text });
-        }
-        if (item.fromHost) host('ack', r.id, item.size);
-        return;
-      }
-      r.closedIncoming = true;
-      r.closedOutgoing = true; // the host answers a close itself
-      if (to.closedOutgoing || to.aborted) return;
-      to.closedOutgoing = true;
-      const broken = item.kind === 'error' || item.code === 1006;
-      const reason = broken ? 'The other side went away.' : item.reason;
-      toHost(to, { kind: 'close', code: broken ? 1011 : item.code, reason });
     }
 
     // To the listeners, or for a socket taken with state.acceptWebSocket() to the
@@ -492,7 +468,7 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
         return;
       }
       if (p.origin) {
-        relayOrigin(requestId, p, headersJSON);
+        pipeOrigin(requestId, p, headersJSON);
         return;
       }
       const s = p.peer;
@@ -509,22 +485,29 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
       for (const item of early) toHost(s, item);
     };
 
-    // An origin socket answers the worker's own client: a pair's end is coupled to the
-    // client, and the two relay to each other.
-    function relayOrigin(requestId, p, headersJSON) {
+    // An origin socket answers the worker's own client: the host pipes one to the other.
+    // What reached this end first (it was never accepted) goes to the client first.
+    const piped = new Set();
+    function pipeOrigin(requestId, p, headersJSON) {
       if (p.connecting) throw new TypeError('This WebSocket is still connecting: it cannot be returned yet.');
-      const s = socketRecord(newSocket());
-      const refused = host('couple', requestId, s.id, headersJSON);
+      const refused = host('pipe', requestId, p.id, headersJSON);
       if (refused) throw new TypeError(refused);
       p.released = true;
-      s.coupled = true;
-      s.requestId = requestId;
-      coupled.set(s.id, s);
-      s.accepted = true;
-      s.forward = p;
-      p.forward = s;
-      p.accepted = true;
-      if (p.inbox.length > 0) later(() => flushInbox(p));
+      coupled.delete(p.id);
+      piped.add(p.id);
+      const early = p.inbox;
+      p.inbox = [];
+      p.inboxBytes = 0;
+      for (const item of early) forwardToClient(p.id, item);
+    }
+
+    function forwardToClient(id, item) {
+      if (item.kind === 'message') {
+        host('forward', id, item.binary, item.binary ? internals.bytesToLatin1(item.bytes) : item.text);
+        return;
+      }
+      piped.delete(id);
+      host('forwardClose', id, item.kind === 'error' ? 1006 : item.code, item.kind === 'error' ? '' : item.reason);
     }
 
     // new WebSocket(url, protocols): ws:, wss: (or http:, https:) URLs without a fragment, and
@@ -630,6 +613,11 @@ globalThis.__warrenWebSocket = function install(global, internals, host, defineL
     };
 
     internals.webSocketEvent = function webSocketEvent(id, type, a, b, c) {
+      if (piped.has(id)) { // on its way here when the socket was returned: to the client
+        if (type === 'message') host('forward', id, b, a);
+        else forwardToClient(id, type === 'error' ? { kind: 'error' } : { kind: 'close', code: a, reason: `${b}` });
+        return;
+      }
       const r = coupled.get(id);
       if (r === undefined) {
         if (type !== 'message') host('ended', id);
