@@ -15,6 +15,8 @@ Routes:
                      as fast as they go (origin.flood_sent counts them); each socket's close code
                      (as the origin saw it) goes to origin.ws_closes
 
+A TCP server on origin.tcp_port (cloudflare:sockets tests): see _tcp_echo.
+
 Routes for examples/ (tests/test_examples.py), state in ``origin.examples`` (ExampleRoutes):
   /site/PATH          -> a page the test put in origin.examples.pages (404 if none), written
                          chunk by chunk (a chunk may be Pause(s) or Gate(name)); hits counted
@@ -48,10 +50,13 @@ class Origin:
         self.hits = 0
         self.requests: list[dict[str, Any]] = []
         self.ws_closes: list[int | None] = []
-        self.flood_sent = 0  # 64 KiB messages the "flood N" command has got out so far
+        self.flood_sent = 0
+        self.tcp_connections = 0  # connections the TCP echo server (origin.tcp_port) accepted
+        self.tcp_closed = 0  # 64 KiB messages the "flood N" command has got out so far
         self._runner: web.AppRunner | None = None
         self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.tcp_port = asyncio.run_coroutine_threadsafe(self._start_tcp(), self._loop).result(10)
 
     def _gate(self, name: str) -> asyncio.Event:
         if name not in self._gates:
@@ -80,6 +85,33 @@ class Origin:
         server = site._server
         assert server is not None and server.sockets
         return int(server.sockets[0].getsockname()[1])
+
+    async def _start_tcp(self) -> int:
+        self.tcp_server = await asyncio.start_server(self._tcp_echo, "127.0.0.1", 0)
+        return int(self.tcp_server.sockets[0].getsockname()[1])
+
+    async def _tcp_echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """TCP, line by line: "bye" closes, "size N" answers N bytes, anything else comes back as
+        "echo:LINE". At the client's end of writing, "eof" is written and the connection closed."""
+        self.tcp_connections += 1
+        try:
+            writer.write(b"hello\n")
+            while line := await reader.readline():
+                text = line.decode().rstrip("\n")
+                if text == "bye":
+                    break
+                if text.startswith("size "):
+                    writer.write(b"z" * int(text.split()[1]))
+                else:
+                    writer.write(f"echo:{text}\n".encode())
+                await writer.drain()
+            else:
+                writer.write(b"eof\n")
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            self.tcp_closed += 1
 
     async def _echo(self, request: web.Request) -> web.Response:
         self.hits += 1
@@ -176,6 +208,7 @@ class Origin:
                 gate.set()
             if self._runner is not None:
                 await self._runner.cleanup()
+            self.tcp_server.close()
             # A handler still running (for a client that gave up) ends now, its connection closed
             # here, not found unclosed by the collector during a later test (an error: warnings are).
             pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]

@@ -18,7 +18,7 @@ def test_pooled_isolates_serve_one_tenant_each_with_its_own_env() -> None:
         runtime = WorkerHost(threads=2)
         pool = IsolatePool(ThreadPoolExecutor(1), size=2)
         pool.refill()
-        for _ in range(200):  # until both are prepared
+        for _ in range(1500):  # until both are prepared (30 s: a loaded machine prepares slowly)
             if len(pool._ready) == 2:
                 break
             await asyncio.sleep(0.02)

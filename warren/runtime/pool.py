@@ -102,6 +102,7 @@ def prepare_isolate(memory_mb: int = DEFAULT_MEMORY_MB, objects: bool = False) -
             "js/kv.js",
             "js/durable_objects.js",
             "js/websocket.js",
+            "js/sockets.js",
             "js/bootstrap.js",
         ):
             isolate.run_shared_script(runtime_js(name), f"warren:{name}", cpu_budget_ms=STARTUP_CPU_MS)

@@ -124,6 +124,69 @@ class FetchResponse:
     body: BodySource | None
 
 
+CONNECT_TIMEOUT_S = 15.0
+
+
+class TcpConnection:
+    """A worker's TCP connection (``cloudflare:sockets``); read as a host body, closed with it."""
+
+    def __init__(self, reader: Any, writer: Any, hostname: str) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.hostname = hostname
+        self.closed = False
+
+    @property
+    def remote_address(self) -> str:
+        peer = self.writer.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if peer else ""
+
+    @property
+    def local_address(self) -> str:
+        own = self.writer.get_extra_info("sockname")
+        return f"{own[0]}:{own[1]}" if own else ""
+
+    async def read(self, max_bytes: int) -> bytes:
+        if self.closed:
+            return b""
+        try:
+            return bytes(await self.reader.read(max_bytes))
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise SubrequestError(f"Network connection lost: {exc}") from None
+
+    async def write(self, data: bytes) -> None:
+        if self.closed:
+            raise SubrequestError("The socket is closed.")
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except (OSError, RuntimeError) as exc:
+            self.close()
+            raise SubrequestError(f"Network connection lost: {exc}") from None
+
+    def end_writing(self) -> None:
+        if not self.closed and self.writer.can_write_eof():
+            try:
+                self.writer.write_eof()
+            except (OSError, RuntimeError):
+                pass
+
+    async def start_tls(self) -> None:
+        import ssl
+
+        try:
+            await self.writer.start_tls(ssl.create_default_context(), server_hostname=self.hostname)
+        except (OSError, ssl.SSLError, RuntimeError) as exc:
+            self.close()
+            raise SubrequestError(f"TLS with {self.hostname} failed: {exc}") from None
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+
+
 @dataclass
 class OriginSocket:
     """A WebSocket a worker opened with fetch() (``Upgrade: websocket``) and its 101's headers."""
@@ -291,6 +354,38 @@ class Fetcher:
         raw = getattr(response, "raw_headers", ())
         answer = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
         return OriginSocket(connection, answer)
+
+    async def connect(self, hostname: str, port: int, tls: bool) -> TcpConnection:
+        """A TCP connection for ``cloudflare:sockets``: to an address the policy permits, the one
+        checked (a name is resolved once, here, so what was checked is what is connected to)."""
+        import asyncio
+        import ssl
+
+        if not 0 < port < 65536:
+            raise SubrequestError(f"Invalid port {port}: it must be between 1 and 65535.")
+        if port == 25:
+            raise SubrequestError("Connections to port 25 (SMTP) are not allowed, as on Workers.")
+        host = hostname.strip("[]")
+        loop = asyncio.get_running_loop()
+        try:
+            found = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            raise SubrequestError(f"Network connection failed: cannot resolve {hostname}: {exc}") from None
+        addresses = [str(info[4][0]) for info in found]
+        permitted = [a for a in addresses if self.policy.permits(ipaddress.ip_address(a.split("%")[0]))]
+        if not permitted:
+            raise SubrequestError(_refusal(host))
+        context = ssl.create_default_context() if tls else None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    permitted[0], port, ssl=context, server_hostname=host if tls else None, limit=READ_CHUNK
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise SubrequestError(f"Network connection failed: {exc or type(exc).__name__}") from None
+        return TcpConnection(reader, writer, host)
 
     @staticmethod
     def _result(response: aiohttp.ClientResponse, url: str, redirected: bool) -> FetchResponse:

@@ -41,7 +41,7 @@ from warren.runtime.script import (
     ScriptLoadError,
     WorkerScript,
 )
-from warren.runtime.subrequests import Fetcher, OriginSocket, SubrequestError
+from warren.runtime.subrequests import Fetcher, OriginSocket, SubrequestError, TcpConnection
 from warren.runtime.threads import WorkerThread
 from warren.runtime.websockets import NO_SOCKET_101, WebSocketHost
 
@@ -159,6 +159,30 @@ class _Op:
     outlives: bool = False  # not cancelled when its invocation ends (OUTLIVING_TYPES, "defer")
 
 
+class _TcpReadBody:
+    """The readable of a TCP connection: its end (or the isolate giving it up) closes the connection,
+    unless startTls() replaced it first."""
+
+    def __init__(self, connection: TcpConnection) -> None:
+        self.connection = connection
+        self.detached = False
+
+    async def read(self, max_bytes: int) -> bytes:
+        return b"" if self.detached else await self.connection.read(max_bytes)
+
+    def close(self) -> None:
+        if not self.detached:
+            self.connection.close()
+
+
+@dataclass
+class _TcpSocket:
+    connection: TcpConnection
+    reading: _TcpReadBody | None = None
+    writing: asyncio.Task[None] | None = None
+    upgrading: bool = False
+
+
 @dataclass
 class _HostBody:
     """A body on the host side that the isolate reads by handle; owned by an invocation."""
@@ -195,6 +219,8 @@ class Worker:
         self._fetcher = fetcher
         self._bodies: dict[int, _HostBody] = {}
         self._next_body = 1
+        self._tcp: dict[int, _TcpSocket] = {}  # cloudflare:sockets connections, by the isolate's id
+        self._next_tcp = 1
         self._pool = pool
         self._crypto = CryptoHost()  # this worker's keys: never shared with another isolate
         self.cold_start_pooled = False
@@ -1029,6 +1055,10 @@ class Worker:
             work = self._sink_ready(int(argument))
         elif kind == "fetch":
             work = self._subrequest(request_id, json.loads(argument), data)
+        elif kind == "connect":
+            work = self._connect(request_id, json.loads(argument))
+        elif kind == "startTls":
+            work = self._start_tls(request_id, json.loads(argument))
         elif kind == "call":
             call = json.loads(argument)
             spec = self.script.binding(call.get("binding")) if isinstance(call, dict) else None
@@ -1161,6 +1191,66 @@ class Worker:
             "body": handle,
         }
         return True, value, None
+
+    async def _connect(self, request_id: int | None, head: dict[str, Any]) -> tuple[bool, Any, bytes | None]:
+        """``cloudflare:sockets``' connect(): a TCP connection, read as a host body and written
+        from a sink the isolate feeds. Counted as a subrequest; closed with its invocation."""
+        refused = self._count(request_id, "subrequest", self.script.subrequest_limit, TOO_MANY_SUBREQUESTS)
+        if refused is not None:
+            return False, {"name": "Error", "message": refused}, None
+        if self._fetcher is None:
+            return False, {"name": "TypeError", "message": "connect() is not available in this runtime."}, None
+        connection = await self._fetcher.connect(str(head["hostname"]), int(head["port"]), bool(head.get("tls")))
+        if self.broken or (request_id is not None and request_id not in self._invocations):
+            connection.close()
+            return False, {"name": "Error", "message": "The request that opened this socket has ended."}, None
+        for gone in [key for key, each in self._tcp.items() if each.connection.closed]:
+            del self._tcp[gone]
+        socket_id = self._next_tcp
+        self._next_tcp += 1
+        tcp = _TcpSocket(connection)
+        self._tcp[socket_id] = tcp
+        value = self._attach_tcp(request_id, socket_id, tcp, int(head["sink"]))
+        value.update(remoteAddress=connection.remote_address, localAddress=connection.local_address)
+        return True, value, None
+
+    def _attach_tcp(self, request_id: int | None, socket_id: int, tcp: _TcpSocket, sink: int) -> dict[str, Any]:
+        """A new readable (a host body) and a pipe from the isolate's sink ``sink`` to the connection."""
+        tcp.reading = _TcpReadBody(tcp.connection)
+        handle = self._adopt_body(request_id, tcp.reading)
+        tcp.writing = self._loop.create_task(self._pipe_to_tcp(tcp, sink))
+        return {"socket": socket_id, "readable": handle}
+
+    async def _pipe_to_tcp(self, tcp: _TcpSocket, sink: int) -> None:
+        held = self._bodies.get(sink)
+        if held is None:
+            return
+        try:
+            while chunk := await held.source.read(READ_CHUNK):
+                await tcp.connection.write(chunk)
+            if not tcp.upgrading:
+                tcp.connection.end_writing()  # the writable was closed: the peer reads its end
+        except (BodyAborted, SubrequestError):
+            tcp.connection.close()
+        finally:
+            if self._bodies.get(sink) is held:
+                del self._bodies[sink]
+            held.source.close()
+
+    async def _start_tls(self, request_id: int | None, head: dict[str, Any]) -> tuple[bool, Any, bytes | None]:
+        tcp = self._tcp.get(int(head["socket"]))
+        if tcp is None or tcp.connection.closed or tcp.reading is None:
+            return False, {"name": "TypeError", "message": "The socket is closed."}, None
+        # The plain streams end here (the isolate has given them up); the TLS ones replace them.
+        tcp.upgrading = True
+        tcp.reading.detached = True
+        for handle in [h for h, body in self._bodies.items() if body.source is tcp.reading]:
+            del self._bodies[handle]
+        if tcp.writing is not None:
+            tcp.writing.cancel()
+        await tcp.connection.start_tls()
+        tcp.upgrading = False
+        return True, self._attach_tcp(request_id, int(head["socket"]), tcp, int(head["sink"])), None
 
     async def _binding_call(
         self, request_id: int | None, call: dict[str, Any], data: str | None

@@ -30,6 +30,9 @@
   // WebSocketPair, WebSocket and their events (websocket.js).
   const installWebSocket = globalThis.__warrenWebSocket;
   delete globalThis.__warrenWebSocket;
+  const installSockets = globalThis.__warrenSockets;
+  delete globalThis.__warrenSockets;
+  let socketsModule = null;
   delete globalThis.__warrenHost;
   delete globalThis.__warrenWebAPI;
   delete globalThis.__warrenCrypto;
@@ -428,9 +431,31 @@
     if (specifier === "cloudflare:workers") {
       return { WorkerEntrypoint, DurableObject, env, __esModule: true };
     }
+    if (specifier === "cloudflare:sockets") return socketsModule ??= makeSockets();
     const name = resolveModule(from, specifier);
     if (name === null) throw new Error(`No such module "${specifier}", imported from "${from}".`);
     return instantiate(name);
+  }
+
+  // cloudflare:sockets (sockets.js), made on its first import.
+  function makeSockets() {
+    const connect = installSockets(internals, {
+      connect: (head) => promiseThenValue(opPromise("connect", JSON.stringify(head))),
+      startTls: (head) => promiseThenValue(opPromise("startTls", JSON.stringify(head))),
+      sink: () => {
+        const sink = host.sink();
+        if (sink < 0) throw new RangeError("Too many open bodies in this worker.");
+        return sink;
+      },
+      write: (sink, data, last) => host.write(sink, data, last),
+      sinkReady: (sink) => promiseThenValue(opPromise("sinkReady", sink)),
+      release: (sink) => host.release(sink),
+      reader: (handle) => hostReader(handle),
+    });
+    return { connect, default: { connect }, __esModule: true };
+  }
+  function promiseThenValue(promise) {
+    return promise.then(({ value }) => value);
   }
 
   // --- dispatch -------------------------------------------------------------------

@@ -18,7 +18,7 @@
 
   const PROLOGUE = '"use strict";Object.defineProperty(exports, "__esModule", {value: true});';
   // Modules the runtime provides (bootstrap.js, requireFrom): no cycles, never reassigned.
-  const BUILTIN_MODULES = new Set(["cloudflare:workers"]);
+  const BUILTIN_MODULES = new Set(["cloudflare:workers", "cloudflare:sockets"]);
   // The worker's files that are data (wrangler's default module rules): they import
   // nothing (no cycle reaches them) and their default export never changes.
   const DATA_MODULE = /\.(?:wasm|wasm\?module|txt|html|bin|json)$/;
