@@ -263,10 +263,15 @@ class TlsServer:
         async def stop() -> None:
             for server in self._servers:
                 server.close()
+            pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()  # else its self-pipe is collected during a later test: a ResourceWarning there
 
 
 TLS_WORKER = """
