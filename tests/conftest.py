@@ -132,6 +132,14 @@ class ServiceProcess:
             self.process.stdout.close()
 
 
+async def settle_transports() -> None:
+    """Let the loop run the callbacks that finish closing its transports (a transport closed
+    just before its loop stops keeps its socket, and warns when collected, during whichever
+    later test that is: an error there, as warnings are)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 def stop_all(processes: list[ServiceProcess]) -> None:
     """Stop several at once: all are asked first, then each is waited for."""
     for process in processes:
@@ -299,6 +307,7 @@ class Edge:
             self._server.should_exit = True
             await self._serving
         await self.supervisor.stop()
+        await settle_transports()
 
     def stop(self) -> None:
         self._run(self._stop())

@@ -215,6 +215,8 @@ class Origin:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            for _ in range(5):  # the callbacks that finish closing the transports (see settle_transports)
+                await asyncio.sleep(0)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

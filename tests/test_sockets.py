@@ -7,12 +7,13 @@ import datetime
 import json
 import ssl
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import ServiceProcess
+from tests.conftest import ServiceProcess, settle_transports
 from tests.origin import Origin
 from tests.test_websockets import wait_until
 
@@ -164,6 +165,37 @@ def test_sockets_count_as_subrequests(dev: Any, origin: Origin) -> None:
     wait_until(lambda: origin.tcp_closed == origin.tcp_connections == 50)
 
 
+def test_a_worker_holds_at_most_100_connections_at_once(dev: Any, origin: Origin) -> None:
+    """Hostile: three requests at once each open 50 connections and hold them. The worker's
+    isolate holds 100 at most; the rest are refused with a clear error, and nothing leaks."""
+    server = _dev(
+        dev,
+        origin,
+        """
+        import { connect } from "cloudflare:sockets";
+        export default {
+          async fetch(request, env) {
+            let opened = 0, refusal = "";
+            for (let i = 0; i < 50; i++) {
+              const socket = connect(`127.0.0.1:${env.TCP_PORT}`);
+              try { await socket.opened; opened++; } catch (error) { refusal = error.message; }
+              globalThis.attempts = (globalThis.attempts ?? 0) + 1;
+            }
+            // All held until the three requests (one isolate) have made all their attempts.
+            while (globalThis.attempts < 150) await new Promise((resolve) => setTimeout(resolve, 10));
+            return Response.json({ opened, refusal });
+          },
+        };
+        """,
+    )
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: httpx.get(server.url + "/", timeout=60).json(), range(3)))
+    assert sum(answer["opened"] for answer in answers) == 100, answers
+    refusals = {answer["refusal"] for answer in answers} - {""}
+    assert refusals == {"Too many open connections: a worker may hold 100 at once."}, answers
+    wait_until(lambda: origin.tcp_closed == origin.tcp_connections == 100)
+
+
 def test_a_socket_left_open_is_closed_with_its_request(dev: Any, origin: Origin) -> None:
     """Hostile: a worker opens connections and never closes them. They end with the request
     (at the latest its 30 s of waitUntil); here the worker's CPU limit ends it at once."""
@@ -267,6 +299,7 @@ class TlsServer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            await settle_transports()
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

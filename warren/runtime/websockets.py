@@ -129,6 +129,11 @@ class WebSocketHost:
     def open_count(self) -> int:
         return len(self._by_request)
 
+    @property
+    def origin_count(self) -> int:
+        """Origin sockets held open (each is a connection of the runtime process)."""
+        return len(self._origins)
+
     # --- host calls (JS thread): checks the script must see at once, then effects -----------
 
     def host_call(self, action: str, a: Any = None, b: Any = None, c: Any = None) -> Any:

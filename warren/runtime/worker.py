@@ -66,6 +66,10 @@ BINDING_BODY_LIMITS = {
 DEFAULT_BINDING_BODY_LIMIT = (32 * 1024 * 1024, "The body of a binding call is {size} bytes; the limit is {limit}.")
 
 WAIT_UNTIL_LIMIT_S = 30.0
+# Connections a worker's isolate may hold open at once (cloudflare:sockets and outgoing
+# WebSockets, all its requests together): each is a socket of the runtime process.
+MAX_OUTGOING_CONNECTIONS = 100
+TOO_MANY_CONNECTIONS = f"Too many open connections: a worker may hold {MAX_OUTGOING_CONNECTIONS} at once."
 # Slices queued together run in one trip to a JS thread until they have used this much CPU,
 # or this many have run: the responses of a batch leave when it ends, so a shorter batch
 # lets the supervisor work on them while the next one runs (hello under wrk -c64: ~10% more
@@ -221,6 +225,7 @@ class Worker:
         self._next_body = 1
         self._tcp: dict[int, _TcpSocket] = {}  # cloudflare:sockets connections, by the isolate's id
         self._next_tcp = 1
+        self._connecting = 0  # connections being opened: counted against MAX_OUTGOING_CONNECTIONS already
         self._pool = pool
         self._crypto = CryptoHost()  # this worker's keys: never shared with another isolate
         self.cold_start_pooled = False
@@ -1151,7 +1156,13 @@ class Worker:
             body = held.source
         headers = [(str(name), str(value)) for name, value in head["headers"]]
         if _asks_for_websocket(str(head["method"]), headers):
-            opened = await self._fetcher.websocket(str(head["url"]), headers)
+            if self._open_connections() >= MAX_OUTGOING_CONNECTIONS:
+                return False, {"name": "Error", "message": TOO_MANY_CONNECTIONS}, None
+            self._connecting += 1
+            try:
+                opened = await self._fetcher.websocket(str(head["url"]), headers)
+            finally:
+                self._connecting -= 1
             if isinstance(opened, OriginSocket):
                 if self.broken or (request_id is not None and request_id not in self._invocations):
                     await opened.socket.close(code=1001)
@@ -1200,7 +1211,13 @@ class Worker:
             return False, {"name": "Error", "message": refused}, None
         if self._fetcher is None:
             return False, {"name": "TypeError", "message": "connect() is not available in this runtime."}, None
-        connection = await self._fetcher.connect(str(head["hostname"]), int(head["port"]), bool(head.get("tls")))
+        if self._open_connections() >= MAX_OUTGOING_CONNECTIONS:
+            return False, {"name": "Error", "message": TOO_MANY_CONNECTIONS}, None
+        self._connecting += 1
+        try:
+            connection = await self._fetcher.connect(str(head["hostname"]), int(head["port"]), bool(head.get("tls")))
+        finally:
+            self._connecting -= 1
         if self.broken or (request_id is not None and request_id not in self._invocations):
             connection.close()
             return False, {"name": "Error", "message": "The request that opened this socket has ended."}, None
@@ -1213,6 +1230,10 @@ class Worker:
         value = self._attach_tcp(request_id, socket_id, tcp, int(head["sink"]))
         value.update(remoteAddress=connection.remote_address, localAddress=connection.local_address)
         return True, value, None
+
+    def _open_connections(self) -> int:
+        open_tcp = sum(1 for tcp in self._tcp.values() if not tcp.connection.closed)
+        return open_tcp + self._sockets.origin_count + self._connecting
 
     def _attach_tcp(self, request_id: int | None, socket_id: int, tcp: _TcpSocket, sink: int) -> dict[str, Any]:
         """A new readable (a host body) and a pipe from the isolate's sink ``sink`` to the connection."""
