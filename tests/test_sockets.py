@@ -83,6 +83,30 @@ def test_a_worker_talks_tcp_both_ways_and_half_closes(dev: Any, origin: Origin) 
     wait_until(lambda: origin.tcp_closed == origin.tcp_connections == 2)
 
 
+def test_the_readable_of_a_socket_is_a_response_body(dev: Any, origin: Origin) -> None:
+    """Workers' own example: write, close the writable, return the readable as the body."""
+    server = _dev(
+        dev,
+        origin,
+        """
+        import { connect } from "cloudflare:sockets";
+        export default {
+          async fetch(request, env) {
+            const socket = connect({ hostname: "127.0.0.1", port: Number(env.TCP_PORT) });
+            const writer = socket.writable.getWriter();
+            await writer.write(new TextEncoder().encode("gopher\\nsize 200000\\n"));
+            await writer.close();
+            return new Response(socket.readable, { headers: { "Content-Type": "text/plain" } });
+          },
+        };
+        """,
+    )
+    answer = httpx.get(server.url + "/", timeout=30)
+    assert answer.status_code == 200
+    assert answer.content == b"hello\necho:gopher\n" + b"z" * 200_000 + b"eof\n"
+    wait_until(lambda: origin.tcp_closed == origin.tcp_connections == 1)
+
+
 def test_connect_checks_its_arguments_and_reports_refusals(dev: Any, origin: Origin) -> None:
     server = _dev(
         dev,
@@ -324,13 +348,13 @@ export default {
     const first = await line(secure.readable.getReader());
     await secure.close();
 
-    const plain = connect(`localhost:${env.PLAIN_PORT}`, { secureTransport: "starttls" });
+    const plain = connect(`127.0.0.1:${env.PLAIN_PORT}`, { secureTransport: "starttls" });
     await plain.opened;
     const w2 = plain.writable.getWriter();
     await w2.write(encoder.encode("starttls\\n"));
     const ready = await line(plain.readable.getReader());
     w2.releaseLock();
-    const upgraded = plain.startTls();
+    const upgraded = plain.startTls({ expectedServerHostname: "localhost" });  // the certificate's name
     const w3 = upgraded.writable.getWriter();
     await w3.write(encoder.encode("who\\n"));
     const second = await line(upgraded.readable.getReader());

@@ -172,14 +172,15 @@ class TcpConnection:
             except (OSError, RuntimeError):
                 pass
 
-    async def start_tls(self) -> None:
+    async def start_tls(self, expected_hostname: str | None = None) -> None:
         import ssl
 
+        name = expected_hostname or self.hostname
         try:
-            await self.writer.start_tls(ssl.create_default_context(), server_hostname=self.hostname)
+            await self.writer.start_tls(ssl.create_default_context(), server_hostname=name)
         except (OSError, ssl.SSLError, RuntimeError) as exc:
             self.close()
-            raise SubrequestError(f"TLS with {self.hostname} failed: {exc}") from None
+            raise SubrequestError(f"TLS with {name} failed: {exc}") from None
 
     def close(self) -> None:
         if not self.closed:

@@ -1269,7 +1269,8 @@ class Worker:
             del self._bodies[handle]
         if tcp.writing is not None:
             tcp.writing.cancel()
-        await tcp.connection.start_tls()
+        expected = head.get("hostname")
+        await tcp.connection.start_tls(str(expected) if expected is not None else None)
         tcp.upgrading = False
         return True, self._attach_tcp(request_id, int(head["socket"]), tcp, int(head["sink"])), None
 

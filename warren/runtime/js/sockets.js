@@ -135,9 +135,12 @@ globalThis.__warrenSockets = function install(internals, ops) {
       }
       if (this.#upgraded) throw new TypeError('startTls() can only be called once.');
       if (this.#id === 0) throw new TypeError('startTls() needs the socket to be open first (await socket.opened).');
+      const expected = options?.expectedServerHostname;
       this.#upgraded = true;
       const sink = ops.sink();
-      const connection = ops.startTls({ socket: this.#id, sink });
+      const head = { socket: this.#id, sink };
+      if (expected !== undefined) head.hostname = `${expected}`;  // the certificate's name, if not the host's
+      const connection = ops.startTls(head);
       // The plain streams are over: their reader gives up, and what the secure socket reads
       // and writes is the new one's. The plain socket counts as closed once it has upgraded.
       const secure = new Socket(this.#hostname, 'on', promiseThen.call(connection, (value) => {
