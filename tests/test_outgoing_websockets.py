@@ -300,3 +300,27 @@ def test_new_websocket_connects_out_as_in_browsers(dev: Any, origin: Origin) -> 
     assert result["syntax"] == ["SyntaxError"] * 4
     assert result["final"] == [3, 3]
     wait_until(lambda: 4100 in origin.ws_closes)
+
+
+def test_a_service_in_front_of_the_origin_socket(dev: Any, origin: Origin) -> None:
+    """A gateway worker hands the upgrade to a service, which returns the origin's socket:
+    the client talks to the origin through both."""
+    server = dev(
+        {
+            "gateway/wrangler.toml": 'name = "gateway"\nmain = "index.js"\n\n[[services]]\nbinding = "UPSTREAM"\nservice = "upstream"\n',
+            "gateway/index.js": "export default { fetch(request, env) { return env.UPSTREAM.fetch(request); } };",
+            "upstream/wrangler.toml": f'name = "upstream"\nmain = "index.js"\n\n[vars]\nORIGIN = "{origin.url}"\n',
+            "upstream/index.js": (
+                "export default { fetch(request, env) { return fetch(new Request(env.ORIGIN + '/ws', request)); } };"
+            ),
+        },
+        "gateway",
+        "--service",
+        "upstream",
+    )
+    with connect(ws_url(server.url, "/chat")) as ws:
+        assert ws.recv(timeout=10) == "welcome - -"
+        ws.send("through two workers")
+        assert ws.recv(timeout=10) == "origin:through two workers"
+        ws.close(4003, "done")
+    wait_until(lambda: origin.ws_closes == [4003])
