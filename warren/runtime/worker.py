@@ -1156,39 +1156,7 @@ class Worker:
             body = held.source
         headers = [(str(name), str(value)) for name, value in head["headers"]]
         if _asks_for_websocket(str(head["method"]), headers):
-            if self._open_connections() >= MAX_OUTGOING_CONNECTIONS:
-                return False, {"name": "Error", "message": TOO_MANY_CONNECTIONS}, None
-            self._connecting += 1
-            try:
-                opened = await self._fetcher.websocket(str(head["url"]), headers)
-            finally:
-                self._connecting -= 1
-            if isinstance(opened, OriginSocket):
-                if self.broken or (request_id is not None and request_id not in self._invocations):
-                    await opened.socket.close(code=1001)
-                    gone = "The request that opened this WebSocket has ended."
-                    return False, {"name": "TypeError", "message": gone}, None
-                socket_id = self._sockets.adopt_origin(request_id, opened.socket)
-                value = {
-                    "status": 101,
-                    "statusText": "Switching Protocols",
-                    "headers": opened.headers,
-                    "url": str(head["url"]),
-                    "redirected": False,
-                    "body": 0,
-                    "webSocket": socket_id,
-                }
-                return True, value, None
-            handshake = opened
-            value = {
-                "status": handshake.status,
-                "statusText": handshake.status_text,
-                "headers": handshake.headers,
-                "url": handshake.url,
-                "redirected": False,
-                "body": 0,
-            }
-            return True, value, None
+            return await self._open_websocket(request_id, str(head["url"]), headers)
         response = await self._fetcher.fetch(
             str(head["method"]), str(head["url"]), headers, body, str(head.get("redirect", "follow"))
         )
@@ -1202,6 +1170,28 @@ class Worker:
             "body": handle,
         }
         return True, value, None
+
+    async def _open_websocket(
+        self, request_id: int | None, url: str, headers: list[tuple[str, str]]
+    ) -> tuple[bool, Any, bytes | None]:
+        """fetch() with ``Upgrade: websocket``: a 101 with the origin socket's id, or the origin's refusal."""
+        assert self._fetcher is not None
+        if self._open_connections() >= MAX_OUTGOING_CONNECTIONS:
+            return False, {"name": "Error", "message": TOO_MANY_CONNECTIONS}, None
+        self._connecting += 1
+        try:
+            opened = await self._fetcher.websocket(url, headers)
+        finally:
+            self._connecting -= 1
+        if not isinstance(opened, OriginSocket):
+            value = {"status": opened.status, "statusText": opened.status_text, "headers": opened.headers}
+            return True, {**value, "url": opened.url, "redirected": False, "body": 0}, None
+        if self.broken or (request_id is not None and request_id not in self._invocations):
+            await opened.socket.close(code=1001)
+            return False, {"name": "TypeError", "message": "The request that opened this WebSocket has ended."}, None
+        value = {"status": 101, "statusText": "Switching Protocols", "headers": opened.headers, "url": url}
+        socket_id = self._sockets.adopt_origin(request_id, opened.socket)
+        return True, {**value, "redirected": False, "body": 0, "webSocket": socket_id}, None
 
     async def _connect(self, request_id: int | None, head: dict[str, Any]) -> tuple[bool, Any, bytes | None]:
         """``cloudflare:sockets``' connect(): a TCP connection, read as a host body and written
