@@ -11,9 +11,10 @@ so every hop passes the same check.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
@@ -296,22 +297,13 @@ class Fetcher:
     async def _send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes | BodySource | None
     ) -> aiohttp.ClientResponse:
-        import aiohttp
 
         data: Any = body if isinstance(body, bytes) or body is None else _stream(body)
         sent = [(name, value) for name, value in headers if name.lower() not in _HOP_BY_HOP]
-        try:
+        with _network_errors():
             return await self._client().request(
                 method, url, headers=sent, data=data, allow_redirects=False, skip_auto_headers=("User-Agent",)
             )
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, SubrequestRefused):
-                raise SubrequestError(str(exc.os_error)) from None
-            raise SubrequestError(f"Network connection failed: {exc}") from None
-        except SubrequestRefused as exc:
-            raise SubrequestError(str(exc)) from None
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise SubrequestError(f"Network connection failed: {exc or type(exc).__name__}") from None
 
     async def websocket(self, url: str, headers: list[tuple[str, str]]) -> FetchResponse | OriginSocket:
         """Open a WebSocket to ``url`` (http: or https:, as fetch() takes it), through the same guard.
@@ -329,28 +321,21 @@ class Fetcher:
                 protocols += [part.strip() for part in value.split(",") if part.strip()]
             elif lowered not in _HOP_BY_HOP and lowered not in _HANDSHAKE:
                 sent.append((name, value))
-        try:
-            connection = await self._client().ws_connect(
-                url,
-                headers=sent,
-                protocols=protocols,
-                autoping=True,
-                max_msg_size=WEBSOCKET_MESSAGE_LIMIT,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            if exc.status == 101:
-                raise SubrequestError(f"The WebSocket handshake with {url} failed: {exc.message}") from None
-            answer = [(str(name), str(value)) for name, value in (exc.headers or {}).items()]
-            return FetchResponse(exc.status, "", answer, url, False, None)
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, SubrequestRefused):
-                raise SubrequestError(str(exc.os_error)) from None
-            raise SubrequestError(f"Network connection failed: {exc}") from None
-        except SubrequestRefused as exc:
-            raise SubrequestError(str(exc)) from None
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise SubrequestError(f"Network connection failed: {exc or type(exc).__name__}") from None
+        with _network_errors():
+            try:
+                connection = await self._client().ws_connect(
+                    url,
+                    headers=sent,
+                    protocols=protocols,
+                    autoping=True,
+                    max_msg_size=WEBSOCKET_MESSAGE_LIMIT,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 101:
+                    raise SubrequestError(f"The WebSocket handshake with {url} failed: {exc.message}") from None
+                answer = [(str(name), str(value)) for name, value in (exc.headers or {}).items()]
+                return FetchResponse(exc.status, "", answer, url, False, None)
         response = getattr(connection, "_response", None)
         raw = getattr(response, "raw_headers", ())
         answer = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
@@ -404,6 +389,23 @@ class Fetcher:
             redirected=redirected,
             body=None if empty else _ResponseBody(response),
         )
+
+
+@contextlib.contextmanager
+def _network_errors() -> Iterator[None]:
+    """aiohttp's failures (and the guard's refusals) as the SubrequestError a worker sees."""
+    import aiohttp
+
+    try:
+        yield
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, SubrequestRefused):
+            raise SubrequestError(str(exc.os_error)) from None
+        raise SubrequestError(f"Network connection failed: {exc}") from None
+    except SubrequestRefused as exc:
+        raise SubrequestError(str(exc)) from None
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        raise SubrequestError(f"Network connection failed: {exc or type(exc).__name__}") from None
 
 
 async def _stream(body: BodySource) -> AsyncIterator[bytes]:

@@ -191,11 +191,7 @@ class WebSocketHost:
             return
         if action == "send":
             js_id, binary, data = args
-            left = self._pending.get(js_id, 0) - len(data) - MESSAGE_OVERHEAD
-            if left > 0:
-                self._pending[js_id] = left
-            else:
-                self._pending.pop(js_id, None)
+            self._sent(js_id, len(data))
             socket = self._by_js.get(js_id)
             send = getattr(socket.reply, "ws_message", None) if socket is not None else None
             if socket is not None and send is not None and not (socket.closed_out or socket.closed_in):
@@ -226,8 +222,6 @@ class WebSocketHost:
                 self._end(socket)
 
     def _couple(self, request_id: int, js_id: int, headers_json: str) -> None:
-        from warren.runtime.worker import THREW, _Op, _valid_headers
-
         worker = self._worker
         invocation = worker._invocations.get(request_id)
         if invocation is None or invocation.responded or invocation.outcome == "canceled":
@@ -237,21 +231,35 @@ class WebSocketHost:
                 invocation.responded = True
             worker._schedule(request_id if invocation is not None else None, "ws", js_id, "close", 1006, GONE, False)
             return
+        if not self._answer_101(invocation, headers_json):
+            return
+        socket = _Socket(request_id, js_id, invocation.reply)
+        self._by_request[request_id] = socket
+        self._by_js[js_id] = socket
+        self._hold_open(socket)
+
+    def _answer_101(self, invocation: _Invocation, headers_json: str) -> bool:
+        """Head the invocation's answer 101 with the worker's headers; False (failed) if malformed."""
+        from warren.runtime.worker import THREW, _valid_headers
+
         headers = _valid_headers(headers_json)
         if headers is None:
             invocation.reply.log("error", "The worker produced a malformed response.")
-            worker._fail_invocation(invocation, 500, THREW, "exception", finish=False)
-            return
+            self._worker._fail_invocation(invocation, 500, THREW, "exception", finish=False)
+            return False
         invocation.responded = True
         invocation.reply.head(101, [pair for pair in headers if pair[0].lower() != RELAY_HEADER])
         # Open until the socket closes: "done" then waits for it (finish_after_body).
         invocation.body_open = True
-        socket = _Socket(request_id, js_id, invocation.reply)
-        self._by_request[request_id] = socket
-        self._by_js[js_id] = socket
-        # Held as a host operation of the invocation: it is not settled while the socket
-        # is open, and ending the invocation (a limit, a restart) cancels the holder.
-        op = _Op(request_id)
+        return True
+
+    def _hold_open(self, socket: _Socket) -> None:
+        """Hold the socket as a host operation of its invocation: the invocation is not settled
+        while the socket is open, and ending it (a limit, a restart) cancels the holder."""
+        from warren.runtime.worker import _Op
+
+        worker = self._worker
+        op = _Op(socket.request_id)
         socket.op_id = op_id = worker._next_op
         worker._next_op += 1
         worker._ops[op_id] = op
@@ -337,15 +345,19 @@ class WebSocketHost:
         op.handle = origin.reader = loop.create_task(self._read_origin(origin))
         return js_id
 
+    def _sent(self, js_id: int, size: int) -> None:
+        """A send of the slice that ran is applied: it no longer counts as pending."""
+        left = self._pending.get(js_id, 0) - size - MESSAGE_OVERHEAD
+        if left > 0:
+            self._pending[js_id] = left
+        else:
+            self._pending.pop(js_id, None)
+
     def _apply_origin(self, action: str, *args: Any) -> None:
         origin = self._origins.get(int(args[0]))
         if action == "send":
             js_id, binary, data = args
-            left = self._pending.get(js_id, 0) - len(data) - MESSAGE_OVERHEAD
-            if left > 0:
-                self._pending[js_id] = left
-            else:
-                self._pending.pop(js_id, None)
+            self._sent(js_id, len(data))
             if origin is not None and not origin.closed_out:
                 origin.outbox.append(("send", binary, data, None))
                 origin.queued += len(data) + MESSAGE_OVERHEAD
@@ -409,8 +421,6 @@ class WebSocketHost:
 
     def _pipe(self, request_id: int, origin_id: int, headers_json: str) -> None:
         """Answer ``request_id`` 101 and relay its client to origin socket ``origin_id`` from here."""
-        from warren.runtime.worker import THREW, _Op, _valid_headers
-
         worker = self._worker
         invocation = worker._invocations.get(request_id)
         origin = self._origins.get(origin_id)
@@ -420,23 +430,12 @@ class WebSocketHost:
             if origin is not None:
                 self._end_origin(origin)
             return
-        headers = _valid_headers(headers_json)
-        if headers is None:
-            invocation.reply.log("error", "The worker produced a malformed response.")
-            worker._fail_invocation(invocation, 500, THREW, "exception", finish=False)
+        if not self._answer_101(invocation, headers_json):
             return
-        invocation.responded = True
-        invocation.reply.head(101, [pair for pair in headers if pair[0].lower() != RELAY_HEADER])
-        invocation.body_open = True
         socket = _Socket(request_id, origin_id, invocation.reply, origin_id=origin_id)
         self._by_request[request_id] = socket
         self._piped[origin_id] = socket
-        op = _Op(request_id)
-        socket.op_id = op_id = worker._next_op
-        worker._next_op += 1
-        worker._ops[op_id] = op
-        worker._live_ops += 1
-        op.handle = socket.holder = asyncio.get_running_loop().create_task(self._hold(socket))
+        self._hold_open(socket)
         if origin is not None:
             origin.piped = socket
 
